@@ -1,0 +1,299 @@
+//! The answer to "may this request pass?", and everything a refusal maps to.
+//!
+//! [`decide`] is the whole authorisation check. A [`Reason`] maps to its status code,
+//! metric label and public message here, in one place each, so no caller can disagree.
+
+use super::ip::normalize;
+use super::key::KeyHash;
+use super::snapshot::{CredentialState, Snapshot};
+use std::net::IpAddr;
+
+/// Who a request was allowed as. Neither value is secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub credential_id: u64,
+    pub user_id: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Identity),
+    Deny(Reason),
+}
+
+/// Why a request was refused. The true reason goes to logs and metrics; the client sees
+/// only [`Reason::status`] and [`Reason::public_message`], which are identical for every
+/// key problem so that the answer is no oracle for whether a key is valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No credential header, or one that cannot be read.
+    MissingKey,
+    UnknownKey,
+    RevokedKey,
+    ExpiredKey,
+    /// Known key still waiting for its device registration.
+    PendingKey,
+    /// Known, usable key from an address that is not ACTIVE on it: the leaked-key signal.
+    IpNotActive,
+    /// The client address could not be established (a forwarding header from a trusted
+    /// proxy that does not parse).
+    ClientIpUnknown,
+    /// No snapshot has been loaded yet.
+    NoSnapshot,
+    /// The snapshot is older than `refresh.max_staleness`.
+    StaleSnapshot,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::MissingKey,
+        Reason::UnknownKey,
+        Reason::RevokedKey,
+        Reason::ExpiredKey,
+        Reason::PendingKey,
+        Reason::IpNotActive,
+        Reason::ClientIpUnknown,
+        Reason::NoSnapshot,
+        Reason::StaleSnapshot,
+    ];
+
+    pub fn status(self) -> u16 {
+        match self {
+            Reason::MissingKey => 401,
+            Reason::UnknownKey
+            | Reason::RevokedKey
+            | Reason::ExpiredKey
+            | Reason::PendingKey
+            | Reason::IpNotActive
+            | Reason::ClientIpUnknown => 403,
+            Reason::NoSnapshot | Reason::StaleSnapshot => 503,
+        }
+    }
+
+    /// Metric label and log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::MissingKey => "missing_key",
+            Reason::UnknownKey => "unknown_key",
+            Reason::RevokedKey => "revoked_key",
+            Reason::ExpiredKey => "expired_key",
+            Reason::PendingKey => "pending_key",
+            Reason::IpNotActive => "ip_not_active",
+            Reason::ClientIpUnknown => "client_ip_unknown",
+            Reason::NoSnapshot => "no_snapshot",
+            Reason::StaleSnapshot => "stale_snapshot",
+        }
+    }
+
+    /// What the client is told. Deliberately the same for every 403.
+    pub fn public_message(self) -> &'static str {
+        match self.status() {
+            401 => "Missing authentication token.",
+            403 => "Insufficient authorisation.",
+            _ => "Service temporarily unavailable, try again later.",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Checks one request. `snapshot` is `None` before the first load; `stale` says the
+/// loaded one is older than the configured maximum; `ip` is the client address
+/// (`None` when it could not be established); `now` is Unix seconds.
+pub fn decide(
+    snapshot: Option<&Snapshot>,
+    stale: bool,
+    key: Option<&KeyHash>,
+    ip: Option<IpAddr>,
+    now: i64,
+) -> Decision {
+    let Some(snapshot) = snapshot else {
+        return Decision::Deny(Reason::NoSnapshot);
+    };
+    if stale {
+        return Decision::Deny(Reason::StaleSnapshot);
+    }
+    let Some(key) = key else {
+        return Decision::Deny(Reason::MissingKey);
+    };
+    let Some(credential) = snapshot.get(key) else {
+        return Decision::Deny(Reason::UnknownKey);
+    };
+    match credential.state {
+        CredentialState::Revoked => return Decision::Deny(Reason::RevokedKey),
+        CredentialState::PendingFirstUse => {
+            // An expired pending key is reported as expired: that is what needs fixing.
+            if credential.expires_at.is_some_and(|at| now >= at) {
+                return Decision::Deny(Reason::ExpiredKey);
+            }
+            return Decision::Deny(Reason::PendingKey);
+        }
+        CredentialState::Active => {}
+    }
+    if credential.expires_at.is_some_and(|at| now >= at) {
+        return Decision::Deny(Reason::ExpiredKey);
+    }
+    let Some(ip) = ip else {
+        return Decision::Deny(Reason::ClientIpUnknown);
+    };
+    if credential.wildcard || credential.active_ips.contains(&normalize(ip)) {
+        Decision::Allow(Identity {
+            credential_id: credential.id,
+            user_id: credential.user_id,
+        })
+    } else {
+        Decision::Deny(Reason::IpNotActive)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::{IpSet, SnapshotBuilder, SnapshotCredential};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn key(n: u8) -> KeyHash {
+        KeyHash::of(&[n])
+    }
+
+    fn cred(id: u64, state: CredentialState, ips: &[&str]) -> SnapshotCredential {
+        SnapshotCredential {
+            id,
+            user_id: 100 + id,
+            state,
+            expires_at: None,
+            wildcard: false,
+            active_ips: IpSet::new(ips.iter().map(|s| ip(s))),
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut b = SnapshotBuilder::new(7, 8);
+        b.insert(
+            key(1),
+            cred(1, CredentialState::Active, &["10.0.0.1", "2001:db8::1"]),
+        );
+        b.insert(key(2), cred(2, CredentialState::Revoked, &["10.0.0.1"]));
+        b.insert(key(3), cred(3, CredentialState::PendingFirstUse, &[]));
+        let mut expired = cred(4, CredentialState::PendingFirstUse, &[]);
+        expired.expires_at = Some(NOW - 1);
+        b.insert(key(4), expired);
+        let mut wildcard = cred(5, CredentialState::Active, &[]);
+        wildcard.wildcard = true;
+        b.insert(key(5), wildcard);
+        let mut lapsed = cred(6, CredentialState::Active, &["10.0.0.1"]);
+        lapsed.expires_at = Some(NOW);
+        b.insert(key(6), lapsed);
+        let mut future = cred(7, CredentialState::Active, &["10.0.0.1"]);
+        future.expires_at = Some(NOW + 1);
+        b.insert(key(7), future);
+        b.build()
+    }
+
+    fn check(s: &Snapshot, k: Option<u8>, addr: Option<&str>) -> Decision {
+        decide(Some(s), false, k.map(key).as_ref(), addr.map(ip), NOW)
+    }
+
+    fn allowed(id: u64) -> Decision {
+        Decision::Allow(Identity {
+            credential_id: id,
+            user_id: 100 + id,
+        })
+    }
+
+    #[test]
+    fn every_outcome() {
+        let s = snapshot();
+        assert_eq!(s.version(), 7);
+        assert_eq!(s.active_ip_count(), 5);
+        let cases: &[(Option<u8>, Option<&str>, Decision)] = &[
+            (Some(1), Some("10.0.0.1"), allowed(1)),
+            (Some(1), Some("::ffff:10.0.0.1"), allowed(1)),
+            (Some(1), Some("2001:db8::1"), allowed(1)),
+            (
+                Some(1),
+                Some("10.0.0.2"),
+                Decision::Deny(Reason::IpNotActive),
+            ),
+            (Some(1), None, Decision::Deny(Reason::ClientIpUnknown)),
+            (None, Some("10.0.0.1"), Decision::Deny(Reason::MissingKey)),
+            (
+                Some(9),
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::UnknownKey),
+            ),
+            (
+                Some(2),
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::RevokedKey),
+            ),
+            (
+                Some(3),
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::PendingKey),
+            ),
+            (
+                Some(4),
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::ExpiredKey),
+            ),
+            (Some(5), Some("203.0.113.9"), allowed(5)),
+            (Some(5), Some("::1"), allowed(5)),
+            (
+                Some(6),
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::ExpiredKey),
+            ),
+            (Some(7), Some("10.0.0.1"), allowed(7)),
+        ];
+        for (k, addr, want) in cases {
+            assert_eq!(check(&s, *k, *addr), *want, "key {k:?} from {addr:?}");
+        }
+    }
+
+    #[test]
+    fn no_snapshot_or_stale_never_allows() {
+        let s = snapshot();
+        let k = key(1);
+        let a = Some(ip("10.0.0.1"));
+        assert_eq!(
+            decide(None, false, Some(&k), a, NOW),
+            Decision::Deny(Reason::NoSnapshot)
+        );
+        assert_eq!(
+            decide(Some(&s), true, Some(&k), a, NOW),
+            Decision::Deny(Reason::StaleSnapshot)
+        );
+    }
+
+    #[test]
+    fn key_refusals_look_identical() {
+        let refusals = [
+            Reason::UnknownKey,
+            Reason::RevokedKey,
+            Reason::ExpiredKey,
+            Reason::PendingKey,
+            Reason::IpNotActive,
+        ];
+        for r in refusals {
+            assert_eq!(r.status(), 403);
+            assert_eq!(r.public_message(), Reason::UnknownKey.public_message());
+        }
+        assert_eq!(Reason::MissingKey.status(), 401);
+        assert_eq!(Reason::StaleSnapshot.status(), 503);
+    }
+
+    #[test]
+    fn reason_index_matches_all() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

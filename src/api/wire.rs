@@ -1,0 +1,275 @@
+//! The management API's request bodies and answer shapes, bunq style.
+//!
+//! Parsing is strict: unknown fields, a CIDR where an address belongs, `*`, an unknown
+//! status are each refused with a message that says what to send instead.
+
+use crate::acl::normalize;
+use crate::store::{Credential, IpStatus, Page, PermittedIp, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+
+pub const DEFAULT_COUNT: u32 = 10;
+pub const MAX_COUNT: u32 = 200;
+
+/// Why a request was refused before anything was stored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadInput {
+    /// 400 with this message.
+    Invalid(String),
+    /// 403: the wildcard is the operator's alone.
+    Wildcard,
+}
+
+fn invalid(msg: impl Into<String>) -> BadInput {
+    BadInput::Invalid(msg.into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceServerBody {
+    pub description: String,
+    pub secret: String,
+    #[serde(default)]
+    pub permitted_ips: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewIpBody {
+    pub ip: String,
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIpBody {
+    pub ip: Option<String>,
+    pub status: Option<String>,
+}
+
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadInput> {
+    serde_json::from_slice(body).map_err(|e| invalid(format!("Malformed request body: {e}.")))
+}
+
+/// One address, as an entry holds it. `*` is the operator's; a network is not an address.
+pub fn parse_ip(text: &str) -> Result<IpAddr, BadInput> {
+    let text = text.trim();
+    if text == "*" {
+        return Err(BadInput::Wildcard);
+    }
+    if text.contains('/') {
+        return Err(invalid(format!(
+            "{text:?} is a network; a permitted IP is a single address such as 192.0.2.1."
+        )));
+    }
+    text.parse::<IpAddr>()
+        .map(normalize)
+        .map_err(|_| invalid(format!("{text:?} is not a valid IPv4 or IPv6 address.")))
+}
+
+pub fn parse_status(text: &str) -> Result<IpStatus, BadInput> {
+    text.parse()
+        .map_err(|_| invalid(format!("Unknown status {text:?}; use ACTIVE or INACTIVE.")))
+}
+
+/// The addresses a device registration binds: each listed one, `*` or nothing meaning
+/// the caller's own address. De-duplicated in order.
+pub fn registration_ips(listed: &[String], caller: IpAddr) -> Result<Vec<IpAddr>, BadInput> {
+    let mut out: Vec<IpAddr> = Vec::with_capacity(listed.len().max(1));
+    for text in listed {
+        let ip = if text.trim() == "*" {
+            caller
+        } else {
+            parse_ip(text)?
+        };
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    if out.is_empty() {
+        out.push(caller);
+    }
+    Ok(out)
+}
+
+/// `count`, `older_id`, `newer_id` from a query string.
+pub fn parse_page(query: Option<&str>) -> Result<Page, BadInput> {
+    let mut page = Page::first(DEFAULT_COUNT);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            v.parse::<u64>()
+                .map_err(|_| invalid(format!("{k} must be a whole number, not {v:?}.")))
+        };
+        match k {
+            "count" => {
+                let n = number()?;
+                if n == 0 || n > u64::from(MAX_COUNT) {
+                    return Err(invalid(format!("count must be between 1 and {MAX_COUNT}.")));
+                }
+                page.count = n as u32;
+            }
+            "older_id" => page.older_id = Some(number()?),
+            "newer_id" => page.newer_id = Some(number()?),
+            _ => {} // other parameters (bunq clients send some) do not change the list
+        }
+    }
+    if page.older_id.is_some() && page.newer_id.is_some() {
+        return Err(invalid("Use older_id or newer_id, not both."));
+    }
+    Ok(page)
+}
+
+/// Builds the `Pagination` object for a list fetched with one row more than `page.count`
+/// (so a full page says whether more exist in its direction).
+pub fn pagination(base: &str, page: Page, ids: &[u64], more: bool) -> Value {
+    let count = page.count;
+    let url = |dir: &str, id: u64| Value::String(format!("{base}?count={count}&{dir}={id}"));
+    let newest = ids.first().copied();
+    let oldest = ids.last().copied();
+    let older_more = if page.newer_id.is_some() {
+        oldest.is_some()
+    } else {
+        more
+    };
+    let newer_more = match (page.older_id, page.newer_id) {
+        (Some(_), _) => true,
+        (_, Some(_)) => more,
+        _ => false,
+    };
+    let older_url = match oldest {
+        Some(id) if older_more => url("older_id", id),
+        _ => Value::Null,
+    };
+    let newer_url = match newest {
+        Some(id) if newer_more => url("newer_id", id),
+        _ => Value::Null,
+    };
+    let future_url = if newer_url.is_null() {
+        url("newer_id", newest.or(page.newer_id).unwrap_or(0))
+    } else {
+        Value::Null
+    };
+    json!({ "older_url": older_url, "newer_url": newer_url, "future_url": future_url })
+}
+
+/// `CredentialPasswordIp` as bunq shows it. The key is never stored, so `token_value`
+/// is always null.
+#[derive(Serialize)]
+pub struct CredentialView {
+    id: u64,
+    created: Timestamp,
+    updated: Timestamp,
+    status: &'static str,
+    expiry_time: Option<Timestamp>,
+    token_value: Option<String>,
+    permitted_device: Option<Value>,
+}
+
+impl From<&Credential> for CredentialView {
+    fn from(c: &Credential) -> Self {
+        Self {
+            id: c.id,
+            created: c.created,
+            updated: c.updated,
+            status: c.status.as_str(),
+            expiry_time: c.expiry_time,
+            token_value: None,
+            permitted_device: c
+                .permitted_device
+                .as_ref()
+                .map(|d| json!({ "description": d.description, "ip": d.ip })),
+        }
+    }
+}
+
+/// `PermittedIp` as bunq shows it.
+#[derive(Serialize)]
+pub struct PermittedIpView {
+    id: u64,
+    ip: IpAddr,
+    status: &'static str,
+    created: Timestamp,
+    updated: Timestamp,
+}
+
+impl From<&PermittedIp> for PermittedIpView {
+    fn from(p: &PermittedIp) -> Self {
+        Self {
+            id: p.id,
+            ip: p.ip,
+            status: p.status.as_str(),
+            created: p.created,
+            updated: p.updated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_ip("192.0.2.1"), Ok(ip("192.0.2.1")));
+        assert_eq!(parse_ip("::ffff:192.0.2.1"), Ok(ip("192.0.2.1")));
+        assert_eq!(parse_ip("2001:db8::1"), Ok(ip("2001:db8::1")));
+        assert_eq!(parse_ip("*"), Err(BadInput::Wildcard));
+        assert!(
+            matches!(parse_ip("10.0.0.0/8"), Err(BadInput::Invalid(m)) if m.contains("network"))
+        );
+        assert!(matches!(parse_ip("10.0.0.256"), Err(BadInput::Invalid(_))));
+        assert!(matches!(parse_ip(""), Err(BadInput::Invalid(_))));
+    }
+
+    #[test]
+    fn registration_star_is_the_caller() {
+        let caller = ip("198.51.100.4");
+        assert_eq!(registration_ips(&[], caller), Ok(vec![caller]));
+        assert_eq!(registration_ips(&["*".into()], caller), Ok(vec![caller]));
+        assert_eq!(
+            registration_ips(
+                &["192.0.2.1".into(), "*".into(), "::ffff:192.0.2.1".into()],
+                caller
+            ),
+            Ok(vec![ip("192.0.2.1"), caller])
+        );
+        assert!(registration_ips(&["10.0.0.0/24".into()], caller).is_err());
+    }
+
+    #[test]
+    fn paging_parameters() {
+        let p = parse_page(None).unwrap();
+        assert_eq!((p.count, p.older_id, p.newer_id), (10, None, None));
+        let p = parse_page(Some("count=200&older_id=5")).unwrap();
+        assert_eq!((p.count, p.older_id), (200, Some(5)));
+        assert!(parse_page(Some("count=201")).is_err());
+        assert!(parse_page(Some("count=0")).is_err());
+        assert!(parse_page(Some("count=x")).is_err());
+        assert!(parse_page(Some("older_id=1&newer_id=2")).is_err());
+    }
+
+    #[test]
+    fn pagination_urls() {
+        let page = Page::first(2);
+        let v = pagination("/b", page, &[9, 8], true);
+        assert_eq!(v["older_url"], "/b?count=2&older_id=8");
+        assert_eq!(v["newer_url"], Value::Null);
+        assert_eq!(v["future_url"], "/b?count=2&newer_id=9");
+        let v = pagination("/b", page, &[9], false);
+        assert_eq!(v["older_url"], Value::Null);
+    }
+
+    #[test]
+    fn bodies_are_strict() {
+        assert!(parse_json::<NewIpBody>(br#"{"ip":"1.2.3.4","stauts":"ACTIVE"}"#).is_err());
+        assert!(parse_json::<NewIpBody>(b"{").is_err());
+        let b: NewIpBody = parse_json(br#"{"ip":"1.2.3.4"}"#).unwrap();
+        assert_eq!(b.status, None);
+    }
+}

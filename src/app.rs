@@ -1,0 +1,141 @@
+//! Wiring: build the shared state, bind the listeners, start the poller, and drain on
+//! SIGTERM/SIGINT.
+//!
+//! Shutdown order: `/readyz` turns 503, the public listener stops accepting and waits
+//! up to `server.shutdown_grace` for requests in flight, then the poller and the admin
+//! listener stop.
+
+use crate::acl::SnapshotCell;
+use crate::admin_listener::{self, AdminState};
+use crate::api::Api;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Gatekeeper, Gateway, Upstream};
+use crate::refresh::Refresher;
+use crate::store;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen on {addr} ({what})")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, what, source })?;
+    let local = listener.local_addr().unwrap_or(addr);
+    tracing::info!(listener = what, addr = %local, "listening");
+    Ok(listener)
+}
+
+/// Runs the gateway until `stop` fires (the binary ties it to SIGTERM/SIGINT).
+pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let cell = Arc::new(SnapshotCell::new());
+    let store = store::open(&config.store);
+    let refresher = Arc::new(Refresher::new(
+        Arc::clone(&store),
+        Arc::clone(&cell),
+        Arc::clone(&metrics),
+    ));
+
+    let public = bind(config.server.listen, "public").await?;
+    let admin = bind(config.server.admin_listen, "admin").await?;
+
+    let gateway = Arc::new(Gateway {
+        gate: Gatekeeper {
+            cell: Arc::clone(&cell),
+            auth: config.auth.clone(),
+            max_staleness: config.refresh.max_staleness,
+        },
+        metrics: Arc::clone(&metrics),
+        client_ip: config.client_ip.clone(),
+        upstream: Upstream::new(&config.upstream),
+        api: Api {
+            store,
+            refresher: Arc::clone(&refresher),
+            metrics: Arc::clone(&metrics),
+            max_ips: config.limits.max_ips_per_credential,
+            max_body_bytes: config.limits.max_body_bytes,
+        },
+        tls: false,
+    });
+    let admin_state = Arc::new(AdminState {
+        cell,
+        metrics,
+        draining: AtomicBool::new(false),
+    });
+
+    let background = CancellationToken::new();
+    let poller =
+        tokio::spawn(Arc::clone(&refresher).run(config.refresh.interval, background.child_token()));
+    let admin_task = tokio::spawn(admin_listener::serve(
+        admin,
+        Arc::clone(&admin_state),
+        background.child_token(),
+    ));
+
+    let accepting = CancellationToken::new();
+    let on_stop = {
+        let accepting = accepting.clone();
+        let admin_state = Arc::clone(&admin_state);
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutdown requested");
+            admin_state.draining.store(true, Ordering::Release);
+            accepting.cancel();
+        }
+    };
+    let stopper = tokio::spawn(on_stop);
+    proxy::serve(
+        public,
+        gateway,
+        config.server.header_read_timeout,
+        config.server.shutdown_grace,
+        accepting,
+    )
+    .await;
+
+    background.cancel();
+    for (what, task) in [("poller", poller), ("admin listener", admin_task)] {
+        if let Err(error) = task.await {
+            tracing::error!(%error, task = what, "task ended abnormally");
+        }
+    }
+    stopper.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Fires on SIGTERM or SIGINT.
+pub fn stop_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let fire = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+        }
+        fire.cancel();
+    });
+    token
+}

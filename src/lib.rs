@@ -1,0 +1,27 @@
+//! ipgate: an authentication gateway. A request passes only with a valid API key from
+//! an address that is ACTIVE on that key's whitelist, so a stolen key is useless from
+//! anywhere else.
+//!
+//! Layout, dependencies pointing one way (hot path and control plane both depend on
+//! the pure core, never on each other):
+//!
+//! - [`acl`]: the pure core: snapshot, decision, the cell it is published in.
+//! - [`proxy`]: the hot path: client address, check, forward.
+//! - [`api`]: the management API (bunq's credential-password-ip and device-server).
+//! - [`store`]: the source of truth; [`refresh`]: the poller that turns it into
+//!   snapshots.
+//! - [`config`], [`metrics`], [`logging`], [`admin_listener`], [`operator`] (the
+//!   `ipgate admin` commands) and [`app`] (the wiring).
+
+pub mod acl;
+pub mod admin_listener;
+pub mod api;
+pub mod app;
+pub mod bunq;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod operator;
+pub mod proxy;
+pub mod refresh;
+pub mod store;

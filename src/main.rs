@@ -1,0 +1,131 @@
+//! The `ipgate` command: parse arguments, load the configuration, start.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad command line, 64 bad configuration.
+
+use clap::{Parser, Subcommand};
+use ipgate::config::Config;
+use ipgate::operator::{self, AdminCommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "ipgate",
+    version,
+    about = "API keys that only work from their whitelisted addresses"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the gateway.
+    Serve {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+    },
+    /// Validates a configuration file and lists every problem in it.
+    CheckConfig { file: PathBuf },
+    /// The operator's commands, on the store named in the configuration.
+    Admin {
+        #[arg(long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Print one JSON value instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("ipgate: bad configuration in {}:", path.display());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            serve(config)
+        }
+        Command::Admin {
+            config,
+            json,
+            command,
+        } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match operator::run(command, &config) {
+                Ok(out) if json => {
+                    println!("{}", out.json);
+                    ExitCode::SUCCESS
+                }
+                Ok(out) => {
+                    println!("{}", out.plain);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ipgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    ipgate::logging::init(&config.log);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.server.workers > 0 {
+        runtime.worker_threads(config.server.workers);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let stop = ipgate::app::stop_on_signals();
+        ipgate::app::serve(config, stop).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                source = s.source();
+            }
+            tracing::error!(error = %msg, "ipgate stopped");
+            eprintln!("ipgate: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

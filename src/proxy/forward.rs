@@ -1,0 +1,231 @@
+//! Forwarding an allowed request to the upstream and its answer back.
+//!
+//! Bodies stream both ways untouched. On the way up: hop-by-hop headers go, the key
+//! goes (unless `auth.forward_key`), every `X-Ipgate-*` the client sent goes, and then
+//! the gateway's own identity and `X-Forwarded-*` headers are set.
+
+use crate::acl::Identity;
+use crate::config::UpstreamConfig;
+use crate::metrics::UpstreamError;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
+pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const OWN_PREFIX: &[u8] = b"x-ipgate-";
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the common non-standard ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+/// The pooled client to the one upstream.
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+/// What the forwarder needs to know about the request beyond the request itself.
+pub struct Forwarding<'a> {
+    pub identity: Identity,
+    pub client_ip: IpAddr,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept and extended.
+    pub via_trusted_proxy: bool,
+    pub peer: IpAddr,
+    pub tls: bool,
+    /// The credential header, removed unless it is to be forwarded.
+    pub strip: Option<&'a HeaderName>,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let parts = config.url.clone().into_parts();
+        Self {
+            client,
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority: parts
+                .authority
+                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            timeout: config.timeout,
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        how: Forwarding<'_>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.rewrite(&mut req, &how)?;
+        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let mut resp = match answer {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect),
+            Ok(Err(_)) => return Err(UpstreamError::Protocol),
+            Ok(Ok(resp)) => resp,
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+
+    fn rewrite(
+        &self,
+        req: &mut Request<Incoming>,
+        how: &Forwarding<'_>,
+    ) -> Result<(), UpstreamError> {
+        // HTTP/2 requests carry the host in the URI only; HTTP/1.1 needs it as a header.
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(header::HOST, host);
+            }
+        }
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| UpstreamError::Protocol)?;
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        if let Some(name) = how.strip {
+            headers.remove(name);
+        }
+        strip_own(headers);
+
+        let peer = ip_value(how.peer);
+        match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) if how.via_trusted_proxy => {
+                let mut chain = existing.as_bytes().to_vec();
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(peer.as_bytes());
+                let value = HeaderValue::from_bytes(&chain).map_err(|_| UpstreamError::Protocol)?;
+                headers.insert(X_FORWARDED_FOR, value);
+            }
+            _ => {
+                headers.insert(X_FORWARDED_FOR, peer);
+            }
+        }
+        if !(how.via_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
+            let proto = if how.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        headers.insert(CREDENTIAL_ID, HeaderValue::from(how.identity.credential_id));
+        headers.insert(USER_ID, HeaderValue::from(how.identity.user_id));
+        // The resolved client address: set by us, never taken from the client.
+        headers.insert(CLIENT_IP, ip_value(how.client_ip));
+        Ok(())
+    }
+}
+
+/// The address the gateway judged the request by.
+pub const CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Removes every `X-Ipgate-*` header: only the gateway may set those.
+fn strip_own(headers: &mut HeaderMap) {
+    let has_own = headers
+        .keys()
+        .any(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX));
+    if has_own {
+        let own: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX))
+            .cloned()
+            .collect();
+        for name in own {
+            headers.remove(name);
+        }
+    }
+}
+
+/// An address as a header value. `String` becomes the value's buffer without a copy.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(ip.to_string()).expect("an address is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().unwrap(),
+        );
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn client_cannot_smuggle_identity_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-ipgate-user-id", "1".parse().unwrap());
+        h.append("X-Ipgate-Credential-Id", "1".parse().unwrap());
+        h.insert("x-ipgate-anything", "1".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        strip_own(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

@@ -1,0 +1,227 @@
+//! The hot path: accept, find the client address, check, forward.
+//!
+//! Per request: one snapshot load, one SHA-256 of the key, one hash-map lookup, one
+//! short address search; no lock, no store call, no allocation for a refusal beyond
+//! its response. Everything the control plane owns is reached only through
+//! [`SnapshotCell`].
+
+pub mod client_ip;
+mod forward;
+mod listener;
+
+pub use forward::{Upstream, CLIENT_IP, CREDENTIAL_ID, USER_ID};
+pub use listener::serve;
+
+use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
+use crate::api::Api;
+use crate::bunq;
+use crate::config::{AuthConfig, ClientIpConfig};
+use crate::metrics::{Metrics, UpstreamError};
+use bytes::Bytes;
+use forward::Forwarding;
+use http::header::HeaderMap;
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What the public listener answers with: the upstream's streamed body or our own.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    pub gate: Gatekeeper,
+    pub metrics: Arc<Metrics>,
+    pub client_ip: ClientIpConfig,
+    pub upstream: Upstream,
+    pub api: Api,
+    /// The public listener speaks TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// The key from the configured header. Several copies, an unreadable value or an empty
+/// one count as no key: ambiguity is refused, not resolved.
+pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h str> {
+    let mut values = headers.get_all(&auth.header).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?.trim();
+    let key = if auth.bearer {
+        let (scheme, rest) = text.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        rest.trim()
+    } else {
+        text
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+/// The authorisation check as the hot path and the management API both run it.
+pub struct Gatekeeper {
+    pub cell: Arc<SnapshotCell>,
+    pub auth: AuthConfig,
+    pub max_staleness: Duration,
+}
+
+impl Gatekeeper {
+    /// One snapshot load, one SHA-256, one lookup. The snapshot is released before
+    /// returning, so no request holds it across an await.
+    pub fn check(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Decision {
+        let key = credential_key(headers, &self.auth).map(|k| KeyHash::of(k.as_bytes()));
+        let snapshot = self.cell.load();
+        decide(
+            snapshot.as_deref(),
+            self.cell.is_stale(self.max_staleness),
+            key.as_ref(),
+            client_ip,
+            unix_now(),
+        )
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A refusal's response: status and body depend on the reason's class only.
+pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = bunq::error(status, reason.public_message());
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("ipgate"),
+        );
+    }
+    resp
+}
+
+impl Gateway {
+    /// Handles one request from `peer` (already normalised).
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+        let started = Instant::now();
+        let client_ip = client_ip::resolve(peer, req.headers(), &self.client_ip);
+
+        if Api::owns(req.uri().path()) {
+            let resp = self.api.handle(req, client_ip, &self.gate).await;
+            return resp.map(Either::Right);
+        }
+
+        let decision = self.gate.check(req.headers(), client_ip);
+
+        let (resp, reason, identity) = match decision {
+            Decision::Deny(reason) => {
+                self.metrics.record_deny(reason);
+                (refusal(reason).map(Either::Right), reason.label(), None)
+            }
+            Decision::Allow(identity) => {
+                self.metrics.record_allow();
+                let how = Forwarding {
+                    identity,
+                    // `Allow` is only ever decided for a known address.
+                    client_ip: client_ip.unwrap_or(peer),
+                    via_trusted_proxy: client_ip::is_trusted(peer, &self.client_ip.trusted_proxies),
+                    peer,
+                    tls: self.tls,
+                    strip: (!self.gate.auth.forward_key).then_some(&self.gate.auth.header),
+                };
+                let upstream_started = Instant::now();
+                let resp = match self.upstream.forward(req, how).await {
+                    Ok(resp) => resp.map(Either::Left),
+                    Err(kind) => {
+                        self.metrics.record_upstream_error(kind);
+                        upstream_failure(kind).map(Either::Right)
+                    }
+                };
+                self.metrics
+                    .upstream_duration
+                    .observe(upstream_started.elapsed().as_secs_f64());
+                (resp, "ok", Some(identity))
+            }
+        };
+        let elapsed = started.elapsed();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "ipgate::access",
+            status = resp.status().as_u16(),
+            decision = if identity.is_some() { "allow" } else { "deny" },
+            reason,
+            credential_id = identity.map(|i| i.credential_id),
+            client_ip = client_ip.map(tracing::field::display),
+            peer = %peer,
+            latency_us = elapsed.as_micros() as u64,
+        );
+        resp
+    }
+}
+
+fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {
+    match kind {
+        UpstreamError::Timeout => bunq::error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "The upstream service did not answer in time.",
+        ),
+        UpstreamError::Connect | UpstreamError::Protocol => bunq::error(
+            StatusCode::BAD_GATEWAY,
+            "The upstream service is unavailable.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn auth(header: &str) -> AuthConfig {
+        let header = HeaderName::from_bytes(header.as_bytes()).unwrap();
+        AuthConfig {
+            bearer: header == http::header::AUTHORIZATION,
+            header,
+            registration_window: Duration::from_secs(60),
+            forward_key: false,
+        }
+    }
+
+    #[test]
+    fn key_extraction() {
+        let a = auth("x-bunq-client-authentication");
+        let mut h = HeaderMap::new();
+        assert_eq!(credential_key(&h, &a), None);
+        h.insert("x-bunq-client-authentication", " ipg_abc ".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.append("x-bunq-client-authentication", "ipg_other".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None, "two keys are no key");
+        h.insert("x-bunq-client-authentication", "".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        let a = auth("authorization");
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.insert("authorization", "bearer  ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.insert("authorization", "Basic dXNlcg==".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+        h.insert("authorization", "ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+    }
+
+    #[test]
+    fn refusal_bodies() {
+        assert_eq!(refusal(Reason::MissingKey).status(), 401);
+        assert_eq!(refusal(Reason::UnknownKey).status(), 403);
+        assert_eq!(refusal(Reason::NoSnapshot).status(), 503);
+    }
+}

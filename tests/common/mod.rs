@@ -1,0 +1,447 @@
+//! Test harness: the real `ipgate` binary on port 0, a real upstream on port 0, and
+//! HTTP clients that connect from chosen source addresses (127.0.0.x, ::1).
+//!
+//! The gateway runs with JSON logs; the harness reads its listening addresses from
+//! them and keeps every line so tests can check what was logged.
+
+#![allow(dead_code)] // each test file uses its own part of the harness
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ipgate");
+pub const KEY_HEADER: &str = "x-bunq-client-authentication";
+/// How long a test waits for something that should happen within a few polls.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// An HTTP/1.1 upstream that answers every request with a JSON echo of what it got:
+/// `{"method","path","headers":{name:[values]},"body"}`. `/slow` waits 2 s first.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let service = service_fn(|req: Request<Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                        let method = req.method().to_string();
+                        let path = req.uri().to_string();
+                        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                        for (k, v) in req.headers() {
+                            headers
+                                .entry(k.to_string())
+                                .or_default()
+                                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                        }
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let echo = json!({
+                            "method": method,
+                            "path": path,
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        });
+                        let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
+                        resp.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("connection", "keep-alive".parse().unwrap());
+                        resp.headers_mut()
+                            .insert("x-from-upstream", "yes".parse().unwrap());
+                        Ok::<_, hyper::Error>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address on which nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Config sections and keys, rendered to TOML. Values are TOML literals.
+#[derive(Clone, Default)]
+pub struct Settings(BTreeMap<String, BTreeMap<String, String>>);
+
+impl Settings {
+    pub fn new(upstream: &str) -> Self {
+        Self::default()
+            .set("server.listen", "\"[::]:0\"")
+            .set("server.admin_listen", "\"127.0.0.1:0\"")
+            .set("server.workers", "2")
+            .set("server.shutdown_grace", "\"5s\"")
+            .set("upstream.url", &format!("\"{upstream}\""))
+            .set("store.url", "\"sqlite://ipgate.db\"")
+            .set("refresh.interval", "\"100ms\"")
+            .set("log.format", "\"json\"")
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        let (section, name) = key.split_once('.').unwrap();
+        self.0
+            .entry(section.into())
+            .or_default()
+            .insert(name.into(), value.into());
+        self
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (section, keys) in &self.0 {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A running `ipgate serve`.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn write_config(dir: &Path, settings: &Settings) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, settings.render()).unwrap();
+    path
+}
+
+impl Gateway {
+    /// Starts the binary and waits for both listeners (not for readiness).
+    pub fn start(settings: &Settings) -> Self {
+        Self::start_with_env(settings, &[])
+    }
+
+    pub fn start_with_env(settings: &Settings, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), settings);
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "listening" {
+                        let addr: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+                        let _ = tx.send((v["listener"].as_str().unwrap().to_owned(), addr));
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut public = None;
+        let mut admin = None;
+        while public.is_none() || admin.is_none() {
+            match rx.recv_timeout(PATIENCE) {
+                Ok((which, addr)) if which == "public" => public = Some(addr),
+                Ok((_, addr)) => admin = Some(addr),
+                Err(_) => panic!("gateway did not start: {:?}", logs.lock().unwrap()),
+            }
+        }
+        Self {
+            dir,
+            config,
+            child,
+            public: public.unwrap(),
+            admin: admin.unwrap(),
+            logs,
+        }
+    }
+
+    /// Where a client from `from` connects: the public port on the loopback of the
+    /// same family.
+    pub fn target(&self, from: IpAddr) -> SocketAddr {
+        let host = if from.is_ipv6() { ip("::1") } else { ip("127.0.0.1") };
+        SocketAddr::new(host, self.public.port())
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Runs `ipgate admin --json ARGS` on this gateway's store and returns its JSON.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let out = self.admin_raw(args);
+        assert!(
+            out.status.success(),
+            "ipgate admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn admin_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(["admin", "--config"])
+            .arg(&self.config)
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A new user with a new (pending) key: (user id, credential id, key).
+    pub fn new_key(&self) -> (u64, u64, String) {
+        let user = self.admin(&["user", "add"])["id"].as_u64().unwrap();
+        let (cred, key) = self.key_for(user);
+        (user, cred, key)
+    }
+
+    pub fn key_for(&self, user: u64) -> (u64, String) {
+        let k = self.admin(&["key", "create", "--user", &user.to_string()]);
+        (
+            k["credential_id"].as_u64().unwrap(),
+            k["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A user with an ACTIVE key whose ACTIVE addresses are `ips`, registered through
+    /// the device-server endpoint from the first of them.
+    pub async fn registered_key(&self, ips: &[&str]) -> (u64, u64, String) {
+        let (user, cred, key) = self.new_key();
+        let body = json!({"description": "test device", "secret": key, "permitted_ips": ips});
+        let r = self
+            .send(ip(ips[0]), Method::POST, "/v1/device-server", &[], Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "registration failed: {}", r.text());
+        self.wait_until_allowed(ip(ips[0]), &key).await;
+        (user, cred, key)
+    }
+
+    pub async fn get(&self, from: IpAddr, path: &str, key: Option<&str>) -> Answer {
+        let headers: Vec<(&str, &str)> = key.map(|k| vec![(KEY_HEADER, k)]).unwrap_or_default();
+        self.send(from, Method::GET, path, &headers, None).await
+    }
+
+    pub async fn send(
+        &self,
+        from: IpAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Answer {
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        send_raw(from, self.target(from), method, path, headers, body).await
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if self.admin_get("/readyz").await.0 == StatusCode::OK {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway never became ready: {:?}", self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls until `key` passes from `from` (a change reached the snapshot).
+    pub async fn wait_until_allowed(&self, from: IpAddr, key: &str) {
+        self.wait_for_status(from, key, StatusCode::OK).await;
+    }
+
+    pub async fn wait_for_status(&self, from: IpAddr, key: &str, want: StatusCode) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let got = self.get(from, "/probe", Some(key)).await.status;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {got}, wanted {want}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let r = send_raw(ip("127.0.0.1"), self.admin, Method::GET, path, &[], Bytes::new()).await;
+        let text = r.text();
+        (r.status, text)
+    }
+
+    /// The value of one sample line in `/metrics`, e.g. `ipgate_refresh_total{result="error"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{sample} not in metrics:\n{text}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(self.child.id(), "TERM");
+        let status = self.child.wait().unwrap();
+        status
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response with its body read.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The upstream's echo of a request header, if the upstream saw it.
+    pub fn echoed(&self, name: &str) -> Option<Vec<String>> {
+        self.json()["headers"][name].as_array().map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect()
+        })
+    }
+}
+
+/// Connects from `from` (port chosen by the OS) to `to` and sends one HTTP/1.1 request.
+pub async fn send_raw(
+    from: IpAddr,
+    to: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
+    let stream = connect_from(from, to).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+    collect(resp).await
+}
+
+pub async fn collect(resp: Response<Incoming>) -> Answer {
+    let (parts, body) = resp.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = if from.is_ipv6() {
+        TcpSocket::new_v6().unwrap()
+    } else {
+        TcpSocket::new_v4().unwrap()
+    };
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// An HTTP/2 (prior knowledge, cleartext) request from `from`.
+pub async fn send_h2(from: IpAddr, to: SocketAddr, path: &str, key: &str) -> Answer {
+    let stream = connect_from(from, to).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://gateway.test{path}"))
+        .header(KEY_HEADER, key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    collect(sender.send_request(req).await.unwrap()).await
+}

@@ -1,0 +1,396 @@
+//! The hot path, end to end: the real binary, a real upstream, clients from real
+//! source addresses.
+
+mod common;
+
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+async fn setup() -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    gw.wait_ready().await;
+    (upstream, gw)
+}
+
+#[tokio::test]
+async fn allowed_from_active_address_refused_elsewhere() {
+    let (_up, gw) = setup().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+
+    let ok = gw.get(ip("127.0.0.2"), "/accounts?x=1", Some(&key)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let echo = ok.json();
+    assert_eq!(echo["path"], "/accounts?x=1");
+    assert_eq!(ok.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
+    assert_eq!(ok.echoed("x-ipgate-user-id"), Some(vec![user.to_string()]));
+    assert_eq!(ok.echoed("x-forwarded-for"), Some(vec!["127.0.0.2".into()]));
+    assert_eq!(ok.echoed("x-forwarded-proto"), Some(vec!["http".into()]));
+    assert_eq!(ok.echoed(KEY_HEADER), None, "the key is not forwarded");
+    assert_eq!(ok.headers["x-from-upstream"], "yes");
+    assert!(ok.headers.get("connection").is_none(), "hop-by-hop header passed back");
+
+    let other = gw.get(ip("127.0.0.3"), "/accounts", Some(&key)).await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    let v6 = gw.get(ip("::1"), "/accounts", Some(&key)).await;
+    assert_eq!(v6.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.metric("ipgate_requests_total{decision=\"deny\",reason=\"ip_not_active\"}").await,
+        2.0
+    );
+    assert_eq!(gw.metric("ipgate_key_from_unlisted_ip_total").await, 2.0);
+}
+
+#[tokio::test]
+async fn client_cannot_forge_identity_or_hop_headers() {
+    let (_up, gw) = setup().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::POST,
+            "/upload",
+            &[
+                (KEY_HEADER, &key),
+                ("x-ipgate-user-id", "999"),
+                ("x-ipgate-credential-id", "999"),
+                ("x-ipgate-client-ip", "10.9.9.9"),
+                ("x-forwarded-for", "10.9.9.9"),
+                ("connection", "x-drop-me"),
+                ("x-drop-me", "1"),
+                ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ],
+            Some(json!({"hello": "world"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-ipgate-user-id"), Some(vec![user.to_string()]));
+    assert_eq!(r.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
+    assert_eq!(r.echoed("x-ipgate-client-ip"), Some(vec!["127.0.0.2".into()]));
+    assert_eq!(r.echoed("x-forwarded-for"), Some(vec!["127.0.0.2".into()]));
+    assert_eq!(r.echoed("x-drop-me"), None);
+    assert_eq!(r.echoed("proxy-authorization"), None);
+    assert_eq!(r.json()["method"], "POST");
+    assert_eq!(r.json()["body"], "{\"hello\":\"world\"}");
+}
+
+#[tokio::test]
+async fn every_key_refusal_looks_the_same() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url()).set("auth.registration_window", "\"2s\""),
+    );
+    gw.wait_ready().await;
+    let created = Instant::now();
+    let (_, _, expired) = gw.new_key();
+    let (_, revoked_cred, revoked) = gw.registered_key(&["127.0.0.2"]).await;
+    let (_, inactive_cred, inactive) = gw.registered_key(&["127.0.0.2"]).await;
+    let (_, _, unlisted) = gw.registered_key(&["127.0.0.4"]).await;
+
+    gw.admin(&["credential", "revoke", &revoked_cred.to_string()]);
+    let entries = gw.admin(&["ip", "list", &inactive_cred.to_string()]);
+    let item = entries["ips"][0]["id"].as_u64().unwrap().to_string();
+    gw.admin(&["ip", "set-status", &inactive_cred.to_string(), &item, "INACTIVE"]);
+    gw.wait_for_status(ip("127.0.0.2"), &revoked, StatusCode::FORBIDDEN).await;
+    gw.wait_for_status(ip("127.0.0.2"), &inactive, StatusCode::FORBIDDEN).await;
+    // The registration window is 2 s: let it pass for the first key.
+    tokio::time::sleep((created + Duration::from_millis(2100)).saturating_duration_since(Instant::now())).await;
+    // A key still inside its window, created after the first one lapsed.
+    let (_, _, pending) = gw.new_key();
+    let deadline = Instant::now() + PATIENCE;
+    while gw.metric("ipgate_snapshot_credentials").await < 5.0 {
+        assert!(Instant::now() < deadline, "the pending key never reached the snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let from = ip("127.0.0.2");
+    let unknown = "ipg_0000000000000000000000000000000000000000000000000000000000000000";
+    let mut bodies = Vec::new();
+    for (what, key) in [
+        ("unknown", unknown),
+        ("expired", expired.as_str()),
+        ("pending", pending.as_str()),
+        ("revoked", revoked.as_str()),
+        ("inactive", inactive.as_str()),
+        ("unlisted", unlisted.as_str()),
+    ] {
+        let r = gw.get(from, "/x", Some(key)).await;
+        bodies.push((what, r.status, r.body));
+    }
+    for (what, status, body) in &bodies {
+        assert_eq!(*status, StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(body, &bodies[0].2, "{what} body differs from unknown key's");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&bodies[0].2).unwrap();
+    assert!(v["Error"][0]["error_description"].is_string());
+    assert!(v["Error"][0]["error_description_translated"].is_string());
+
+    for reason in ["unknown_key", "expired_key", "pending_key", "revoked_key", "ip_not_active"] {
+        let sample = format!("ipgate_requests_total{{decision=\"deny\",reason=\"{reason}\"}}");
+        assert!(gw.metric(&sample).await >= 1.0, "{reason} not counted");
+    }
+}
+
+#[tokio::test]
+async fn missing_key_is_401_and_wildcard_admits_everyone() {
+    let (_up, gw) = setup().await;
+    let r = gw.get(ip("127.0.0.2"), "/", None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["Error"][0]["error_description"], "Missing authentication token.");
+
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    assert_eq!(gw.get(ip("127.0.0.7"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    gw.admin(&["wildcard", "set", &cred.to_string()]);
+    gw.wait_until_allowed(ip("127.0.0.7"), &key).await;
+    assert_eq!(gw.get(ip("::1"), "/", Some(&key)).await.status, StatusCode::OK);
+    gw.admin(&["wildcard", "clear", &cred.to_string()]);
+    gw.wait_for_status(ip("127.0.0.7"), &key, StatusCode::FORBIDDEN).await;
+    assert_eq!(gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn ipv6_and_ipv4_mapped_addresses() {
+    let (_up, gw) = setup().await;
+    let (_, cred, key) = gw.registered_key(&["::1"]).await;
+    assert_eq!(gw.get(ip("::1"), "/", Some(&key)).await.status, StatusCode::OK);
+    assert_eq!(gw.get(ip("127.0.0.1"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+
+    // Stored as IPv4 whatever the spelling; IPv4 clients reach a dual-stack listener as
+    // ::ffff:127.0.0.3 and still match.
+    let added = gw.admin(&["ip", "add", &cred.to_string(), "::ffff:127.0.0.3"]);
+    assert_eq!(added["ip"], "127.0.0.3");
+    gw.wait_until_allowed(ip("127.0.0.3"), &key).await;
+    let dup = gw.admin_raw(&["ip", "add", &cred.to_string(), "127.0.0.3"]);
+    assert!(!dup.status.success(), "a duplicate address was accepted");
+}
+
+#[tokio::test]
+async fn forwarding_headers_count_only_from_trusted_proxies() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url()).set("client_ip.trusted_proxies", "[\"127.0.0.5/32\"]"),
+    );
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.9"]).await;
+    let via = |from: &'static str, xff: &'static str| {
+        let gw = &gw;
+        let key = key.clone();
+        async move {
+            gw.send(
+                ip(from),
+                Method::GET,
+                "/",
+                &[(KEY_HEADER, &key), ("x-forwarded-for", xff)],
+                None,
+            )
+            .await
+        }
+    };
+    // From the trusted proxy: the rightmost untrusted hop is the client.
+    let r = via("127.0.0.5", "6.6.6.6, 127.0.0.9").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-forwarded-for"), Some(vec!["6.6.6.6, 127.0.0.9, 127.0.0.5".into()]));
+    assert_eq!(r.echoed("x-ipgate-client-ip"), Some(vec!["127.0.0.9".into()]));
+    // A client spoofing the header is judged by its own address.
+    assert_eq!(via("127.0.0.9", "127.0.0.9").await.status, StatusCode::OK);
+    assert_eq!(via("127.0.0.6", "127.0.0.9").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(via("127.0.0.5", "127.0.0.9, 10.0.0.1").await.status, StatusCode::FORBIDDEN);
+    // Garbage from the trusted proxy fails closed.
+    assert_eq!(via("127.0.0.5", "not-an-ip").await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn rfc7239_forwarded_header() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url())
+            .set("client_ip.trusted_proxies", "[\"127.0.0.5\"]")
+            .set("client_ip.header", "\"forwarded\""),
+    );
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["::1"]).await;
+    let r = gw
+        .send(
+            ip("127.0.0.5"),
+            Method::GET,
+            "/",
+            &[(KEY_HEADER, &key), ("forwarded", "for=\"[::1]:4711\";proto=https")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = gw
+        .send(ip("127.0.0.5"), Method::GET, "/", &[(KEY_HEADER, &key), ("x-forwarded-for", "::1")], None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "x-forwarded-for is not the configured header");
+}
+
+#[tokio::test]
+async fn admin_changes_in_another_process_are_picked_up() {
+    let (_up, gw) = setup().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    assert_eq!(gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    let started = Instant::now();
+    let item = gw.admin(&["ip", "add", &cred.to_string(), "127.0.0.3"])["id"]
+        .as_u64()
+        .unwrap();
+    gw.wait_until_allowed(ip("127.0.0.3"), &key).await;
+    // A poll interval is 100 ms: "a few" of them, with room for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    gw.admin(&["ip", "set-status", &cred.to_string(), &item.to_string(), "INACTIVE"]);
+    gw.wait_for_status(ip("127.0.0.3"), &key, StatusCode::FORBIDDEN).await;
+    gw.admin(&["credential", "revoke", &cred.to_string()]);
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN).await;
+}
+
+#[tokio::test]
+async fn last_good_snapshot_while_the_store_is_unreadable() {
+    let (_up, gw) = setup().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let db = gw.dir.path().join("ipgate.db");
+    let away = gw.dir.path().join("moved.db");
+    let errors_before = gw.metric("ipgate_refresh_total{result=\"error\"}").await;
+    std::fs::rename(&db, &away).unwrap();
+
+    let deadline = Instant::now() + PATIENCE;
+    while gw.metric("ipgate_refresh_total{result=\"error\"}").await < errors_before + 2.0 {
+        assert!(Instant::now() < deadline, "poll failures were not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status, StatusCode::OK);
+    assert_eq!(gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::OK);
+    assert!(
+        gw.logs().iter().any(|l| l.contains("keeping the last good snapshot")),
+        "the failure was not logged"
+    );
+
+    std::fs::rename(&away, &db).unwrap();
+    let updates = gw.metric("ipgate_refresh_total{result=\"unchanged\"}").await;
+    let deadline = Instant::now() + PATIENCE;
+    while gw.metric("ipgate_refresh_total{result=\"unchanged\"}").await <= updates {
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unavailable_before_first_load_and_past_max_staleness() {
+    let upstream = Upstream::start().await;
+    // The store's folder does not exist yet: the first load cannot happen.
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url())
+            .set("store.url", "\"sqlite://later/ipgate.db\"")
+            .set("refresh.max_staleness", "\"400ms\""),
+    );
+    let r = gw.get(ip("127.0.0.2"), "/", Some("ipg_whatever")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.json()["Error"][0]["error_description"].is_string());
+    assert_eq!(gw.get(ip("127.0.0.2"), "/", None).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
+
+    std::fs::create_dir(gw.dir.path().join("later")).unwrap();
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+
+    let db = gw.dir.path().join("later/ipgate.db");
+    let away = gw.dir.path().join("later/moved.db");
+    std::fs::rename(&db, &away).unwrap();
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(gw.metric("ipgate_snapshot_age_seconds").await > 0.4);
+    std::fs::rename(&away, &db).unwrap();
+    gw.wait_until_allowed(ip("127.0.0.2"), &key).await;
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_slow_is_504() {
+    let down = closed_port().await;
+    let gw = Gateway::start(&Settings::new(&format!("http://{down}")));
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.new_key();
+    // Register through the API (answered by the gateway itself, not the upstream).
+    let body = json!({"description": "d", "secret": key});
+    let r = gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = gw.get(ip("127.0.0.2"), "/", Some(&key)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(r.json()["Error"][0]["error_description"].is_string());
+    assert_eq!(gw.metric("ipgate_upstream_errors_total{kind=\"connect\"}").await, 1.0);
+    let _ = cred;
+
+    let upstream = Upstream::start().await;
+    let slow = Gateway::start(
+        &Settings::new(&upstream.url()).set("upstream.timeout", "\"300ms\""),
+    );
+    slow.wait_ready().await;
+    let (_, _, key) = slow.registered_key(&["127.0.0.2"]).await;
+    let r = slow.get(ip("127.0.0.2"), "/slow", Some(&key)).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(slow.metric("ipgate_upstream_errors_total{kind=\"timeout\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (_up, gw) = setup().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let r = send_h2(ip("127.0.0.2"), gw.target(ip("127.0.0.2")), "/h2?q=1", &key).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["path"], "/h2?q=1");
+    assert_eq!(r.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
+    assert_eq!(r.echoed("host"), Some(vec!["gateway.test".into()]));
+    let r = send_h2(ip("127.0.0.3"), gw.target(ip("127.0.0.3")), "/", &key).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn bearer_header_when_configured() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url()).set("auth.header", "\"Authorization\""),
+    );
+    gw.wait_ready().await;
+    let (_, _, key) = gw.new_key();
+    let body = json!({"description": "d", "secret": key, "permitted_ips": ["127.0.0.2"]});
+    let r = gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let bearer = format!("Bearer {key}");
+    let r = gw
+        .send(ip("127.0.0.2"), Method::GET, "/", &[("authorization", &bearer)], None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("authorization"), None);
+    let r = gw.send(ip("127.0.0.2"), Method::GET, "/", &[(KEY_HEADER, &key)], None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn no_key_in_any_log_line() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start_with_env(&Settings::new(&upstream.url()), &[("RUST_LOG", "trace")]);
+    gw.wait_ready().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let (_, _, stranger) = gw.new_key();
+    gw.get(ip("127.0.0.2"), "/", Some(&key)).await;
+    gw.get(ip("127.0.0.3"), "/", Some(&key)).await;
+    gw.get(ip("127.0.0.2"), "/", Some(&stranger)).await;
+    send_h2(ip("127.0.0.2"), gw.target(ip("127.0.0.2")), "/", &key).await;
+    let path = format!("/v1/user/{user}/credential-password-ip/{cred}/ip");
+    gw.send(ip("127.0.0.2"), Method::POST, &path, &[(KEY_HEADER, &key)], Some(json!({"ip": "127.0.0.8"})))
+        .await;
+    let body = json!({"description": "again", "secret": stranger, "permitted_ips": ["bogus"]});
+    gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+
+    let logs = gw.logs();
+    assert!(logs.len() > 20, "expected trace output, got {} lines", logs.len());
+    assert!(logs.iter().any(|l| l.contains("ipgate::access")), "no access log");
+    for secret in [&key, &stranger] {
+        // The whole key, and any long piece of it.
+        let piece = &secret[4..24];
+        for line in &logs {
+            assert!(!line.contains(piece), "a key leaked into the log: {line}");
+        }
+    }
+}

@@ -10,7 +10,8 @@ use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Gatekeeper, Gateway, Upstream};
+use crate::proxy::tls::{TlsCertificates, TlsError};
+use crate::proxy::{self, Gatekeeper, Gateway, ListenerOptions, Upstream, UpstreamSetupError};
 use crate::refresh::Refresher;
 use crate::store;
 use std::net::SocketAddr;
@@ -28,6 +29,10 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
@@ -50,6 +55,15 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
         Arc::clone(&metrics),
     ));
 
+    let certificates = config
+        .server
+        .tls
+        .as_ref()
+        .map(TlsCertificates::load)
+        .transpose()?;
+    let acceptor = certificates.as_ref().map(|c| c.acceptor()).transpose()?;
+    let upstream = Upstream::new(&config.upstream)?;
+
     let public = bind(config.server.listen, "public").await?;
     let admin = bind(config.server.admin_listen, "admin").await?;
 
@@ -61,7 +75,7 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
         },
         metrics: Arc::clone(&metrics),
         client_ip: config.client_ip.clone(),
-        upstream: Upstream::new(&config.upstream),
+        upstream,
         api: Api {
             store,
             refresher: Arc::clone(&refresher),
@@ -69,7 +83,7 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
             max_ips: config.limits.max_ips_per_credential,
             max_body_bytes: config.limits.max_body_bytes,
         },
-        tls: false,
+        tls: acceptor.is_some(),
     });
     let admin_state = Arc::new(AdminState {
         cell,
@@ -80,6 +94,13 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
     let background = CancellationToken::new();
     let poller =
         tokio::spawn(Arc::clone(&refresher).run(config.refresh.interval, background.child_token()));
+    if let Some(certificates) = certificates {
+        tokio::spawn(reload_on_sighup(
+            certificates,
+            Arc::clone(&admin_state.metrics),
+            background.child_token(),
+        ));
+    }
     let admin_task = tokio::spawn(admin_listener::serve(
         admin,
         Arc::clone(&admin_state),
@@ -98,14 +119,12 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
         }
     };
     let stopper = tokio::spawn(on_stop);
-    proxy::serve(
-        public,
-        gateway,
-        config.server.header_read_timeout,
-        config.server.shutdown_grace,
-        accepting,
-    )
-    .await;
+    let options = ListenerOptions {
+        header_read_timeout: config.server.header_read_timeout,
+        grace: config.server.shutdown_grace,
+        tls: acceptor,
+    };
+    proxy::serve(public, gateway, options, accepting).await;
 
     background.cancel();
     for (what, task) in [("poller", poller), ("admin listener", admin_task)] {
@@ -116,6 +135,43 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
     stopper.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Re-reads the certificate and key on every SIGHUP; a bad pair is logged and counted
+/// and the old one keeps serving.
+async fn reload_on_sighup(
+    certificates: Arc<TlsCertificates>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; certificates will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = hup.recv() => if received.is_none() { return },
+        }
+        match certificates.reload() {
+            Ok(()) => {
+                metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                tracing::info!(cert = %certificates.cert_path().display(), "TLS certificate reloaded");
+            }
+            Err(error) => {
+                metrics.tls_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(
+                    %error,
+                    cause = crate::refresh::error_chain(&error),
+                    "TLS reload failed; still serving the previous certificate"
+                );
+            }
+        }
+    }
 }
 
 /// Fires on SIGTERM or SIGINT.

@@ -79,6 +79,7 @@ pub struct RawUpstream {
     pub url: String,
     pub connect_timeout: String,
     pub timeout: String,
+    pub ca_file: Option<String>,
 }
 
 impl Default for RawUpstream {
@@ -87,6 +88,7 @@ impl Default for RawUpstream {
             url: DEFAULT_UPSTREAM.into(),
             connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT.into(),
             timeout: DEFAULT_UPSTREAM_TIMEOUT.into(),
+            ca_file: None,
         }
     }
 }
@@ -223,6 +225,8 @@ pub struct UpstreamConfig {
     pub url: Uri,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// PEM roots for an `https` upstream; the system's roots when absent.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -322,12 +326,18 @@ impl Config {
                 key: base.join(t.key),
             }),
         };
-        if server.tls.is_some() {
-            check.err("server.tls", "TLS is not supported by this build yet");
+        if let Some(tls) = &server.tls {
+            for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    check.err(key, &format!("{} is not a readable file", path.display()));
+                }
+            }
         }
 
         let url = match raw.upstream.url.parse::<Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() =>
+            {
                 if u.path() != "/" && !u.path().is_empty() {
                     check.err(
                         "upstream.url",
@@ -337,7 +347,10 @@ impl Config {
                 u
             }
             Ok(_) => {
-                check.err("upstream.url", "must be http://host:port");
+                check.err(
+                    "upstream.url",
+                    "must be http://host:port or https://host:port",
+                );
                 Uri::from_static("http://invalid")
             }
             Err(e) => {
@@ -350,7 +363,16 @@ impl Config {
             connect_timeout: check
                 .positive_duration("upstream.connect_timeout", &raw.upstream.connect_timeout),
             timeout: check.positive_duration("upstream.timeout", &raw.upstream.timeout),
+            ca_file: raw.upstream.ca_file.map(|f| base.join(f)),
         };
+        if let Some(ca) = &upstream.ca_file {
+            if !ca.is_file() {
+                check.err(
+                    "upstream.ca_file",
+                    &format!("{} is not a readable file", ca.display()),
+                );
+            }
+        }
 
         let header = match HeaderName::try_from(raw.auth.header.as_str()) {
             Ok(h) => h,

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub upstream_duration: Histogram,
     upstream_errors: Vec<IntCounter>,
     pub open_connections: IntGauge,
+    pub tls_handshake_failures: IntCounter,
+    pub tls_reloads: IntCounterVec,
     pub snapshot_version: IntGauge,
     pub snapshot_credentials: IntGauge,
     pub snapshot_active_ips: IntGauge,
@@ -176,6 +178,26 @@ impl Metrics {
             open_connections: int_gauge(
                 "ipgate_open_connections",
                 "Client connections open on the public listener.",
+            ),
+            tls_handshake_failures: register(
+                &r,
+                IntCounter::new(
+                    "ipgate_tls_handshake_failures_total",
+                    "TLS handshakes on the public listener that failed or timed out.",
+                )
+                .expect("valid metric"),
+            ),
+            tls_reloads: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ipgate_tls_reloads_total",
+                        "Certificate reloads on SIGHUP by result (ok, error; on error the old \
+                         certificate keeps serving).",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
             ),
             snapshot_version: int_gauge(
                 "ipgate_snapshot_version",

@@ -11,10 +11,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
@@ -37,9 +41,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    #[error("cannot read the upstream CA file {path}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no usable root certificate for the https upstream")]
+    Roots(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The pooled client to the one upstream.
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -58,23 +74,25 @@ pub struct Forwarding<'a> {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        connector.enforce_http(false);
+        let connector = https_connector(config)?.wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         let parts = config.url.clone().into_parts();
-        Self {
+        Ok(Self {
             client,
             scheme: parts.scheme.unwrap_or(Scheme::HTTP),
             authority: parts
                 .authority
                 .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
             timeout: config.timeout,
-        }
+        })
     }
 
     pub async fn forward(
@@ -85,10 +103,22 @@ impl Upstream {
         self.rewrite(&mut req, &how)?;
         let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         let mut resp = match answer {
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::Connect),
-            Ok(Err(_)) => return Err(UpstreamError::Protocol),
             Ok(Ok(resp)) => resp,
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Err(error)) => {
+                let kind = if error.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Protocol
+                };
+                tracing::warn!(
+                    kind = kind.label(),
+                    %error,
+                    cause = crate::refresh::error_chain(&error),
+                    "upstream request failed"
+                );
+                return Err(kind);
+            }
         };
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
@@ -152,6 +182,55 @@ impl Upstream {
         headers.insert(CLIENT_IP, ip_value(how.client_ip));
         Ok(())
     }
+}
+
+/// TLS towards an `https` upstream: the configured CA file, or the system's roots.
+/// A plain `http` upstream never handshakes, so it needs no roots at all.
+fn https_connector(
+    config: &UpstreamConfig,
+) -> Result<
+    hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsProtocols2>,
+    UpstreamSetupError,
+> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match (&config.ca_file, config.url.scheme_str()) {
+        (Some(path), _) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|source| UpstreamSetupError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            let (added, ignored) = roots.add_parsable_certificates(certs);
+            tracing::info!(path = %path.display(), added, ignored, "upstream CA file loaded");
+            if added == 0 {
+                return Err(UpstreamSetupError::Roots(
+                    format!("{} holds no usable CA certificate", path.display()).into(),
+                ));
+            }
+            builder.with_tls_config(client_config(provider, roots)?)
+        }
+        (None, Some("https")) => builder
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| UpstreamSetupError::Roots(Box::new(e)))?,
+        (None, _) => {
+            builder.with_tls_config(client_config(provider, rustls::RootCertStore::empty())?)
+        }
+    };
+    Ok(builder.https_or_http().enable_http1())
+}
+
+fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, UpstreamSetupError> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamSetupError::Roots(Box::new(e)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// The address the gateway judged the request by.

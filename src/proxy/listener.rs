@@ -1,15 +1,19 @@
-//! Accepting connections on the public listener and draining them on shutdown.
+//! Accepting connections on the public listener (plain or TLS) and draining them on
+//! shutdown.
 
 use super::Gateway;
 use crate::acl::normalize;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -18,20 +22,28 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 256;
 
+/// How the public listener serves.
+pub struct ListenerOptions {
+    /// Both the request-head deadline and the TLS handshake deadline.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub grace: Duration,
+    pub tls: Option<TlsAcceptor>,
+}
+
 /// Serves until `shutdown` fires, then stops accepting and waits up to `grace` for
 /// in-flight requests to finish.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    header_read_timeout: Duration,
-    grace: Duration,
+    options: ListenerOptions,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
     builder
         .http2()
@@ -63,16 +75,30 @@ pub async fn serve(
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
+        let tls = options.tls.clone();
+        let handshake_timeout = options.header_read_timeout;
         tokio::spawn(
             async move {
                 gateway.metrics.open_connections.inc();
-                let service = service_fn(|req| {
-                    let gateway = Arc::clone(&gateway);
-                    async move { Ok::<_, Infallible>(gateway.handle(req, peer_ip).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = watcher.watch(conn).await {
-                    tracing::debug!(error = %error, "connection ended with an error");
+                match tls {
+                    None => serve_connection(&builder, stream, &gateway, peer_ip, watcher).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+                        match handshake {
+                            Ok(Ok(stream)) => {
+                                serve_connection(&builder, stream, &gateway, peer_ip, watcher).await
+                            }
+                            Ok(Err(error)) => {
+                                gateway.metrics.tls_handshake_failures.inc();
+                                tracing::debug!(%error, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                gateway.metrics.tls_handshake_failures.inc();
+                                tracing::debug!("TLS handshake timed out");
+                            }
+                        }
+                    }
                 }
                 gateway.metrics.open_connections.dec();
             }
@@ -81,9 +107,31 @@ pub async fn serve(
     }
 
     drop(listener);
-    tracing::info!(grace_ms = grace.as_millis() as u64, "draining connections");
+    tracing::info!(
+        grace_ms = options.grace.as_millis() as u64,
+        "draining connections"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
+        _ = tokio::time::sleep(options.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    gateway: &Arc<Gateway>,
+    peer: IpAddr,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(|req| {
+        let gateway = Arc::clone(gateway);
+        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(conn).await {
+        tracing::debug!(error = %error, "connection ended with an error");
     }
 }

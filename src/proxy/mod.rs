@@ -8,9 +8,10 @@
 pub mod client_ip;
 mod forward;
 mod listener;
+pub mod tls;
 
-pub use forward::{Upstream, CLIENT_IP, CREDENTIAL_ID, USER_ID};
-pub use listener::serve;
+pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
+pub use listener::{serve, ListenerOptions};
 
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::api::Api;

@@ -35,6 +35,8 @@ pub fn ip(s: &str) -> IpAddr {
 /// `{"method","path","headers":{name:[values]},"body"}`. `/slow` waits 2 s first.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Requests received so far (counted when they arrive, before any answer).
+    pub received: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,40 +44,18 @@ impl Upstream {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
-                    let service = service_fn(|req: Request<Incoming>| async move {
-                        if req.uri().path() == "/slow" {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                        }
-                        let method = req.method().to_string();
-                        let path = req.uri().to_string();
-                        let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-                        for (k, v) in req.headers() {
-                            headers
-                                .entry(k.to_string())
-                                .or_default()
-                                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-                        }
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let echo = json!({
-                            "method": method,
-                            "path": path,
-                            "headers": headers,
-                            "body": String::from_utf8_lossy(&body),
-                        });
-                        let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
-                        resp.headers_mut()
-                            .insert("content-type", "application/json".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("connection", "keep-alive".parse().unwrap());
-                        resp.headers_mut()
-                            .insert("x-from-upstream", "yes".parse().unwrap());
-                        Ok::<_, hyper::Error>(resp)
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        echo(req)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -83,7 +63,15 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, task }
+        Self {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn url(&self) -> String {
@@ -95,6 +83,37 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The upstream's answer: a JSON echo of the request. `/slow` waits 2 s first.
+pub async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path() == "/slow" {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().to_string();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let body = req.into_body().collect().await?.to_bytes();
+    let echo = json!({
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(echo.to_string())));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "keep-alive".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-from-upstream", "yes".parse().unwrap());
+    Ok(resp)
 }
 
 /// An address on which nothing listens.
@@ -164,7 +183,11 @@ impl Gateway {
     }
 
     pub fn start_with_env(settings: &Settings, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), settings, env)
+    }
+
+    /// Starts in a prepared folder (files the config names relative to it).
+    pub fn start_in(dir: tempfile::TempDir, settings: &Settings, env: &[(&str, &str)]) -> Self {
         let config = write_config(dir.path(), settings);
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"])
@@ -215,7 +238,11 @@ impl Gateway {
     /// Where a client from `from` connects: the public port on the loopback of the
     /// same family.
     pub fn target(&self, from: IpAddr) -> SocketAddr {
-        let host = if from.is_ipv6() { ip("::1") } else { ip("127.0.0.1") };
+        let host = if from.is_ipv6() {
+            ip("::1")
+        } else {
+            ip("127.0.0.1")
+        };
         SocketAddr::new(host, self.public.port())
     }
 
@@ -265,9 +292,20 @@ impl Gateway {
         let (user, cred, key) = self.new_key();
         let body = json!({"description": "test device", "secret": key, "permitted_ips": ips});
         let r = self
-            .send(ip(ips[0]), Method::POST, "/v1/device-server", &[], Some(body))
+            .send(
+                ip(ips[0]),
+                Method::POST,
+                "/v1/device-server",
+                &[],
+                Some(body),
+            )
             .await;
-        assert_eq!(r.status, StatusCode::OK, "registration failed: {}", r.text());
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "registration failed: {}",
+            r.text()
+        );
         self.wait_until_allowed(ip(ips[0]), &key).await;
         (user, cred, key)
     }
@@ -295,7 +333,11 @@ impl Gateway {
             if self.admin_get("/readyz").await.0 == StatusCode::OK {
                 return;
             }
-            assert!(Instant::now() < deadline, "gateway never became ready: {:?}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "gateway never became ready: {:?}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -312,13 +354,25 @@ impl Gateway {
             if got == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "still {got}, wanted {want}");
+            if Instant::now() > deadline {
+                let logs = self.logs();
+                let tail = &logs[logs.len().saturating_sub(5)..];
+                panic!("still {got}, wanted {want}; last log lines: {tail:#?}");
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
-        let r = send_raw(ip("127.0.0.1"), self.admin, Method::GET, path, &[], Bytes::new()).await;
+        let r = send_raw(
+            ip("127.0.0.1"),
+            self.admin,
+            Method::GET,
+            path,
+            &[],
+            Bytes::new(),
+        )
+        .await;
         let text = r.text();
         (r.status, text)
     }
@@ -335,11 +389,16 @@ impl Gateway {
         self.child.id()
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        signal(self.child.id(), "TERM");
-        let status = self.child.wait().unwrap();
-        status
+    /// Waits for the process to exit by itself (after a signal), at most `PATIENCE`.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -378,11 +437,9 @@ impl Answer {
 
     /// The upstream's echo of a request header, if the upstream saw it.
     pub fn echoed(&self, name: &str) -> Option<Vec<String>> {
-        self.json()["headers"][name].as_array().map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap().to_owned())
-                .collect()
-        })
+        self.json()["headers"][name]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
     }
 }
 
@@ -407,7 +464,10 @@ pub async fn send_raw(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Full::new(body)).unwrap()).await.unwrap();
+    let resp = sender
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
     collect(resp).await
 }
 

@@ -1,0 +1,125 @@
+//! SIGTERM: stop accepting, turn not-ready, drain requests in flight within
+//! `server.shutdown_grace`, exit 0.
+
+mod common;
+
+use common::*;
+use http::StatusCode;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight() {
+    let upstream = Upstream::start().await;
+    let mut gw =
+        Gateway::start(&Settings::new(&upstream.url()).set("server.shutdown_grace", "\"8s\""));
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+
+    let target = gw.target(ip("127.0.0.2"));
+    let before = upstream.received();
+    let slow_key = key.clone();
+    let in_flight = tokio::spawn(async move {
+        send_raw(
+            ip("127.0.0.2"),
+            target,
+            http::Method::GET,
+            "/slow",
+            &[(KEY_HEADER, &slow_key)],
+            bytes::Bytes::new(),
+        )
+        .await
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while upstream.received() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let signalled = Instant::now();
+    signal(gw.pid(), "TERM");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (status, body) = gw.admin_get("/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body, "draining\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz never turned not-ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // No new connections once draining.
+    let refused = tokio::net::TcpStream::connect(gw.target(ip("127.0.0.1"))).await;
+    assert!(refused.is_err(), "still accepting while draining");
+
+    let answer = in_flight.await.unwrap();
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "the request in flight was cut"
+    );
+    assert_eq!(answer.json()["path"], "/slow");
+    let status = gw.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(gw
+        .logs()
+        .iter()
+        .any(|l| l.contains("all connections drained")));
+}
+
+#[tokio::test]
+async fn grace_period_bounds_the_drain() {
+    let upstream = Upstream::start().await;
+    let mut gw =
+        Gateway::start(&Settings::new(&upstream.url()).set("server.shutdown_grace", "\"300ms\""));
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let target = gw.target(ip("127.0.0.2"));
+    let before = upstream.received();
+    let slow = tokio::spawn(async move {
+        let stream = connect_from(ip("127.0.0.2"), target).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Full<bytes::Bytes>,
+        >(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri("/slow")
+            .header("host", "x")
+            .header(KEY_HEADER, key)
+            .body(Default::default())
+            .unwrap();
+        sender.send_request(req).await
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while upstream.received() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let signalled = Instant::now();
+    signal(gw.pid(), "TERM");
+    let status = gw.wait_exit();
+    assert!(status.success(), "exit status {status:?}");
+    // The upstream takes 2 s; the gateway gave up after the 300 ms grace.
+    assert!(
+        signalled.elapsed() < Duration::from_millis(1800),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut request should fail, not succeed"
+    );
+}

@@ -11,6 +11,27 @@ use serde_json::json;
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// An error body as a `&'static str`, for answers that never change (refusals on the
+/// hot path): building them with serde for every request cost more than the check.
+/// The message must not need JSON escaping.
+#[macro_export]
+macro_rules! static_error_body {
+    ($message:literal) => {
+        concat!(
+            "{\"Error\":[{\"error_description\":\"",
+            $message,
+            "\",\"error_description_translated\":\"",
+            $message,
+            "\"}]}"
+        )
+    };
+}
+
+/// A complete error response with a fixed body.
+pub fn static_error(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    json_response(status, Bytes::from_static(body.as_bytes()))
+}
+
 /// The body of every error ipgate itself answers with.
 pub fn error_body(description: &str) -> Bytes {
     let body = json!({
@@ -57,6 +78,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&error_body("nope")).unwrap();
         assert_eq!(v["Error"][0]["error_description"], "nope");
         assert_eq!(v["Error"][0]["error_description_translated"], "nope");
+    }
+
+    #[test]
+    fn static_bodies_match_built_ones() {
+        assert_eq!(static_error_body!("No way."), error_body("No way."));
     }
 
     #[test]

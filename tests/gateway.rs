@@ -24,20 +24,27 @@ async fn allowed_from_active_address_refused_elsewhere() {
     assert_eq!(ok.status, StatusCode::OK);
     let echo = ok.json();
     assert_eq!(echo["path"], "/accounts?x=1");
-    assert_eq!(ok.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
+    assert_eq!(
+        ok.echoed("x-ipgate-credential-id"),
+        Some(vec![cred.to_string()])
+    );
     assert_eq!(ok.echoed("x-ipgate-user-id"), Some(vec![user.to_string()]));
     assert_eq!(ok.echoed("x-forwarded-for"), Some(vec!["127.0.0.2".into()]));
     assert_eq!(ok.echoed("x-forwarded-proto"), Some(vec!["http".into()]));
     assert_eq!(ok.echoed(KEY_HEADER), None, "the key is not forwarded");
     assert_eq!(ok.headers["x-from-upstream"], "yes");
-    assert!(ok.headers.get("connection").is_none(), "hop-by-hop header passed back");
+    assert!(
+        ok.headers.get("connection").is_none(),
+        "hop-by-hop header passed back"
+    );
 
     let other = gw.get(ip("127.0.0.3"), "/accounts", Some(&key)).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
     let v6 = gw.get(ip("::1"), "/accounts", Some(&key)).await;
     assert_eq!(v6.status, StatusCode::FORBIDDEN);
     assert_eq!(
-        gw.metric("ipgate_requests_total{decision=\"deny\",reason=\"ip_not_active\"}").await,
+        gw.metric("ipgate_requests_total{decision=\"deny\",reason=\"ip_not_active\"}")
+            .await,
         2.0
     );
     assert_eq!(gw.metric("ipgate_key_from_unlisted_ip_total").await, 2.0);
@@ -67,8 +74,14 @@ async fn client_cannot_forge_identity_or_hop_headers() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.echoed("x-ipgate-user-id"), Some(vec![user.to_string()]));
-    assert_eq!(r.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
-    assert_eq!(r.echoed("x-ipgate-client-ip"), Some(vec!["127.0.0.2".into()]));
+    assert_eq!(
+        r.echoed("x-ipgate-credential-id"),
+        Some(vec![cred.to_string()])
+    );
+    assert_eq!(
+        r.echoed("x-ipgate-client-ip"),
+        Some(vec!["127.0.0.2".into()])
+    );
     assert_eq!(r.echoed("x-forwarded-for"), Some(vec!["127.0.0.2".into()]));
     assert_eq!(r.echoed("x-drop-me"), None);
     assert_eq!(r.echoed("proxy-authorization"), None);
@@ -79,9 +92,8 @@ async fn client_cannot_forge_identity_or_hop_headers() {
 #[tokio::test]
 async fn every_key_refusal_looks_the_same() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        &Settings::new(&upstream.url()).set("auth.registration_window", "\"2s\""),
-    );
+    let gw =
+        Gateway::start(&Settings::new(&upstream.url()).set("auth.registration_window", "\"2s\""));
     gw.wait_ready().await;
     let created = Instant::now();
     let (_, _, expired) = gw.new_key();
@@ -92,16 +104,30 @@ async fn every_key_refusal_looks_the_same() {
     gw.admin(&["credential", "revoke", &revoked_cred.to_string()]);
     let entries = gw.admin(&["ip", "list", &inactive_cred.to_string()]);
     let item = entries["ips"][0]["id"].as_u64().unwrap().to_string();
-    gw.admin(&["ip", "set-status", &inactive_cred.to_string(), &item, "INACTIVE"]);
-    gw.wait_for_status(ip("127.0.0.2"), &revoked, StatusCode::FORBIDDEN).await;
-    gw.wait_for_status(ip("127.0.0.2"), &inactive, StatusCode::FORBIDDEN).await;
+    gw.admin(&[
+        "ip",
+        "set-status",
+        &inactive_cred.to_string(),
+        &item,
+        "INACTIVE",
+    ]);
+    gw.wait_for_status(ip("127.0.0.2"), &revoked, StatusCode::FORBIDDEN)
+        .await;
+    gw.wait_for_status(ip("127.0.0.2"), &inactive, StatusCode::FORBIDDEN)
+        .await;
     // The registration window is 2 s: let it pass for the first key.
-    tokio::time::sleep((created + Duration::from_millis(2100)).saturating_duration_since(Instant::now())).await;
+    tokio::time::sleep(
+        (created + Duration::from_millis(2100)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     // A key still inside its window, created after the first one lapsed.
     let (_, _, pending) = gw.new_key();
     let deadline = Instant::now() + PATIENCE;
     while gw.metric("ipgate_snapshot_credentials").await < 5.0 {
-        assert!(Instant::now() < deadline, "the pending key never reached the snapshot");
+        assert!(
+            Instant::now() < deadline,
+            "the pending key never reached the snapshot"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -127,7 +153,13 @@ async fn every_key_refusal_looks_the_same() {
     assert!(v["Error"][0]["error_description"].is_string());
     assert!(v["Error"][0]["error_description_translated"].is_string());
 
-    for reason in ["unknown_key", "expired_key", "pending_key", "revoked_key", "ip_not_active"] {
+    for reason in [
+        "unknown_key",
+        "expired_key",
+        "pending_key",
+        "revoked_key",
+        "ip_not_active",
+    ] {
         let sample = format!("ipgate_requests_total{{decision=\"deny\",reason=\"{reason}\"}}");
         assert!(gw.metric(&sample).await >= 1.0, "{reason} not counted");
     }
@@ -138,24 +170,43 @@ async fn missing_key_is_401_and_wildcard_admits_everyone() {
     let (_up, gw) = setup().await;
     let r = gw.get(ip("127.0.0.2"), "/", None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(r.json()["Error"][0]["error_description"], "Missing authentication token.");
+    assert_eq!(
+        r.json()["Error"][0]["error_description"],
+        "Missing authentication token."
+    );
 
     let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
-    assert_eq!(gw.get(ip("127.0.0.7"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.get(ip("127.0.0.7"), "/", Some(&key)).await.status,
+        StatusCode::FORBIDDEN
+    );
     gw.admin(&["wildcard", "set", &cred.to_string()]);
     gw.wait_until_allowed(ip("127.0.0.7"), &key).await;
-    assert_eq!(gw.get(ip("::1"), "/", Some(&key)).await.status, StatusCode::OK);
+    assert_eq!(
+        gw.get(ip("::1"), "/", Some(&key)).await.status,
+        StatusCode::OK
+    );
     gw.admin(&["wildcard", "clear", &cred.to_string()]);
-    gw.wait_for_status(ip("127.0.0.7"), &key, StatusCode::FORBIDDEN).await;
-    assert_eq!(gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status, StatusCode::OK);
+    gw.wait_for_status(ip("127.0.0.7"), &key, StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(
+        gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn ipv6_and_ipv4_mapped_addresses() {
     let (_up, gw) = setup().await;
     let (_, cred, key) = gw.registered_key(&["::1"]).await;
-    assert_eq!(gw.get(ip("::1"), "/", Some(&key)).await.status, StatusCode::OK);
-    assert_eq!(gw.get(ip("127.0.0.1"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.get(ip("::1"), "/", Some(&key)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gw.get(ip("127.0.0.1"), "/", Some(&key)).await.status,
+        StatusCode::FORBIDDEN
+    );
 
     // Stored as IPv4 whatever the spelling; IPv4 clients reach a dual-stack listener as
     // ::ffff:127.0.0.3 and still match.
@@ -191,14 +242,29 @@ async fn forwarding_headers_count_only_from_trusted_proxies() {
     // From the trusted proxy: the rightmost untrusted hop is the client.
     let r = via("127.0.0.5", "6.6.6.6, 127.0.0.9").await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.echoed("x-forwarded-for"), Some(vec!["6.6.6.6, 127.0.0.9, 127.0.0.5".into()]));
-    assert_eq!(r.echoed("x-ipgate-client-ip"), Some(vec!["127.0.0.9".into()]));
+    assert_eq!(
+        r.echoed("x-forwarded-for"),
+        Some(vec!["6.6.6.6, 127.0.0.9, 127.0.0.5".into()])
+    );
+    assert_eq!(
+        r.echoed("x-ipgate-client-ip"),
+        Some(vec!["127.0.0.9".into()])
+    );
     // A client spoofing the header is judged by its own address.
     assert_eq!(via("127.0.0.9", "127.0.0.9").await.status, StatusCode::OK);
-    assert_eq!(via("127.0.0.6", "127.0.0.9").await.status, StatusCode::FORBIDDEN);
-    assert_eq!(via("127.0.0.5", "127.0.0.9, 10.0.0.1").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        via("127.0.0.6", "127.0.0.9").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        via("127.0.0.5", "127.0.0.9, 10.0.0.1").await.status,
+        StatusCode::FORBIDDEN
+    );
     // Garbage from the trusted proxy fails closed.
-    assert_eq!(via("127.0.0.5", "not-an-ip").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        via("127.0.0.5", "not-an-ip").await.status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -216,33 +282,61 @@ async fn rfc7239_forwarded_header() {
             ip("127.0.0.5"),
             Method::GET,
             "/",
-            &[(KEY_HEADER, &key), ("forwarded", "for=\"[::1]:4711\";proto=https")],
+            &[
+                (KEY_HEADER, &key),
+                ("forwarded", "for=\"[::1]:4711\";proto=https"),
+            ],
             None,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let r = gw
-        .send(ip("127.0.0.5"), Method::GET, "/", &[(KEY_HEADER, &key), ("x-forwarded-for", "::1")], None)
+        .send(
+            ip("127.0.0.5"),
+            Method::GET,
+            "/",
+            &[(KEY_HEADER, &key), ("x-forwarded-for", "::1")],
+            None,
+        )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "x-forwarded-for is not the configured header");
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "x-forwarded-for is not the configured header"
+    );
 }
 
 #[tokio::test]
 async fn admin_changes_in_another_process_are_picked_up() {
     let (_up, gw) = setup().await;
     let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
-    assert_eq!(gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status,
+        StatusCode::FORBIDDEN
+    );
     let started = Instant::now();
     let item = gw.admin(&["ip", "add", &cred.to_string(), "127.0.0.3"])["id"]
         .as_u64()
         .unwrap();
     gw.wait_until_allowed(ip("127.0.0.3"), &key).await;
     // A poll interval is 100 ms: "a few" of them, with room for a loaded machine.
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-    gw.admin(&["ip", "set-status", &cred.to_string(), &item.to_string(), "INACTIVE"]);
-    gw.wait_for_status(ip("127.0.0.3"), &key, StatusCode::FORBIDDEN).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    gw.admin(&[
+        "ip",
+        "set-status",
+        &cred.to_string(),
+        &item.to_string(),
+        "INACTIVE",
+    ]);
+    gw.wait_for_status(ip("127.0.0.3"), &key, StatusCode::FORBIDDEN)
+        .await;
     gw.admin(&["credential", "revoke", &cred.to_string()]);
-    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN).await;
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN)
+        .await;
 }
 
 #[tokio::test]
@@ -259,18 +353,32 @@ async fn last_good_snapshot_while_the_store_is_unreadable() {
         assert!(Instant::now() < deadline, "poll failures were not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status, StatusCode::OK);
-    assert_eq!(gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::OK);
     assert!(
-        gw.logs().iter().any(|l| l.contains("keeping the last good snapshot")),
+        gw.logs()
+            .iter()
+            .any(|l| l.contains("keeping the last good snapshot")),
         "the failure was not logged"
     );
 
     std::fs::rename(&away, &db).unwrap();
-    let updates = gw.metric("ipgate_refresh_total{result=\"unchanged\"}").await;
+    let updates = gw
+        .metric("ipgate_refresh_total{result=\"unchanged\"}")
+        .await;
     let deadline = Instant::now() + PATIENCE;
-    while gw.metric("ipgate_refresh_total{result=\"unchanged\"}").await <= updates {
+    while gw
+        .metric("ipgate_refresh_total{result=\"unchanged\"}")
+        .await
+        <= updates
+    {
         assert!(Instant::now() < deadline, "never recovered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -288,8 +396,14 @@ async fn unavailable_before_first_load_and_past_max_staleness() {
     let r = gw.get(ip("127.0.0.2"), "/", Some("ipg_whatever")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.json()["Error"][0]["error_description"].is_string());
-    assert_eq!(gw.get(ip("127.0.0.2"), "/", None).await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        gw.get(ip("127.0.0.2"), "/", None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        gw.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
 
     std::fs::create_dir(gw.dir.path().join("later")).unwrap();
@@ -299,7 +413,8 @@ async fn unavailable_before_first_load_and_past_max_staleness() {
     let db = gw.dir.path().join("later/ipgate.db");
     let away = gw.dir.path().join("later/moved.db");
     std::fs::rename(&db, &away).unwrap();
-    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::SERVICE_UNAVAILABLE).await;
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::SERVICE_UNAVAILABLE)
+        .await;
     assert!(gw.metric("ipgate_snapshot_age_seconds").await > 0.4);
     std::fs::rename(&away, &db).unwrap();
     gw.wait_until_allowed(ip("127.0.0.2"), &key).await;
@@ -313,23 +428,37 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let (_, cred, key) = gw.new_key();
     // Register through the API (answered by the gateway itself, not the upstream).
     let body = json!({"description": "d", "secret": key});
-    let r = gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::POST,
+            "/v1/device-server",
+            &[],
+            Some(body),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = gw.get(ip("127.0.0.2"), "/", Some(&key)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.json()["Error"][0]["error_description"].is_string());
-    assert_eq!(gw.metric("ipgate_upstream_errors_total{kind=\"connect\"}").await, 1.0);
+    assert_eq!(
+        gw.metric("ipgate_upstream_errors_total{kind=\"connect\"}")
+            .await,
+        1.0
+    );
     let _ = cred;
 
     let upstream = Upstream::start().await;
-    let slow = Gateway::start(
-        &Settings::new(&upstream.url()).set("upstream.timeout", "\"300ms\""),
-    );
+    let slow = Gateway::start(&Settings::new(&upstream.url()).set("upstream.timeout", "\"300ms\""));
     slow.wait_ready().await;
     let (_, _, key) = slow.registered_key(&["127.0.0.2"]).await;
     let r = slow.get(ip("127.0.0.2"), "/slow", Some(&key)).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(slow.metric("ipgate_upstream_errors_total{kind=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        slow.metric("ipgate_upstream_errors_total{kind=\"timeout\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -339,7 +468,10 @@ async fn http2_clients_are_served() {
     let r = send_h2(ip("127.0.0.2"), gw.target(ip("127.0.0.2")), "/h2?q=1", &key).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["path"], "/h2?q=1");
-    assert_eq!(r.echoed("x-ipgate-credential-id"), Some(vec![cred.to_string()]));
+    assert_eq!(
+        r.echoed("x-ipgate-credential-id"),
+        Some(vec![cred.to_string()])
+    );
     assert_eq!(r.echoed("host"), Some(vec!["gateway.test".into()]));
     let r = send_h2(ip("127.0.0.3"), gw.target(ip("127.0.0.3")), "/", &key).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -348,21 +480,42 @@ async fn http2_clients_are_served() {
 #[tokio::test]
 async fn bearer_header_when_configured() {
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(
-        &Settings::new(&upstream.url()).set("auth.header", "\"Authorization\""),
-    );
+    let gw =
+        Gateway::start(&Settings::new(&upstream.url()).set("auth.header", "\"Authorization\""));
     gw.wait_ready().await;
     let (_, _, key) = gw.new_key();
     let body = json!({"description": "d", "secret": key, "permitted_ips": ["127.0.0.2"]});
-    let r = gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::POST,
+            "/v1/device-server",
+            &[],
+            Some(body),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let bearer = format!("Bearer {key}");
     let r = gw
-        .send(ip("127.0.0.2"), Method::GET, "/", &[("authorization", &bearer)], None)
+        .send(
+            ip("127.0.0.2"),
+            Method::GET,
+            "/",
+            &[("authorization", &bearer)],
+            None,
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.echoed("authorization"), None);
-    let r = gw.send(ip("127.0.0.2"), Method::GET, "/", &[(KEY_HEADER, &key)], None).await;
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::GET,
+            "/",
+            &[(KEY_HEADER, &key)],
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -378,19 +531,108 @@ async fn no_key_in_any_log_line() {
     gw.get(ip("127.0.0.2"), "/", Some(&stranger)).await;
     send_h2(ip("127.0.0.2"), gw.target(ip("127.0.0.2")), "/", &key).await;
     let path = format!("/v1/user/{user}/credential-password-ip/{cred}/ip");
-    gw.send(ip("127.0.0.2"), Method::POST, &path, &[(KEY_HEADER, &key)], Some(json!({"ip": "127.0.0.8"})))
-        .await;
+    gw.send(
+        ip("127.0.0.2"),
+        Method::POST,
+        &path,
+        &[(KEY_HEADER, &key)],
+        Some(json!({"ip": "127.0.0.8"})),
+    )
+    .await;
     let body = json!({"description": "again", "secret": stranger, "permitted_ips": ["bogus"]});
-    gw.send(ip("127.0.0.2"), Method::POST, "/v1/device-server", &[], Some(body)).await;
+    gw.send(
+        ip("127.0.0.2"),
+        Method::POST,
+        "/v1/device-server",
+        &[],
+        Some(body),
+    )
+    .await;
 
     let logs = gw.logs();
-    assert!(logs.len() > 20, "expected trace output, got {} lines", logs.len());
-    assert!(logs.iter().any(|l| l.contains("ipgate::access")), "no access log");
+    assert!(
+        logs.len() > 20,
+        "expected trace output, got {} lines",
+        logs.len()
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("ipgate::access")),
+        "no access log"
+    );
     for secret in [&key, &stranger] {
         // The whole key, and any long piece of it.
         let piece = &secret[4..24];
         for line in &logs {
             assert!(!line.contains(piece), "a key leaked into the log: {line}");
         }
+    }
+}
+
+/// An upstream that answers one request per connection and then hangs up without
+/// saying so (no `Connection: close`), as servers with short keep-alive timeouts do.
+async fn one_shot_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_hanging_up_between_requests_costs_no_request() {
+    let upstream = one_shot_upstream().await;
+    let gw = Gateway::start(&Settings::new(&format!("http://{upstream}")));
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.new_key();
+    gw.admin(&["wildcard", "set", &cred.to_string()]);
+    let body = json!({"description": "d", "secret": key});
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::POST,
+            "/v1/device-server",
+            &[],
+            Some(body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    gw.wait_until_allowed(ip("127.0.0.2"), &key).await;
+
+    // One client connection, many requests: each finds its upstream connection gone.
+    let stream = connect_from(ip("127.0.0.2"), gw.target(ip("127.0.0.2"))).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..30 {
+        let req = http::Request::builder()
+            .uri(format!("/n/{i}"))
+            .header("host", "x")
+            .header(KEY_HEADER, &key)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = collect(sender.send_request(req).await.unwrap()).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+        assert_eq!(r.body, "ok");
     }
 }

@@ -22,7 +22,7 @@ pub enum Decision {
 }
 
 /// Why a request was refused. The true reason goes to logs and metrics; the client sees
-/// only [`Reason::status`] and [`Reason::public_message`], which are identical for every
+/// only [`Reason::status`] and [`Reason::public_body`], which are identical for every
 /// key problem so that the answer is no oracle for whether a key is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -85,12 +85,13 @@ impl Reason {
         }
     }
 
-    /// What the client is told. Deliberately the same for every 403.
-    pub fn public_message(self) -> &'static str {
+    /// What the client is told, as a whole JSON body. Deliberately the same for
+    /// every 403.
+    pub fn public_body(self) -> &'static str {
         match self.status() {
-            401 => "Missing authentication token.",
-            403 => "Insufficient authorisation.",
-            _ => "Service temporarily unavailable, try again later.",
+            401 => crate::static_error_body!("Missing authentication token."),
+            403 => crate::static_error_body!("Insufficient authorisation."),
+            _ => crate::static_error_body!("Service temporarily unavailable, try again later."),
         }
     }
 
@@ -284,7 +285,7 @@ mod tests {
         ];
         for r in refusals {
             assert_eq!(r.status(), 403);
-            assert_eq!(r.public_message(), Reason::UnknownKey.public_message());
+            assert_eq!(r.public_body(), Reason::UnknownKey.public_body());
         }
         assert_eq!(Reason::MissingKey.status(), 401);
         assert_eq!(Reason::StaleSnapshot.status(), 503);

@@ -11,15 +11,17 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
 pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
@@ -53,12 +55,43 @@ pub enum UpstreamSetupError {
     Roots(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The pooled client to the one upstream.
+/// The one upstream: a pooled client, and for a plain `http` upstream the address
+/// that per-connection lanes dial.
 pub struct Upstream {
     client: Client<HttpsConnector<HttpConnector>, Incoming>,
     scheme: Scheme,
     authority: Authority,
+    /// `host:port` for lanes; `None` for an https upstream (lanes are plain TCP).
+    direct: Option<String>,
+    connect_timeout: Duration,
     timeout: Duration,
+}
+
+/// The upstream connection owned by one HTTP/1 downstream connection. Requests on an
+/// HTTP/1 connection come one at a time, so the lock is never contended: it only
+/// makes the slot shareable with the request future.
+#[derive(Default)]
+pub struct Lane(std::sync::Mutex<Option<http1::SendRequest<Incoming>>>);
+
+impl Lane {
+    /// The connection, if it is still open.
+    fn take(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.take().filter(|s| !s.is_closed())
+    }
+
+    fn put(&self, sender: http1::SendRequest<Incoming>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    }
+}
+
+fn log_failure(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) {
+    tracing::warn!(
+        kind = kind.label(),
+        %error,
+        cause = crate::refresh::error_chain(error),
+        "upstream request failed"
+    );
 }
 
 /// What the forwarder needs to know about the request beyond the request itself.
@@ -85,8 +118,14 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         let parts = config.url.clone().into_parts();
+        let direct = match (config.url.scheme_str(), config.url.authority()) {
+            (Some("http"), Some(a)) => Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))),
+            _ => None,
+        };
         Ok(Self {
             client,
+            direct,
+            connect_timeout: config.connect_timeout,
             scheme: parts.scheme.unwrap_or(Scheme::HTTP),
             authority: parts
                 .authority
@@ -95,39 +134,118 @@ impl Upstream {
         })
     }
 
+    /// Forwards one request. An HTTP/1 downstream connection passes its own `lane`:
+    /// its requests come one at a time, so one upstream connection serves them all
+    /// without a pool (no lock, no checkout race, no task per request). HTTP/2
+    /// downstream streams and https upstreams use the shared pool.
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         how: Forwarding<'_>,
+        lane: Option<&Lane>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        self.rewrite(&mut req, &how)?;
-        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        let mut resp = match answer {
-            Ok(Ok(resp)) => resp,
-            Err(_) => return Err(UpstreamError::Timeout),
-            Ok(Err(error)) => {
-                let kind = if error.is_connect() {
-                    UpstreamError::Connect
-                } else {
-                    UpstreamError::Protocol
-                };
-                tracing::warn!(
-                    kind = kind.label(),
-                    %error,
-                    cause = crate::refresh::error_chain(&error),
-                    "upstream request failed"
-                );
-                return Err(kind);
+        let lane = lane.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
+        self.rewrite(&mut req, &how, lane.is_none())?;
+        let answer = match lane {
+            Some(lane) => tokio::time::timeout(self.timeout, self.send_on(lane, req)).await,
+            None => {
+                tokio::time::timeout(self.timeout, async {
+                    self.client.request(req).await.map_err(|error| {
+                        let kind = if error.is_connect() {
+                            UpstreamError::Connect
+                        } else {
+                            UpstreamError::Protocol
+                        };
+                        log_failure(kind, &error);
+                        kind
+                    })
+                })
+                .await
             }
         };
+        let mut resp = answer.map_err(|_| UpstreamError::Timeout)??;
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
 
+    /// Sends on the lane's connection, opening one first when it has none or the
+    /// upstream closed it.
+    async fn send_on(
+        &self,
+        lane: &Lane,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let (mut sender, reused) = match lane.take() {
+            Some(sender) => (sender, true),
+            None => (self.open_lane().await?, false),
+        };
+        let failure = match sender.try_send_request(req).await {
+            Ok(resp) => {
+                lane.put(sender);
+                return Ok(resp);
+            }
+            Err(failure) => failure,
+        };
+        // A kept-alive connection the upstream closed just as the request left: if none
+        // of it was sent, it is safe to send once more on a fresh connection.
+        let mut failure = failure;
+        if let (true, Some(req)) = (reused, failure.take_message()) {
+            tracing::debug!(error = %failure.error(), "upstream closed a kept-alive connection; retrying");
+            let mut sender = self.open_lane().await?;
+            return match sender.send_request(req).await {
+                Ok(resp) => {
+                    lane.put(sender);
+                    Ok(resp)
+                }
+                Err(error) => {
+                    log_failure(UpstreamError::Protocol, &error);
+                    Err(UpstreamError::Protocol)
+                }
+            };
+        }
+        log_failure(UpstreamError::Protocol, failure.error());
+        Err(UpstreamError::Protocol)
+    }
+
+    async fn open_lane(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let host = self.direct.as_deref().unwrap_or_default();
+        let connect = async {
+            let stream = TcpStream::connect(host).await?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                log_failure(UpstreamError::Connect, &error);
+                return Err(UpstreamError::Connect);
+            }
+            Err(_) => {
+                tracing::warn!(kind = "connect", "upstream connect timed out");
+                return Err(UpstreamError::Connect);
+            }
+        };
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| {
+                log_failure(UpstreamError::Connect, &error);
+                UpstreamError::Connect
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// `absolute`: the pooled client wants the full URI; a lane's own connection sends
+    /// origin-form (path and query), as any HTTP/1.1 client to a server does.
     fn rewrite(
         &self,
         req: &mut Request<Incoming>,
         how: &Forwarding<'_>,
+        absolute: bool,
     ) -> Result<(), UpstreamError> {
         // HTTP/2 requests carry the host in the URI only; HTTP/1.1 needs it as a header.
         if !req.headers().contains_key(header::HOST) {
@@ -144,12 +262,16 @@ impl Upstream {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| UpstreamError::Protocol)?;
+        *req.uri_mut() = if absolute {
+            Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(path)
+                .build()
+                .map_err(|_| UpstreamError::Protocol)?
+        } else {
+            Uri::from(path)
+        };
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();

@@ -10,7 +10,7 @@ mod forward;
 mod listener;
 pub mod tls;
 
-pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
+pub use forward::{Lane, Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
 pub use listener::{serve, ListenerOptions};
 
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
@@ -95,7 +95,7 @@ pub fn unix_now() -> i64 {
 /// A refusal's response: status and body depend on the reason's class only.
 pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
     let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = bunq::error(status, reason.public_message());
+    let mut resp = bunq::static_error(status, reason.public_body());
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,
@@ -107,7 +107,12 @@ pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
 
 impl Gateway {
     /// Handles one request from `peer` (already normalised).
-    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        lane: Option<&Lane>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let client_ip = client_ip::resolve(peer, req.headers(), &self.client_ip);
 
@@ -135,7 +140,7 @@ impl Gateway {
                     strip: (!self.gate.auth.forward_key).then_some(&self.gate.auth.header),
                 };
                 let upstream_started = Instant::now();
-                let resp = match self.upstream.forward(req, how).await {
+                let resp = match self.upstream.forward(req, how, lane).await {
                     Ok(resp) => resp.map(Either::Left),
                     Err(kind) => {
                         self.metrics.record_upstream_error(kind);

@@ -208,9 +208,23 @@ fn created_id(id: u64) -> ApiResult {
 }
 
 impl Api {
-    /// True for paths the management API answers instead of the upstream.
+    /// True for paths the management API answers instead of the upstream: the
+    /// device-server and the credential-password-ip tree. The upstream's own
+    /// `/v1/user/{id}/…` routes stay the upstream's.
     pub fn owns(path: &str) -> bool {
-        path == "/v1/device-server" || path.starts_with("/v1/user/")
+        // Runs for every request on the public listener: no allocation, no split.
+        let path = path.trim_end_matches('/');
+        if path == "/v1/device-server" {
+            return true;
+        }
+        let Some((_user, rest)) = path
+            .strip_prefix("/v1/user/")
+            .and_then(|r| r.split_once('/'))
+        else {
+            return false;
+        };
+        rest.strip_prefix("credential-password-ip")
+            .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
     }
 
     pub async fn handle(
@@ -518,7 +532,12 @@ mod tests {
             Route::NotFound
         );
         assert_eq!(Route::parse("/v1/user/3/other"), Route::NotFound);
-        assert!(Api::owns("/v1/user/3/anything"));
+        assert!(Api::owns("/v1/device-server"));
+        assert!(Api::owns("/v1/user/3/credential-password-ip"));
+        assert!(Api::owns("/v1/user/x/credential-password-ip/4/ip/"));
+        assert!(!Api::owns("/v1/user/3"));
+        assert!(!Api::owns("/v1/user/3/monetary-account/1/payment"));
+        assert!(!Api::owns("/v1/device-server/extra"));
         assert!(!Api::owns("/v1/payments"));
     }
 }

@@ -100,7 +100,8 @@ pub struct Forwarding<'a> {
     pub client_ip: IpAddr,
     /// The peer is a trusted proxy: its `X-Forwarded-*` are kept and extended.
     pub via_trusted_proxy: bool,
-    pub peer: IpAddr,
+    /// The TCP peer's address as a header value, made once per connection.
+    pub peer: &'a HeaderValue,
     pub tls: bool,
     /// The credential header, removed unless it is to be forwarded.
     pub strip: Option<&'a HeaderName>,
@@ -164,7 +165,7 @@ impl Upstream {
             }
         };
         let mut resp = answer.map_err(|_| UpstreamError::Timeout)??;
-        strip_hop_by_hop(resp.headers_mut());
+        strip_headers(resp.headers_mut(), false);
         Ok(resp)
     }
 
@@ -275,13 +276,12 @@ impl Upstream {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        strip_headers(headers, true);
         if let Some(name) = how.strip {
             headers.remove(name);
         }
-        strip_own(headers);
 
-        let peer = ip_value(how.peer);
+        let peer = how.peer.clone();
         match headers.get(&X_FORWARDED_FOR) {
             Some(existing) if how.via_trusted_proxy => {
                 let mut chain = existing.as_bytes().to_vec();
@@ -301,7 +301,12 @@ impl Upstream {
         headers.insert(CREDENTIAL_ID, HeaderValue::from(how.identity.credential_id));
         headers.insert(USER_ID, HeaderValue::from(how.identity.user_id));
         // The resolved client address: set by us, never taken from the client.
-        headers.insert(CLIENT_IP, ip_value(how.client_ip));
+        let client_ip = if how.via_trusted_proxy {
+            ip_value(how.client_ip)
+        } else {
+            how.peer.clone()
+        };
+        headers.insert(CLIENT_IP, client_ip);
         Ok(())
     }
 }
@@ -358,44 +363,33 @@ fn client_config(
 /// The address the gateway judged the request by.
 pub const CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+/// Removes hop-by-hop headers, every header the `Connection` header names, and with
+/// `own` every `X-Ipgate-*` (only the gateway may set those). One pass over the names
+/// finds out whether there is anything to remove at all; for most messages there is
+/// not, and hashing each candidate name for a `remove` cost more than the check.
+pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
+    let doomed = |name: &HeaderName| {
+        HOP_BY_HOP.contains(name) || (own && name.as_str().as_bytes().starts_with(OWN_PREFIX))
+    };
+    if !headers.keys().any(doomed) {
+        return;
+    }
+    let mut names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    names.extend(
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+    );
+    for name in names {
         headers.remove(name);
     }
 }
 
-/// Removes every `X-Ipgate-*` header: only the gateway may set those.
-fn strip_own(headers: &mut HeaderMap) {
-    let has_own = headers
-        .keys()
-        .any(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX));
-    if has_own {
-        let own: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().as_bytes().starts_with(OWN_PREFIX))
-            .cloned()
-            .collect();
-        for name in own {
-            headers.remove(name);
-        }
-    }
-}
-
 /// An address as a header value. `String` becomes the value's buffer without a copy.
-fn ip_value(ip: IpAddr) -> HeaderValue {
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).expect("an address is a valid header value")
 }
 
@@ -414,7 +408,7 @@ mod tests {
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        strip_headers(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
@@ -426,7 +420,9 @@ mod tests {
         h.append("X-Ipgate-Credential-Id", "1".parse().unwrap());
         h.insert("x-ipgate-anything", "1".parse().unwrap());
         h.insert("x-other", "1".parse().unwrap());
-        strip_own(&mut h);
+        strip_headers(&mut h, false);
+        assert_eq!(h.len(), 4, "only the gateway's own pass strips them");
+        strip_headers(&mut h, true);
         assert_eq!(h.len(), 1);
     }
 }

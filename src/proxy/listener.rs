@@ -1,7 +1,7 @@
 //! Accepting connections on the public listener (plain or TLS) and draining them on
 //! shutdown.
 
-use super::{Gateway, Lane};
+use super::{ClientConn, Gateway};
 use crate::acl::normalize;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -126,11 +126,11 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let lane = Arc::new(Lane::default());
+    let conn = Arc::new(ClientConn::new(peer));
     let service = service_fn(|req| {
         let gateway = Arc::clone(gateway);
-        let lane = Arc::clone(&lane);
-        async move { Ok::<_, Infallible>(gateway.handle(req, peer, Some(&lane)).await) }
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(gateway.handle(req, &conn).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(conn).await {

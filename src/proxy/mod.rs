@@ -10,7 +10,7 @@ mod forward;
 mod listener;
 pub mod tls;
 
-pub use forward::{Lane, Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
+pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
 pub use listener::{serve, ListenerOptions};
 
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
@@ -19,7 +19,7 @@ use crate::bunq;
 use crate::config::{AuthConfig, ClientIpConfig};
 use crate::metrics::{Metrics, UpstreamError};
 use bytes::Bytes;
-use forward::Forwarding;
+use forward::{Forwarding, Lane};
 use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -61,6 +61,26 @@ pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&
         text
     };
     (!key.is_empty()).then_some(key)
+}
+
+/// What every request on one client connection shares.
+pub struct ClientConn {
+    /// The TCP peer, normalised.
+    pub peer: IpAddr,
+    /// `peer` as a header value, formatted once per connection.
+    peer_value: http::HeaderValue,
+    /// The upstream connection this client connection owns (HTTP/1 only).
+    lane: Lane,
+}
+
+impl ClientConn {
+    pub fn new(peer: IpAddr) -> Self {
+        Self {
+            peer,
+            peer_value: forward::ip_value(peer),
+            lane: Lane::default(),
+        }
+    }
 }
 
 /// The authorisation check as the hot path and the management API both run it.
@@ -106,14 +126,10 @@ pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
 }
 
 impl Gateway {
-    /// Handles one request from `peer` (already normalised).
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: IpAddr,
-        lane: Option<&Lane>,
-    ) -> Response<Body> {
+    /// Handles one request that arrived on `conn`.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
         let started = Instant::now();
+        let peer = conn.peer;
         let client_ip = client_ip::resolve(peer, req.headers(), &self.client_ip);
 
         if Api::owns(req.uri().path()) {
@@ -135,12 +151,12 @@ impl Gateway {
                     // `Allow` is only ever decided for a known address.
                     client_ip: client_ip.unwrap_or(peer),
                     via_trusted_proxy: client_ip::is_trusted(peer, &self.client_ip.trusted_proxies),
-                    peer,
+                    peer: &conn.peer_value,
                     tls: self.tls,
                     strip: (!self.gate.auth.forward_key).then_some(&self.gate.auth.header),
                 };
                 let upstream_started = Instant::now();
-                let resp = match self.upstream.forward(req, how, lane).await {
+                let resp = match self.upstream.forward(req, how, Some(&conn.lane)).await {
                     Ok(resp) => resp.map(Either::Left),
                     Err(kind) => {
                         self.metrics.record_upstream_error(kind);

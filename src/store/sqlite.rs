@@ -218,6 +218,16 @@ fn get_ip(tx: &Transaction<'_>, credential_id: u64, item_id: u64) -> Result<Perm
     .ok_or(StoreError::NotFound("permitted IP"))
 }
 
+fn find_ip(tx: &Transaction<'_>, credential_id: u64, ip: IpAddr) -> Result<Option<PermittedIp>> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {IP_COLUMNS} FROM permitted_ips WHERE credential_id = ?1 AND ip = ?2"),
+            params![credential_id, ip.to_string()],
+            ip_from_row,
+        )
+        .optional()?)
+}
+
 fn audit(
     tx: &Transaction<'_>,
     actor: &Actor,
@@ -537,9 +547,31 @@ impl Store for SqliteStore {
             if before.status != CredentialStatus::PendingFirstUse || !in_window {
                 return Err(refused());
             }
-            check_ip_limits(tx, before.id, reg.ips.len(), reg.ips.len(), reg.max_ips)?;
+            // An address already on the list (the operator may prepare a pending key)
+            // keeps its entry and becomes ACTIVE; the others are added.
+            let mut found = Vec::with_capacity(reg.ips.len());
             for ip in reg.ips {
-                insert_ip(tx, before.id, *ip, IpStatus::Active, now)?;
+                found.push(find_ip(tx, before.id, *ip)?);
+            }
+            let new_active = found
+                .iter()
+                .filter(|e| e.as_ref().is_none_or(|e| e.status != IpStatus::Active))
+                .count();
+            let new_total = found.iter().filter(|e| e.is_none()).count();
+            check_ip_limits(tx, before.id, new_active, new_total, reg.max_ips)?;
+            for (ip, entry) in reg.ips.iter().zip(found) {
+                match entry {
+                    None => {
+                        insert_ip(tx, before.id, *ip, IpStatus::Active, now)?;
+                    }
+                    Some(e) if e.status != IpStatus::Active => {
+                        tx.execute(
+                            "UPDATE permitted_ips SET status = 'ACTIVE', updated = ?2 WHERE id = ?1",
+                            params![e.id, now.0],
+                        )?;
+                    }
+                    Some(_) => {}
+                }
             }
             tx.execute(
                 "UPDATE credentials SET status = 'ACTIVE', expiry = NULL, updated = ?2, \

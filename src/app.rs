@@ -94,13 +94,12 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
     let background = CancellationToken::new();
     let poller =
         tokio::spawn(Arc::clone(&refresher).run(config.refresh.interval, background.child_token()));
-    if let Some(certificates) = certificates {
-        tokio::spawn(reload_on_sighup(
-            certificates,
-            Arc::clone(&admin_state.metrics),
-            background.child_token(),
-        ));
-    }
+    // Always listen: an unhandled SIGHUP would kill the process (`systemctl reload`).
+    tokio::spawn(reload_on_sighup(
+        certificates,
+        Arc::clone(&admin_state.metrics),
+        background.child_token(),
+    ));
     let admin_task = tokio::spawn(admin_listener::serve(
         admin,
         Arc::clone(&admin_state),
@@ -138,9 +137,10 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
 }
 
 /// Re-reads the certificate and key on every SIGHUP; a bad pair is logged and counted
-/// and the old one keeps serving.
+/// and the old one keeps serving. Without TLS there is nothing to reload, and the
+/// signal is only logged.
 async fn reload_on_sighup(
-    certificates: Arc<TlsCertificates>,
+    certificates: Option<Arc<TlsCertificates>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -157,6 +157,10 @@ async fn reload_on_sighup(
             _ = stop.cancelled() => return,
             received = hup.recv() => if received.is_none() { return },
         }
+        let Some(certificates) = &certificates else {
+            tracing::info!("SIGHUP: no TLS configured, nothing to reload");
+            continue;
+        };
         match certificates.reload() {
             Ok(()) => {
                 metrics.tls_reloads.with_label_values(&["ok"]).inc();

@@ -48,6 +48,16 @@ async fn allowed_from_active_address_refused_elsewhere() {
         2.0
     );
     assert_eq!(gw.metric("ipgate_key_from_unlisted_ip_total").await, 2.0);
+    // The operator can tell which credential leaked from the access log.
+    let leak = gw
+        .logs()
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["reason"] == "ip_not_active")
+        .expect("an access log line for the refusal");
+    assert_eq!(leak["credential_id"], cred);
+    assert_eq!(leak["client_ip"], "127.0.0.3");
+    assert_eq!(leak["status"], 403);
 }
 
 #[tokio::test]

@@ -123,3 +123,17 @@ async fn grace_period_bounds_the_drain() {
         "the cut request should fail, not succeed"
     );
 }
+
+#[tokio::test]
+async fn sighup_without_tls_is_harmless() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    gw.wait_ready().await;
+    signal(gw.pid(), "HUP");
+    let deadline = Instant::now() + PATIENCE;
+    while !gw.logs().iter().any(|l| l.contains("nothing to reload")) {
+        assert!(Instant::now() < deadline, "SIGHUP was not handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
+}

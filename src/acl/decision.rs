@@ -18,7 +18,19 @@ pub struct Identity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow(Identity),
-    Deny(Reason),
+    /// Refused. The identity is there when the key was known (a revoked key, or a
+    /// valid one from the wrong address): for the log and the operator, never the
+    /// client.
+    Deny(Reason, Option<Identity>),
+}
+
+impl Decision {
+    pub fn reason(&self) -> Option<Reason> {
+        match self {
+            Decision::Allow(_) => None,
+            Decision::Deny(reason, _) => Some(*reason),
+        }
+    }
 }
 
 /// Why a request was refused. The true reason goes to logs and metrics; the client sees
@@ -111,41 +123,38 @@ pub fn decide(
     now: i64,
 ) -> Decision {
     let Some(snapshot) = snapshot else {
-        return Decision::Deny(Reason::NoSnapshot);
+        return Decision::Deny(Reason::NoSnapshot, None);
     };
     if stale {
-        return Decision::Deny(Reason::StaleSnapshot);
+        return Decision::Deny(Reason::StaleSnapshot, None);
     }
     let Some(key) = key else {
-        return Decision::Deny(Reason::MissingKey);
+        return Decision::Deny(Reason::MissingKey, None);
     };
     let Some(credential) = snapshot.get(key) else {
-        return Decision::Deny(Reason::UnknownKey);
+        return Decision::Deny(Reason::UnknownKey, None);
     };
+    let identity = Identity {
+        credential_id: credential.id,
+        user_id: credential.user_id,
+    };
+    let deny = |reason| Decision::Deny(reason, Some(identity));
+    let expired = credential.expires_at.is_some_and(|at| now >= at);
     match credential.state {
-        CredentialState::Revoked => return Decision::Deny(Reason::RevokedKey),
-        CredentialState::PendingFirstUse => {
-            // An expired pending key is reported as expired: that is what needs fixing.
-            if credential.expires_at.is_some_and(|at| now >= at) {
-                return Decision::Deny(Reason::ExpiredKey);
-            }
-            return Decision::Deny(Reason::PendingKey);
-        }
+        CredentialState::Revoked => return deny(Reason::RevokedKey),
+        // An expired pending key is reported as expired: that is what needs fixing.
+        CredentialState::PendingFirstUse if expired => return deny(Reason::ExpiredKey),
+        CredentialState::PendingFirstUse => return deny(Reason::PendingKey),
+        CredentialState::Active if expired => return deny(Reason::ExpiredKey),
         CredentialState::Active => {}
     }
-    if credential.expires_at.is_some_and(|at| now >= at) {
-        return Decision::Deny(Reason::ExpiredKey);
-    }
     let Some(ip) = ip else {
-        return Decision::Deny(Reason::ClientIpUnknown);
+        return deny(Reason::ClientIpUnknown);
     };
     if credential.wildcard || credential.active_ips.contains(&normalize(ip)) {
-        Decision::Allow(Identity {
-            credential_id: credential.id,
-            user_id: credential.user_id,
-        })
+        Decision::Allow(identity)
     } else {
-        Decision::Deny(Reason::IpNotActive)
+        deny(Reason::IpNotActive)
     }
 }
 
@@ -214,44 +223,37 @@ mod tests {
         let s = snapshot();
         assert_eq!(s.version(), 7);
         assert_eq!(s.active_ip_count(), 5);
+        let deny = |id: u64, reason| {
+            Decision::Deny(
+                reason,
+                Some(Identity {
+                    credential_id: id,
+                    user_id: 100 + id,
+                }),
+            )
+        };
         let cases: &[(Option<u8>, Option<&str>, Decision)] = &[
             (Some(1), Some("10.0.0.1"), allowed(1)),
             (Some(1), Some("::ffff:10.0.0.1"), allowed(1)),
             (Some(1), Some("2001:db8::1"), allowed(1)),
+            (Some(1), Some("10.0.0.2"), deny(1, Reason::IpNotActive)),
+            (Some(1), None, deny(1, Reason::ClientIpUnknown)),
             (
-                Some(1),
-                Some("10.0.0.2"),
-                Decision::Deny(Reason::IpNotActive),
+                None,
+                Some("10.0.0.1"),
+                Decision::Deny(Reason::MissingKey, None),
             ),
-            (Some(1), None, Decision::Deny(Reason::ClientIpUnknown)),
-            (None, Some("10.0.0.1"), Decision::Deny(Reason::MissingKey)),
             (
                 Some(9),
                 Some("10.0.0.1"),
-                Decision::Deny(Reason::UnknownKey),
+                Decision::Deny(Reason::UnknownKey, None),
             ),
-            (
-                Some(2),
-                Some("10.0.0.1"),
-                Decision::Deny(Reason::RevokedKey),
-            ),
-            (
-                Some(3),
-                Some("10.0.0.1"),
-                Decision::Deny(Reason::PendingKey),
-            ),
-            (
-                Some(4),
-                Some("10.0.0.1"),
-                Decision::Deny(Reason::ExpiredKey),
-            ),
+            (Some(2), Some("10.0.0.1"), deny(2, Reason::RevokedKey)),
+            (Some(3), Some("10.0.0.1"), deny(3, Reason::PendingKey)),
+            (Some(4), Some("10.0.0.1"), deny(4, Reason::ExpiredKey)),
             (Some(5), Some("203.0.113.9"), allowed(5)),
             (Some(5), Some("::1"), allowed(5)),
-            (
-                Some(6),
-                Some("10.0.0.1"),
-                Decision::Deny(Reason::ExpiredKey),
-            ),
+            (Some(6), Some("10.0.0.1"), deny(6, Reason::ExpiredKey)),
             (Some(7), Some("10.0.0.1"), allowed(7)),
         ];
         for (k, addr, want) in cases {
@@ -266,11 +268,11 @@ mod tests {
         let a = Some(ip("10.0.0.1"));
         assert_eq!(
             decide(None, false, Some(&k), a, NOW),
-            Decision::Deny(Reason::NoSnapshot)
+            Decision::Deny(Reason::NoSnapshot, None)
         );
         assert_eq!(
             decide(Some(&s), true, Some(&k), a, NOW),
-            Decision::Deny(Reason::StaleSnapshot)
+            Decision::Deny(Reason::StaleSnapshot, None)
         );
     }
 

@@ -405,9 +405,15 @@ impl Api {
                 self.metrics.record_allow();
                 Ok(identity)
             }
-            Decision::Deny(reason) => {
+            Decision::Deny(reason, known) => {
                 self.metrics.record_deny(reason);
-                tracing::info!(target: "ipgate::access", reason = reason.label(), "management API call refused");
+                tracing::info!(
+                    target: "ipgate::access",
+                    reason = reason.label(),
+                    credential_id = known.map(|i| i.credential_id),
+                    client_ip = client_ip.map(tracing::field::display),
+                    "management API call refused"
+                );
                 Err(ApiError::Refused(reason))
             }
         }

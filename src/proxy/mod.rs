@@ -140,9 +140,9 @@ impl Gateway {
         let decision = self.gate.check(req.headers(), client_ip);
 
         let (resp, reason, identity) = match decision {
-            Decision::Deny(reason) => {
+            Decision::Deny(reason, known) => {
                 self.metrics.record_deny(reason);
-                (refusal(reason).map(Either::Right), reason.label(), None)
+                (refusal(reason).map(Either::Right), reason.label(), known)
             }
             Decision::Allow(identity) => {
                 self.metrics.record_allow();
@@ -174,7 +174,7 @@ impl Gateway {
         tracing::info!(
             target: "ipgate::access",
             status = resp.status().as_u16(),
-            decision = if identity.is_some() { "allow" } else { "deny" },
+            decision = if decision.reason().is_none() { "allow" } else { "deny" },
             reason,
             credential_id = identity.map(|i| i.credential_id),
             client_ip = client_ip.map(tracing::field::display),

@@ -1,20 +1,35 @@
 //! Structured logs: plain or JSON lines on stderr, filtered by `RUST_LOG` or `[log] level`.
 //!
-//! Nothing secret is ever passed to a log call: keys only exist as `ApiKey`, whose
-//! `Debug` is redacted, and the hot path logs credential ids, never headers.
+//! Lines are formatted where they happen and written by one background thread in
+//! batches, so a request never waits on a write to stderr (one line per request would
+//! otherwise cost a system call each). Nothing is dropped: a writer that falls behind
+//! slows the loggers down instead. Nothing secret is ever passed to a log call: keys
+//! only exist as `ApiKey`, whose `Debug` is redacted, and the hot path logs credential
+//! ids, never headers.
 
 use crate::config::{LogConfig, LogFormat};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_FILTER: &str = "info";
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-pub fn init(config: &LogConfig) {
+/// Installs the subscriber. Keep the guard until exit: dropping it flushes what is
+/// still queued.
+pub fn init(config: &LogConfig) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config.level.as_deref().unwrap_or(DEFAULT_FILTER)))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ipgate-log")
+        .finish(std::io::BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     // A second init (tests embedding the server) keeps the first subscriber.
     let installed = match config.format {
         LogFormat::Plain => builder.with_ansi(false).try_init(),
@@ -27,4 +42,5 @@ pub fn init(config: &LogConfig) {
     if installed.is_err() {
         tracing::debug!("a log subscriber was already installed");
     }
+    guard
 }

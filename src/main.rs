@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    ipgate::logging::init(&config.log);
+    let _flush_logs_on_exit = ipgate::logging::init(&config.log);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.server.workers > 0 {
         runtime.worker_threads(config.server.workers);

@@ -126,7 +126,12 @@ pub fn parse_page(query: Option<&str>) -> Result<Page, BadInput> {
 pub fn pagination(base: &str, page: Page, ids: &[u64], more: bool) -> Value {
     let count = page.count;
     let url = |dir: &str, id: u64| Value::String(format!("{base}?count={count}&{dir}={id}"));
-    let newest = ids.first().copied();
+    // An empty page still has a place in the list: just below the `older_id` it was
+    // asked for, so its newer and future links continue from there, not from id 0.
+    let newest = ids
+        .first()
+        .copied()
+        .or(page.older_id.map(|id| id.saturating_sub(1)));
     let oldest = ids.last().copied();
     let older_more = if page.newer_id.is_some() {
         oldest.is_some()
@@ -263,6 +268,15 @@ mod tests {
         assert_eq!(v["future_url"], "/b?count=2&newer_id=9");
         let v = pagination("/b", page, &[9], false);
         assert_eq!(v["older_url"], Value::Null);
+        // Past the oldest item: the way back is towards newer items, from there.
+        let past_end = Page {
+            older_id: Some(3),
+            ..page
+        };
+        let v = pagination("/b", past_end, &[], false);
+        assert_eq!(v["older_url"], Value::Null);
+        assert_eq!(v["newer_url"], "/b?count=2&newer_id=2");
+        assert_eq!(v["future_url"], Value::Null);
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
         header_read_timeout: config.server.header_read_timeout,
         grace: config.server.shutdown_grace,
         tls: acceptor,
+        proxy_protocol: config.server.proxy_protocol,
     };
     proxy::serve(public, gateway, options, accepting).await;
 

@@ -50,6 +50,7 @@ pub struct RawServer {
     pub workers: usize,
     pub shutdown_grace: String,
     pub header_read_timeout: String,
+    pub proxy_protocol: bool,
     pub tls: Option<RawTls>,
 }
 
@@ -61,6 +62,7 @@ impl Default for RawServer {
             workers: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            proxy_protocol: false,
             tls: None,
         }
     }
@@ -210,6 +212,9 @@ pub struct ServerConfig {
     pub workers: usize,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header from a
+    /// trusted proxy, naming the client.
+    pub proxy_protocol: bool,
     pub tls: Option<TlsConfig>,
 }
 
@@ -321,6 +326,7 @@ impl Config {
                 "server.header_read_timeout",
                 &raw.server.header_read_timeout,
             ),
+            proxy_protocol: raw.server.proxy_protocol,
             tls: raw.server.tls.map(|t| TlsConfig {
                 cert: base.join(t.cert),
                 key: base.join(t.key),
@@ -410,6 +416,12 @@ impl Config {
                 ForwardedHeader::XForwardedFor
             }
         };
+        if raw.server.proxy_protocol && trusted_proxies.is_empty() {
+            check.err(
+                "server.proxy_protocol",
+                "needs client_ip.trusted_proxies: only those peers may name the client",
+            );
+        }
         let client_ip = ClientIpConfig {
             trusted_proxies,
             header: fwd,
@@ -581,6 +593,20 @@ mod tests {
             assert!(all.contains(key), "{key} missing from:\n{all}");
         }
         assert_eq!(e.0.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies() {
+        let e = Config::parse("[server]\nproxy_protocol = true\n", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("server.proxy_protocol"), "{e}");
+        let ok =
+            "[server]\nproxy_protocol = true\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n";
+        assert!(
+            Config::parse(ok, Path::new("."))
+                .unwrap()
+                .server
+                .proxy_protocol
+        );
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub struct Metrics {
     upstream_errors: Vec<IntCounter>,
     pub open_connections: IntGauge,
     pub tls_handshake_failures: IntCounter,
+    pub proxy_header_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
     pub snapshot_version: IntGauge,
     pub snapshot_credentials: IntGauge,
@@ -184,6 +185,15 @@ impl Metrics {
                 IntCounter::new(
                     "ipgate_tls_handshake_failures_total",
                     "TLS handshakes on the public listener that failed or timed out.",
+                )
+                .expect("valid metric"),
+            ),
+            proxy_header_failures: register(
+                &r,
+                IntCounter::new(
+                    "ipgate_proxy_protocol_failures_total",
+                    "Connections closed because their PROXY protocol header was missing, \
+                     malformed, late, or sent by a peer that is not a trusted proxy.",
                 )
                 .expect("valid metric"),
             ),

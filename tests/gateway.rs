@@ -646,3 +646,113 @@ async fn upstream_hanging_up_between_requests_costs_no_request() {
         assert_eq!(r.body, "ok");
     }
 }
+
+/// Sends `preamble` then one HTTP/1.1 request on a connection from `from`.
+async fn with_preamble(
+    gw: &Gateway,
+    from: std::net::IpAddr,
+    preamble: &[u8],
+    key: &str,
+) -> Option<Answer> {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = connect_from(from, gw.target(from)).await;
+    stream.write_all(preamble).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/pp")
+        .header("host", "x")
+        .header(KEY_HEADER, key)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    Some(collect(sender.send_request(req).await.ok()?).await)
+}
+
+#[tokio::test]
+async fn proxy_protocol_from_trusted_proxies_only() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url())
+            .set("server.proxy_protocol", "true")
+            .set("client_ip.trusted_proxies", "[\"127.0.0.5\"]"),
+    );
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.new_key();
+    gw.admin(&["ip", "add", &cred.to_string(), "192.0.2.9"]);
+    gw.admin(&["ip", "add", &cred.to_string(), "2001:db8::9"]);
+    // Registration itself arrives through the proxy, for the client 192.0.2.9.
+    let v1 = b"PROXY TCP4 192.0.2.9 127.0.0.1 40000 443\r\n";
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = connect_from(ip("127.0.0.5"), gw.target(ip("127.0.0.5"))).await;
+        let body = json!({"description": "lb", "secret": key}).to_string();
+        let req = format!(
+            "POST /v1/device-server HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(&[&v1[..], req.as_bytes()].concat())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    }
+    gw.wait_ready().await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let r = loop {
+        let r = with_preamble(&gw, ip("127.0.0.5"), v1, &key)
+            .await
+            .expect("an answer");
+        if r.status == StatusCode::OK || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.echoed("x-ipgate-client-ip"),
+        Some(vec!["192.0.2.9".into()])
+    );
+
+    // v2, binary, IPv6 source.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21\x00\x24".to_vec();
+    v2.extend_from_slice(
+        &"2001:db8::9"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    v2.extend_from_slice(&"::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb]);
+    let r = with_preamble(&gw, ip("127.0.0.5"), &v2, &key)
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        r.echoed("x-ipgate-client-ip"),
+        Some(vec!["2001:db8::9".into()])
+    );
+
+    // A client naming someone else, not through the proxy: closed, no answer.
+    assert!(with_preamble(&gw, ip("127.0.0.6"), v1, &key)
+        .await
+        .is_none());
+    // The proxy without a header, or with a broken one: closed.
+    assert!(with_preamble(&gw, ip("127.0.0.5"), b"", &key)
+        .await
+        .is_none());
+    assert!(
+        with_preamble(&gw, ip("127.0.0.5"), b"PROXY TCP4 nonsense\r\n", &key)
+            .await
+            .is_none()
+    );
+    // The proxy's own health check (UNKNOWN) is judged as the proxy itself.
+    let r = with_preamble(&gw, ip("127.0.0.5"), b"PROXY UNKNOWN\r\n", &key)
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(gw.metric("ipgate_proxy_protocol_failures_total").await, 3.0);
+}

@@ -1,6 +1,7 @@
 //! Accepting connections on the public listener (plain or TLS) and draining them on
 //! shutdown.
 
+use super::proxy_protocol::read_header;
 use super::{ClientConn, Gateway};
 use crate::acl::normalize;
 use hyper::service::service_fn;
@@ -29,6 +30,8 @@ pub struct ListenerOptions {
     /// How long shutdown waits for requests in flight.
     pub grace: Duration,
     pub tls: Option<TlsAcceptor>,
+    /// Read a PROXY protocol header first (from trusted proxies only).
+    pub proxy_protocol: bool,
 }
 
 /// Serves until `shutdown` fires, then stops accepting and waits up to `grace` for
@@ -71,6 +74,7 @@ pub async fn serve(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let peer_ip = normalize(peer.ip());
+        let proxy_protocol = options.proxy_protocol;
         let gateway = Arc::clone(&gateway);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
@@ -79,6 +83,25 @@ pub async fn serve(
         let handshake_timeout = options.header_read_timeout;
         tokio::spawn(
             async move {
+                let mut stream = stream;
+                let peer_ip = if proxy_protocol {
+                    match client_from_proxy_header(
+                        &mut stream,
+                        peer_ip,
+                        &gateway,
+                        handshake_timeout,
+                    )
+                    .await
+                    {
+                        Some(ip) => ip,
+                        None => {
+                            gateway.metrics.proxy_header_failures.inc();
+                            return;
+                        }
+                    }
+                } else {
+                    peer_ip
+                };
                 gateway.metrics.open_connections.inc();
                 match tls {
                     None => serve_connection(&builder, stream, &gateway, peer_ip, watcher).await,
@@ -114,6 +137,31 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(options.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// The client a trusted proxy names in its PROXY header (the proxy itself for its own
+/// health checks); `None` closes the connection.
+async fn client_from_proxy_header(
+    stream: &mut tokio::net::TcpStream,
+    peer: IpAddr,
+    gateway: &Gateway,
+    deadline: Duration,
+) -> Option<IpAddr> {
+    if !super::client_ip::is_trusted(peer, &gateway.client_ip.trusted_proxies) {
+        tracing::warn!(%peer, "PROXY protocol connection from a peer that is not a trusted proxy");
+        return None;
+    }
+    match tokio::time::timeout(deadline, read_header(stream)).await {
+        Ok(Ok(named)) => Some(named.map_or(peer, normalize)),
+        Ok(Err(error)) => {
+            tracing::warn!(%peer, %error, "PROXY protocol header refused");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "PROXY protocol header not received in time");
+            None
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod client_ip;
 mod forward;
 mod listener;
+mod proxy_protocol;
 pub mod tls;
 
 pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};

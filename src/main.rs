@@ -98,8 +98,14 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     let _flush_logs_on_exit = ipgate::logging::init(&config.log);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if config.server.workers > 0 {
+    // One worker needs no work stealing: the single-threaded scheduler does the same
+    // job with fewer atomics per task switch.
+    let mut runtime = if config.server.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if config.server.workers > 1 {
         runtime.worker_threads(config.server.workers);
     }
     let runtime = match runtime.enable_all().build() {

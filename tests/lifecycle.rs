@@ -53,7 +53,10 @@ async fn sigterm_drains_the_request_in_flight() {
     // New connections stop a moment later: the listener closes once the accept loop
     // sees the signal.
     let deadline = Instant::now() + PATIENCE;
-    while tokio::net::TcpStream::connect(gw.target(ip("127.0.0.1"))).await.is_ok() {
+    while tokio::net::TcpStream::connect(gw.target(ip("127.0.0.1")))
+        .await
+        .is_ok()
+    {
         assert!(Instant::now() < deadline, "still accepting while draining");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -131,7 +131,7 @@ impl Settings {
         Self::default()
             .set("server.listen", "\"[::]:0\"")
             .set("server.admin_listen", "\"127.0.0.1:0\"")
-            .set("server.workers", "2")
+            .set("server.workers", "1")
             .set("server.shutdown_grace", "\"5s\"")
             .set("upstream.url", &format!("\"{upstream}\""))
             .set("store.url", "\"sqlite://ipgate.db\"")

@@ -1,0 +1,395 @@
+//! The per-request decision, at 10, 10,000 and 1,000,000 credentials with 1 and 20
+//! addresses each, for an allowed request and for a known key from an address that is
+//! not on its list.
+//!
+//! - `check/…`: the full decision as the hot path runs it: a `HeaderMap` carrying the
+//!   key -> `Gatekeeper::check` (header read, SHA-256 of the key, one snapshot load,
+//!   the lookup). Target: < 300 ns at 1M credentials.
+//! - `lookup/…`: `acl::decide` alone with a precomputed `KeyHash`. Target: < 100 ns at
+//!   1M credentials.
+//! - `parts/…`: the pieces of `check`, to show where its time goes.
+//!
+//! Each beside naive baselines (see `Baselines`). Requests take 4,096 probe keys spread
+//! over the whole set in turn, so at 1M credentials a lookup is not always served by
+//! the same few cache lines; real traffic (a few busy clients) sits between this and
+//! one hot key.
+//!
+//! Building 1M credentials takes seconds, so every world is built once per size, outside
+//! the timed loops. `IPGATE_BENCH_SIZES=10,10000` limits the sizes built (criterion's
+//! own filter only skips the timing, not the building).
+
+mod fixture;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipgate::acl::{decide, Decision, KeyHash, Reason, Snapshot, SnapshotCell};
+use ipgate::config::AuthConfig;
+use ipgate::proxy::{credential_key, unix_now, Gatekeeper};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SIZES: [u64; 3] = [10, 10_000, 1_000_000];
+const IPS_PER_CREDENTIAL: [u64; 2] = [1, 20];
+const PROBES: usize = 4096;
+/// The linear-scan baseline is only run where it finishes in reasonable time.
+const SCAN_MAX: u64 = 10_000;
+const KEY_HEADER: &str = "x-bunq-client-authentication";
+
+/// Naive ways to answer the same question, so ipgate's numbers mean something.
+struct Baselines {
+    /// A gateway that keeps the plain keys in a std `HashMap` (SipHash, the default
+    /// hasher) and checks the address with `Vec::contains`: no digest, no snapshot cell,
+    /// no expiry or state. What "just look it up" costs; ipgate pays SHA-256 and an
+    /// atomic load on top, for never holding a plain key.
+    by_plain_key: HashMap<String, Vec<IpAddr>>,
+    /// ipgate's own key type, in a std `HashMap` with SipHash instead of the snapshot's
+    /// pass-through `DigestHasher`: what that hasher saves.
+    by_digest_siphash: HashMap<KeyHash, Vec<IpAddr>>,
+    /// The first version anyone writes: a list of (key, addresses as text) scanned in
+    /// order, the client address formatted to compare. Only up to `SCAN_MAX`.
+    scan: Option<Vec<(String, Vec<String>)>>,
+}
+
+/// One request as the benches replay it.
+struct Probe {
+    headers: HeaderMap,
+    key: String,
+    hash: KeyHash,
+    /// An address on the probed credential's list (position varies with the probe).
+    allowed: IpAddr,
+}
+
+struct World {
+    name: String,
+    gate: Gatekeeper,
+    snapshot: Arc<Snapshot>,
+    baselines: Baselines,
+    probes: Vec<Probe>,
+}
+
+fn auth() -> AuthConfig {
+    AuthConfig {
+        header: HeaderName::from_static(KEY_HEADER),
+        bearer: false,
+        registration_window: Duration::from_secs(4 * 3600),
+        forward_key: false,
+    }
+}
+
+/// Headers as a typical API client sends them, the key among them.
+fn request_headers(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("api.example.com"));
+    h.insert("user-agent", HeaderValue::from_static("bench-client/1.0"));
+    h.insert("accept", HeaderValue::from_static("application/json"));
+    h.insert(
+        KEY_HEADER,
+        HeaderValue::from_str(key).expect("key is ASCII"),
+    );
+    h
+}
+
+fn world(n: u64, ips: u64) -> World {
+    let rows = fixture::rows(n, ips);
+    let snapshot = Arc::new(fixture::build(&rows, 1));
+    let cell = Arc::new(SnapshotCell::new());
+    cell.publish(Arc::clone(&snapshot));
+    let gate = Gatekeeper {
+        cell,
+        auth: auth(),
+        max_staleness: Duration::ZERO,
+    };
+
+    let by_digest_siphash = rows.iter().map(|r| (r.key, r.ips.clone())).collect();
+    let scan = (n <= SCAN_MAX).then(|| {
+        rows.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let ips = r.ips.iter().map(IpAddr::to_string).collect();
+                (fixture::key(i as u64), ips)
+            })
+            .collect()
+    });
+    let by_plain_key = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (fixture::key(i as u64), r.ips))
+        .collect();
+
+    let probes = fixture::probes(n, PROBES)
+        .into_iter()
+        .enumerate()
+        .map(|(p, i)| {
+            let key = fixture::key(i);
+            Probe {
+                headers: request_headers(&key),
+                hash: KeyHash::of(key.as_bytes()),
+                allowed: fixture::address(i, p as u64 % ips),
+                key,
+            }
+        })
+        .collect();
+
+    World {
+        name: format!("{n}x{ips}"),
+        gate,
+        snapshot,
+        baselines: Baselines {
+            by_plain_key,
+            by_digest_siphash,
+            scan,
+        },
+        probes,
+    }
+}
+
+fn plain_key_check(map: &HashMap<String, Vec<IpAddr>>, key: &str, ip: IpAddr) -> bool {
+    map.get(key).is_some_and(|ips| ips.contains(&ip))
+}
+
+fn digest_siphash_check(map: &HashMap<KeyHash, Vec<IpAddr>>, key: &KeyHash, ip: IpAddr) -> bool {
+    map.get(key).is_some_and(|ips| ips.contains(&ip))
+}
+
+fn scan_check(list: &[(String, Vec<String>)], key: &str, ip: IpAddr) -> bool {
+    let ip = ip.to_string();
+    list.iter()
+        .find(|(k, _)| k == key)
+        .is_some_and(|(_, ips)| ips.contains(&ip))
+}
+
+/// The key as a naive gateway reads it: the header's value, trimmed.
+fn header_key(headers: &HeaderMap) -> &str {
+    headers
+        .get(KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map_or("", str::trim)
+}
+
+#[derive(Clone, Copy)]
+enum Case {
+    Allowed,
+    RefusedIp,
+}
+
+impl Case {
+    const ALL: [Case; 2] = [Case::Allowed, Case::RefusedIp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Allowed => "allowed",
+            Case::RefusedIp => "refused_ip",
+        }
+    }
+
+    fn ip(self, probe: &Probe) -> IpAddr {
+        match self {
+            Case::Allowed => probe.allowed,
+            Case::RefusedIp => fixture::REFUSED,
+        }
+    }
+}
+
+/// Makes sure every bench measures the answer it claims to, before timing anything.
+fn verify(w: &World, now: i64) {
+    for probe in w.probes.iter().take(64) {
+        for case in Case::ALL {
+            let ip = case.ip(probe);
+            let allowed = matches!(case, Case::Allowed);
+            let want = if allowed {
+                "allow"
+            } else {
+                Reason::IpNotActive.label()
+            };
+            let got = |d: Decision| match d {
+                Decision::Allow(_) => "allow",
+                Decision::Deny(r, _) => r.label(),
+            };
+            assert_eq!(got(w.gate.check(&probe.headers, Some(ip))), want);
+            let lookup = decide(Some(&w.snapshot), false, Some(&probe.hash), Some(ip), now);
+            assert_eq!(got(lookup), want);
+            let b = &w.baselines;
+            assert_eq!(plain_key_check(&b.by_plain_key, &probe.key, ip), allowed);
+            assert_eq!(
+                digest_siphash_check(&b.by_digest_siphash, &probe.hash, ip),
+                allowed
+            );
+            if let Some(scan) = &b.scan {
+                assert_eq!(scan_check(scan, &probe.key, ip), allowed);
+            }
+        }
+    }
+}
+
+/// Runs `f` on the probes in turn, one per iteration.
+fn rotate<'a, T: 'a, F: FnMut(&'a Probe) -> T + 'a>(
+    probes: &'a [Probe],
+    mut f: F,
+) -> impl FnMut() -> T + 'a {
+    let mut next = 0;
+    move || {
+        next = (next + 1) % probes.len();
+        f(&probes[next])
+    }
+}
+
+fn bench_world(c: &mut Criterion, w: &World) {
+    let now = unix_now();
+    verify(w, now);
+    let b = &w.baselines;
+
+    let mut group = c.benchmark_group(format!("check/{}", w.name));
+    for case in Case::ALL {
+        let id = |f: &str| BenchmarkId::new(f, case.name());
+        group.bench_function(id("gatekeeper"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                w.gate
+                    .check(black_box(&p.headers), black_box(Some(case.ip(p))))
+            }))
+        });
+        group.bench_function(id("baseline_plain_key_siphash"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                let key = header_key(black_box(&p.headers));
+                plain_key_check(&b.by_plain_key, key, black_box(case.ip(p)))
+            }))
+        });
+        if let Some(scan) = &b.scan {
+            group.bench_function(id("baseline_vec_scan"), |bench| {
+                bench.iter(rotate(&w.probes, |p| {
+                    let key = header_key(black_box(&p.headers));
+                    scan_check(scan, key, black_box(case.ip(p)))
+                }))
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group(format!("lookup/{}", w.name));
+    for case in Case::ALL {
+        let id = |f: &str| BenchmarkId::new(f, case.name());
+        group.bench_function(id("decide"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                decide(
+                    Some(&w.snapshot),
+                    false,
+                    Some(black_box(&p.hash)),
+                    Some(black_box(case.ip(p))),
+                    now,
+                )
+            }))
+        });
+        group.bench_function(id("baseline_plain_key_siphash"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                plain_key_check(&b.by_plain_key, black_box(&p.key), black_box(case.ip(p)))
+            }))
+        });
+        group.bench_function(id("baseline_digest_siphash"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                digest_siphash_check(
+                    &b.by_digest_siphash,
+                    black_box(&p.hash),
+                    black_box(case.ip(p)),
+                )
+            }))
+        });
+        if let Some(scan) = &b.scan {
+            group.bench_function(id("baseline_vec_scan"), |bench| {
+                bench.iter(rotate(&w.probes, |p| {
+                    scan_check(scan, black_box(&p.key), black_box(case.ip(p)))
+                }))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// The pieces `Gatekeeper::check` is made of, measured apart (they do not depend on
+/// the number of credentials, except the load's cache behaviour, which `lookup` shows).
+fn bench_parts(c: &mut Criterion, w: &World) {
+    let auth = auth();
+    let mut group = c.benchmark_group("parts");
+    group.bench_function("credential_key_from_headers", |bench| {
+        bench.iter(rotate(&w.probes, |p| {
+            credential_key(black_box(&p.headers), &auth).map(str::len)
+        }))
+    });
+    // The configured header is a custom name, which `HeaderMap` hashes byte by byte;
+    // a standard name such as `Authorization` is hashed by its index. Same map for both.
+    let mut headers = w.probes[0].headers.clone();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer ipg_x"),
+    );
+    group.bench_function("header_map_get_custom_name", |bench| {
+        bench.iter(|| black_box(&headers).get(&auth.header).is_some())
+    });
+    group.bench_function("header_map_get_authorization", |bench| {
+        bench.iter(|| {
+            black_box(&headers)
+                .get(http::header::AUTHORIZATION)
+                .is_some()
+        })
+    });
+    group.bench_function("sha256_of_key", |bench| {
+        bench.iter(rotate(&w.probes, |p| {
+            KeyHash::of(black_box(p.key.as_bytes()))
+        }))
+    });
+    // Keys are `ipg_` + 64 hex digits = 68 bytes: two SHA-256 blocks. Input of at most
+    // 55 bytes fits one block; this shows what a shorter key encoding would save.
+    group.bench_function("sha256_of_55_bytes", |bench| {
+        bench.iter(rotate(&w.probes, |p| {
+            KeyHash::of(black_box(&p.key.as_bytes()[..55]))
+        }))
+    });
+    group.bench_function("snapshot_cell_load", |bench| {
+        bench.iter(|| w.gate.cell.load().as_ref().map(|s| s.version()))
+    });
+    group.bench_function("is_stale_off", |bench| {
+        bench.iter(|| w.gate.cell.is_stale(black_box(Duration::ZERO)))
+    });
+    group.bench_function("unix_now", |bench| bench.iter(unix_now));
+    group.finish();
+}
+
+fn sizes() -> Vec<u64> {
+    match std::env::var("IPGATE_BENCH_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("IPGATE_BENCH_SIZES: comma-separated counts")
+            })
+            .collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let mut parts_done = false;
+    for n in sizes() {
+        for ips in IPS_PER_CREDENTIAL {
+            // One world at a time: 1M credentials with 20 addresses and its baselines
+            // take over a gigabyte.
+            let w = world(n, ips);
+            bench_world(c, &w);
+            if !parts_done {
+                bench_parts(c, &w);
+                parts_done = true;
+            }
+        }
+    }
+}
+
+criterion_group! {
+    name = decision;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(decision);

@@ -96,7 +96,7 @@ fn world(n: u64, ips: u64) -> World {
     let rows = fixture::rows(n, ips);
     let snapshot = Arc::new(fixture::build(&rows, 1));
     let cell = Arc::new(SnapshotCell::new());
-    cell.publish(Arc::clone(&snapshot));
+    assert!(cell.publish(Arc::clone(&snapshot)).is_none());
     let gate = Gatekeeper {
         cell,
         auth: auth(),
@@ -209,7 +209,13 @@ fn verify(w: &World, now: i64) {
                 Decision::Deny(r, _) => r.label(),
             };
             assert_eq!(got(w.gate.check(&probe.headers, Some(ip))), want);
-            let lookup = decide(Some(&w.snapshot), false, Some(&probe.hash), Some(ip), now);
+            let lookup = decide(
+                Some(&w.snapshot),
+                false,
+                Some(&probe.hash),
+                Some(ip),
+                || now,
+            );
             assert_eq!(got(lookup), want);
             let b = &w.baselines;
             assert_eq!(plain_key_check(&b.by_plain_key, &probe.key, ip), allowed);
@@ -277,7 +283,7 @@ fn bench_world(c: &mut Criterion, w: &World) {
                     false,
                     Some(black_box(&p.hash)),
                     Some(black_box(case.ip(p))),
-                    now,
+                    || now,
                 )
             }))
         });

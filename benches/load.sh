@@ -197,7 +197,8 @@ con.close()
 EOF
 }
 
-new_key() { echo "ipg_$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"; }
+# Shaped like the keys ipgate prints: ipg_ and 43 base62 characters.
+new_key() { echo "ipg_$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 43)"; }
 
 # ---- targets: each start_* sets its URLs and PIDs ---------------------------------------
 

@@ -253,7 +253,7 @@ fn bench_swap(c: &mut Criterion) {
     let a = Arc::new(fixture::build(&small, 1));
     let b = Arc::new(fixture::build(&small, 2));
     let cell = SnapshotCell::new();
-    cell.publish(Arc::clone(&a));
+    assert!(cell.publish(Arc::clone(&a)).is_none());
     let lock = RwLock::new(Arc::clone(&a));
 
     let mut group = c.benchmark_group("swap");
@@ -284,7 +284,7 @@ fn bench_swap(c: &mut Criterion) {
     // A reader while another thread publishes as fast as it can: the worst case for
     // both designs (a real poller publishes at most once per interval).
     while_publishing(
-        || cell.publish(current(&cell)),
+        || drop(cell.publish(current(&cell))),
         || {
             group.bench_function("cell_load_while_publishing", |bench| {
                 bench.iter(|| cell.load().as_ref().map(|s| s.version()))

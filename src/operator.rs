@@ -114,15 +114,29 @@ pub enum OperatorError {
     Random(String),
 }
 
-/// 256 bits from the OS, hex, behind the recognisable prefix.
+/// Characters of a key after its prefix: base62, so a double click selects it whole.
+const KEY_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// 43 base62 characters carry 256.03 bits; with the prefix a key is 47 bytes, which
+/// SHA-256 hashes in one block (a 64-character hex key took two).
+const KEY_CHARS: usize = 43;
+
+/// 256 bits from the OS, base62, behind the recognisable prefix. Each character is
+/// drawn uniformly: bytes of 248 and above (248 = 4 x 62) are thrown away, not folded.
 pub fn generate_key() -> Result<ApiKey, OperatorError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| OperatorError::Random(e.to_string()))?;
-    let mut key = String::with_capacity(KEY_PREFIX.len() + 64);
+    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_CHARS);
     key.push_str(KEY_PREFIX);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        write!(key, "{b:02x}").expect("write to String");
+    let mut drawn = 0;
+    while drawn < KEY_CHARS {
+        let mut bytes = [0u8; 64];
+        getrandom::fill(&mut bytes).map_err(|e| OperatorError::Random(e.to_string()))?;
+        for b in bytes
+            .into_iter()
+            .filter(|b| *b < 248)
+            .take(KEY_CHARS - drawn)
+        {
+            key.push(char::from(KEY_ALPHABET[usize::from(b % 62)]));
+            drawn += 1;
+        }
     }
     Ok(ApiKey::new(key))
 }
@@ -323,7 +337,9 @@ mod tests {
         let a = generate_key().unwrap();
         let b = generate_key().unwrap();
         assert!(a.expose().starts_with("ipg_"));
-        assert_eq!(a.expose().len(), 4 + 64);
+        assert_eq!(a.expose().len(), 4 + KEY_CHARS);
+        assert!(a.expose().len() <= 55, "more than one SHA-256 block");
+        assert!(a.expose()[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
     }
 

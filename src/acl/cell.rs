@@ -42,10 +42,13 @@ impl SnapshotCell {
         self.current.load_full()
     }
 
-    /// Publishes a new snapshot and marks it fresh.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
-        self.current.store(Some(snapshot));
+    /// Publishes a new snapshot, marks it fresh, and hands back the one it replaced:
+    /// the caller decides where that is freed (a large one takes a while).
+    #[must_use = "dropping the old snapshot here frees it on this thread"]
+    pub fn publish(&self, snapshot: Arc<Snapshot>) -> Option<Arc<Snapshot>> {
+        let previous = self.current.swap(Some(snapshot));
         self.confirm();
+        previous
     }
 
     /// Records that the store answered and the current snapshot is still its truth.
@@ -88,8 +91,9 @@ mod tests {
         assert!(cell.age().is_none());
         assert!(cell.is_stale(Duration::from_secs(1)));
         assert!(!cell.is_stale(Duration::ZERO));
-        cell.publish(Arc::new(Snapshot::default()));
+        assert!(cell.publish(Arc::new(Snapshot::default())).is_none());
         assert!(cell.is_loaded());
+        assert!(cell.publish(Arc::new(Snapshot::default())).is_some());
         assert!(!cell.is_stale(Duration::from_secs(60)));
     }
 }

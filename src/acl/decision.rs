@@ -5,7 +5,7 @@
 
 use super::ip::normalize;
 use super::key::KeyHash;
-use super::snapshot::{CredentialState, Snapshot};
+use super::snapshot::{CredentialState, Snapshot, NEVER};
 use std::net::IpAddr;
 
 /// Who a request was allowed as. Neither value is secret.
@@ -114,13 +114,14 @@ impl Reason {
 
 /// Checks one request. `snapshot` is `None` before the first load; `stale` says the
 /// loaded one is older than the configured maximum; `ip` is the client address
-/// (`None` when it could not be established); `now` is Unix seconds.
+/// (`None` when it could not be established); `now` tells Unix seconds, and is asked
+/// only for a credential that can expire.
 pub fn decide(
     snapshot: Option<&Snapshot>,
     stale: bool,
     key: Option<&KeyHash>,
     ip: Option<IpAddr>,
-    now: i64,
+    now: impl FnOnce() -> i64,
 ) -> Decision {
     let Some(snapshot) = snapshot else {
         return Decision::Deny(Reason::NoSnapshot, None);
@@ -139,7 +140,7 @@ pub fn decide(
         user_id: credential.user_id,
     };
     let deny = |reason| Decision::Deny(reason, Some(identity));
-    let expired = credential.expires_at.is_some_and(|at| now >= at);
+    let expired = credential.expires_at != NEVER && now() >= credential.expires_at;
     match credential.state {
         CredentialState::Revoked => return deny(Reason::RevokedKey),
         // An expired pending key is reported as expired: that is what needs fixing.
@@ -178,7 +179,7 @@ mod tests {
             id,
             user_id: 100 + id,
             state,
-            expires_at: None,
+            expires_at: NEVER,
             wildcard: false,
             active_ips: IpSet::new(ips.iter().map(|s| ip(s))),
         }
@@ -193,22 +194,22 @@ mod tests {
         b.insert(key(2), cred(2, CredentialState::Revoked, &["10.0.0.1"]));
         b.insert(key(3), cred(3, CredentialState::PendingFirstUse, &[]));
         let mut expired = cred(4, CredentialState::PendingFirstUse, &[]);
-        expired.expires_at = Some(NOW - 1);
+        expired.expires_at = NOW - 1;
         b.insert(key(4), expired);
         let mut wildcard = cred(5, CredentialState::Active, &[]);
         wildcard.wildcard = true;
         b.insert(key(5), wildcard);
         let mut lapsed = cred(6, CredentialState::Active, &["10.0.0.1"]);
-        lapsed.expires_at = Some(NOW);
+        lapsed.expires_at = NOW;
         b.insert(key(6), lapsed);
         let mut future = cred(7, CredentialState::Active, &["10.0.0.1"]);
-        future.expires_at = Some(NOW + 1);
+        future.expires_at = NOW + 1;
         b.insert(key(7), future);
         b.build()
     }
 
     fn check(s: &Snapshot, k: Option<u8>, addr: Option<&str>) -> Decision {
-        decide(Some(s), false, k.map(key).as_ref(), addr.map(ip), NOW)
+        decide(Some(s), false, k.map(key).as_ref(), addr.map(ip), || NOW)
     }
 
     fn allowed(id: u64) -> Decision {
@@ -267,11 +268,11 @@ mod tests {
         let k = key(1);
         let a = Some(ip("10.0.0.1"));
         assert_eq!(
-            decide(None, false, Some(&k), a, NOW),
+            decide(None, false, Some(&k), a, || NOW),
             Decision::Deny(Reason::NoSnapshot, None)
         );
         assert_eq!(
-            decide(Some(&s), true, Some(&k), a, NOW),
+            decide(Some(&s), true, Some(&k), a, || NOW),
             Decision::Deny(Reason::StaleSnapshot, None)
         );
     }

@@ -15,4 +15,4 @@ pub use cell::SnapshotCell;
 pub use decision::{decide, Decision, Identity, Reason};
 pub use ip::{normalize, IpSet};
 pub use key::{ApiKey, KeyHash, KEY_PREFIX};
-pub use snapshot::{CredentialState, Snapshot, SnapshotBuilder, SnapshotCredential};
+pub use snapshot::{CredentialState, Snapshot, SnapshotBuilder, SnapshotCredential, NEVER};

@@ -18,14 +18,19 @@ pub enum CredentialState {
     Revoked,
 }
 
+/// `expires_at` of a credential that does not expire.
+pub const NEVER: i64 = i64::MAX;
+
 /// What the hot path needs to know about one credential.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotCredential {
     pub id: u64,
     pub user_id: u64,
     pub state: CredentialState,
-    /// Unix seconds after which the credential is refused; `None` never expires.
-    pub expires_at: Option<i64>,
+    /// Unix seconds from which the credential is refused; [`NEVER`] for none. A plain
+    /// integer keeps the entry 8 bytes smaller than an `Option` (a million entries: 8 MB)
+    /// and lets the hot path skip reading the clock.
+    pub expires_at: i64,
     /// Set by an operator only: every address is admitted.
     pub wildcard: bool,
     /// ACTIVE entries only; INACTIVE ones never reach the snapshot.

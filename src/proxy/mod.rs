@@ -102,7 +102,7 @@ impl Gatekeeper {
             self.cell.is_stale(self.max_staleness),
             key.as_ref(),
             client_ip,
-            unix_now(),
+            unix_now,
         )
     }
 }

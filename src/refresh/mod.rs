@@ -86,7 +86,10 @@ impl Refresher {
         self.metrics
             .snapshot_active_ips
             .set(next.active_ip_count() as i64);
-        self.cell.publish(Arc::new(next));
+        if let Some(previous) = self.cell.publish(Arc::new(next)) {
+            // Freeing a million credentials takes over 100 ms: never on a request thread.
+            tokio::task::spawn_blocking(move || retire(previous));
+        }
     }
 
     /// Polls every `interval` until `cancel` fires. The first poll is immediate.
@@ -121,6 +124,21 @@ impl Refresher {
             }
         }
     }
+}
+
+/// How long a replaced snapshot may still be held by requests before it is freed
+/// wherever its last holder drops it. Requests hold it for microseconds.
+const RETIRE_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Frees a replaced snapshot on this (blocking-pool) thread. Requests that loaded it
+/// just before the swap still hold it for a moment; whoever drops the last reference
+/// frees it, so wait until that is us.
+fn retire(old: Arc<Snapshot>) {
+    let deadline = Instant::now() + RETIRE_PATIENCE;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(old);
 }
 
 /// The full `source()` chain of an error, for a log line that says why.

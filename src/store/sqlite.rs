@@ -8,7 +8,9 @@
 
 use super::model::*;
 use super::{NewCredential, Registration, Result, Store, StoreError};
-use crate::acl::{CredentialState, IpSet, KeyHash, Snapshot, SnapshotBuilder, SnapshotCredential};
+use crate::acl::{
+    CredentialState, IpSet, KeyHash, Snapshot, SnapshotBuilder, SnapshotCredential, NEVER,
+};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde_json::json;
 use std::collections::HashMap;
@@ -409,7 +411,7 @@ impl Store for SqliteStore {
                         state,
                         expires_at: row
                             .get::<_, Option<i64>>(5)?
-                            .map(|t| Timestamp(t).unix_seconds()),
+                            .map_or(NEVER, |t| Timestamp(t).unix_seconds()),
                         wildcard: row.get(4)?,
                         active_ips: IpSet::new(ips.remove(&id).unwrap_or_default()),
                     },

@@ -1319,3 +1319,45 @@ async fn registration_activates_addresses_the_operator_listed_beforehand() {
         assert_eq!(r.status, StatusCode::OK, "{from}");
     }
 }
+
+// ---- the write path updates one credential, not the whole snapshot -----------------
+
+#[tokio::test]
+async fn an_api_write_is_not_followed_by_a_full_rebuild() {
+    let (_up, gw) = setup().await;
+    let holder = Holder::new(&gw, &["127.0.0.2"]).await;
+    // Let the poller settle on the current version.
+    let unchanged = "ipgate_refresh_total{result=\"unchanged\"}";
+    let updated = "ipgate_refresh_total{result=\"updated\"}";
+    let settle = |from: f64| {
+        let gw = &gw;
+        async move {
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while gw.metric(unchanged).await < from + 3.0 {
+                assert!(std::time::Instant::now() < deadline, "the poller stopped");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    settle(gw.metric(unchanged).await).await;
+    let rebuilds = gw.metric(updated).await;
+
+    holder.add("127.0.0.3", "ACTIVE").await;
+    assert_eq!(holder.probe("127.0.0.3").await, StatusCode::OK);
+    // Several polls later the store's version is the snapshot's: nothing was rebuilt.
+    settle(gw.metric(unchanged).await).await;
+    assert_eq!(
+        gw.metric(updated).await,
+        rebuilds,
+        "a full rebuild followed the write"
+    );
+    assert_eq!(gw.metric("ipgate_snapshot_active_ips").await, 2.0);
+
+    // A change made elsewhere still arrives by the poll, on top of the API's.
+    let cred = holder.cred.to_string();
+    gw.admin(&["ip", "add", &cred, "127.0.0.4"]);
+    gw.wait_until_allowed(ip("127.0.0.4"), &holder.key).await;
+    assert_eq!(holder.probe("127.0.0.3").await, StatusCode::OK);
+    assert!(gw.metric(updated).await > rebuilds);
+    assert_eq!(gw.metric("ipgate_snapshot_active_ips").await, 3.0);
+}

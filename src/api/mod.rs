@@ -13,8 +13,8 @@
 //! | GET | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | one entry |
 //! | PUT | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | change its status |
 //!
-//! Every write is committed to the store and then enforced here (a refresh of this
-//! gateway's snapshot) before the answer is sent.
+//! Every write is committed to the store and then enforced here (the changed credential
+//! is read back into this gateway's snapshot) before the answer is sent.
 
 mod wire;
 
@@ -342,7 +342,7 @@ impl Api {
                 let entry = self
                     .blocking(move |s| s.add_ip(credential, ip, status, max, &actor))
                     .await?;
-                self.enforce().await?;
+                self.enforce(credential).await?;
                 created_id(entry.id)
             }
             Route::Ip {
@@ -386,7 +386,7 @@ impl Api {
                 let entry = self
                     .blocking(move |s| s.set_ip_status(credential, item, status, max, &actor))
                     .await?;
-                self.enforce().await?;
+                self.enforce(credential).await?;
                 created_id(entry.id)
             }
             Route::DeviceServer | Route::NotFound => Err(ApiError::NotFound("endpoint")),
@@ -463,7 +463,7 @@ impl Api {
             })
             .await?;
         tracing::info!(credential_id = credential.id, caller = %caller, "device registered");
-        self.enforce().await?;
+        self.enforce(credential.id).await?;
         created_id(credential.id)
     }
 
@@ -479,12 +479,16 @@ impl Api {
         }
     }
 
-    /// Makes this gateway enforce what was just written before the caller hears back.
-    async fn enforce(&self) -> Result<(), ApiError> {
-        self.refresher.refresh().await.map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, "refresh after an API write failed");
-            ApiError::NotEnforced
-        })
+    /// Makes this gateway enforce what was just written to `credential` before the
+    /// caller hears back.
+    async fn enforce(&self, credential: u64) -> Result<(), ApiError> {
+        self.refresher
+            .enforce_credential(credential)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "refresh after an API write failed");
+                ApiError::NotEnforced
+            })
     }
 
     async fn blocking<T: Send + 'static>(

@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// Credentials changed through the API that ride beside the last full build before the
+/// next write folds them into a new one.
+const MAX_OVERLAY: usize = 256;
+
 /// Backoff after failures grows to this many intervals at most.
 const MAX_BACKOFF_INTERVALS: u32 = 10;
 
@@ -55,6 +59,33 @@ impl Refresher {
             Err(_) => self.metrics.record_refresh(RefreshResult::Error),
         }
         result
+    }
+
+    /// Makes one credential's stored state the enforced one, now: after a write through
+    /// this gateway. Only that credential is read; the new snapshot shares everything
+    /// else with the current one. It takes the store's version only when that write
+    /// was the store's one change since the current snapshot; otherwise the next poll
+    /// still sees a difference and rebuilds the whole, as it must.
+    pub async fn enforce_credential(&self, id: u64) -> Result<(), RefreshError> {
+        let _one_at_a_time = self.rebuilding.lock().await;
+        let current = match self.cell.load_full() {
+            Some(c) if c.overlay_len() < MAX_OVERLAY => c,
+            // Nothing to build on, or enough small changes to fold into a full build.
+            _ => return self.refresh_locked().await.map(drop),
+        };
+        let store = Arc::clone(&self.store);
+        let (version, key, credential) =
+            tokio::task::spawn_blocking(move || store.load_credential(id)).await??;
+        let next_version = if version == current.version() + 1 {
+            version
+        } else {
+            current.version()
+        };
+        let next = current.with_credential(next_version, key, credential);
+        let previous = current.version();
+        drop(current);
+        self.publish(next, Some(previous));
+        Ok(())
     }
 
     async fn refresh_locked(&self) -> Result<RefreshResult, RefreshError> {

@@ -15,7 +15,7 @@ pub use model::{
 };
 pub use sqlite::SqliteStore;
 
-use crate::acl::{KeyHash, Snapshot};
+use crate::acl::{KeyHash, Snapshot, SnapshotCredential};
 use crate::config::StoreConfig;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -59,6 +59,8 @@ pub trait Store: Send + Sync + 'static {
     fn change_version(&self) -> Result<u64>;
     /// One consistent read of everything the hot path needs.
     fn load_snapshot(&self) -> Result<Snapshot>;
+    /// One credential as the hot path sees it, and the change version it was read at.
+    fn load_credential(&self, id: u64) -> Result<(u64, KeyHash, SnapshotCredential)>;
 
     fn add_user(&self, name: Option<&str>, actor: &Actor) -> Result<User>;
     fn user(&self, id: u64) -> Result<User>;

@@ -13,7 +13,6 @@ use crate::acl::{
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -200,6 +199,82 @@ fn parse_column<T: std::str::FromStr>(index: usize, s: &str) -> rusqlite::Result
     })
 }
 
+fn read_version(tx: &Transaction<'_>) -> Result<u64> {
+    let v: i64 = tx.query_row(
+        "SELECT value FROM meta WHERE name = 'change_version'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(v as u64)
+}
+
+/// Every credential (or only `only`) with its ACTIVE addresses, as the hot path sees it,
+/// in one ordered pass: rows of one credential are consecutive, so nothing is held
+/// beyond the credential being assembled (a million of them fit in the snapshot alone).
+fn snapshot_rows(
+    tx: &Transaction<'_>,
+    only: Option<u64>,
+    mut each: impl FnMut(KeyHash, SnapshotCredential),
+) -> Result<()> {
+    let sql = format!(
+        "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, p.ip \
+         FROM credentials c \
+         LEFT JOIN permitted_ips p ON p.credential_id = c.id AND p.status = 'ACTIVE' \
+         {} ORDER BY c.id",
+        if only.is_some() {
+            "WHERE c.id = ?1"
+        } else {
+            ""
+        }
+    );
+    let mut stmt = tx.prepare(&sql)?;
+    let mut rows = match only {
+        Some(id) => stmt.query([id])?,
+        None => stmt.query([])?,
+    };
+    let mut current: Option<(KeyHash, SnapshotCredential, Vec<IpAddr>)> = None;
+    while let Some(row) = rows.next()? {
+        let id: u64 = row.get(0)?;
+        if current.as_ref().is_none_or(|(_, c, _)| c.id != id) {
+            if let Some((key, mut credential, ips)) = current.take() {
+                credential.active_ips = IpSet::new(ips);
+                each(key, credential);
+            }
+            let hash: Vec<u8> = row.get(2)?;
+            let status: String = row.get(3)?;
+            let state = match parse_column::<CredentialStatus>(3, &status)? {
+                CredentialStatus::PendingFirstUse => CredentialState::PendingFirstUse,
+                CredentialStatus::Active => CredentialState::Active,
+                CredentialStatus::Revoked => CredentialState::Revoked,
+            };
+            let key = KeyHash::from_slice(&hash).ok_or_else(|| {
+                StoreError::Rejected(format!("credential {id} has a damaged key hash"))
+            })?;
+            let credential = SnapshotCredential {
+                id,
+                user_id: row.get(1)?,
+                state,
+                expires_at: row
+                    .get::<_, Option<i64>>(5)?
+                    .map_or(NEVER, |t| Timestamp(t).unix_seconds()),
+                wildcard: row.get(4)?,
+                active_ips: IpSet::default(),
+            };
+            current = Some((key, credential, Vec::new()));
+        }
+        if let (Some(text), Some((_, _, ips))) =
+            (row.get::<_, Option<String>>(6)?, current.as_mut())
+        {
+            ips.push(parse_column(6, &text)?);
+        }
+    }
+    if let Some((key, mut credential, ips)) = current {
+        credential.active_ips = IpSet::new(ips);
+        each(key, credential);
+    }
+    Ok(())
+}
+
 fn get_credential(tx: &Transaction<'_>, id: u64) -> Result<Credential> {
     tx.query_row(
         &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = ?1"),
@@ -359,65 +434,28 @@ fn insert_ip(
 
 impl Store for SqliteStore {
     fn change_version(&self) -> Result<u64> {
-        let conn = self.connect()?;
-        let v: i64 = conn.query_row(
-            "SELECT value FROM meta WHERE name = 'change_version'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(v as u64)
+        self.read(read_version)
     }
 
     fn load_snapshot(&self) -> Result<Snapshot> {
         self.read(|tx| {
-            let version: i64 = tx.query_row(
-                "SELECT value FROM meta WHERE name = 'change_version'",
-                [],
-                |r| r.get(0),
-            )?;
-            let mut ips: HashMap<u64, Vec<IpAddr>> = HashMap::new();
-            let mut stmt =
-                tx.prepare("SELECT credential_id, ip FROM permitted_ips WHERE status = 'ACTIVE'")?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let text: String = row.get(1)?;
-                ips.entry(row.get(0)?)
-                    .or_default()
-                    .push(parse_column(1, &text)?);
-            }
+            let version = read_version(tx)?;
             let count: i64 = tx.query_row("SELECT COUNT(*) FROM credentials", [], |r| r.get(0))?;
-            let mut builder = SnapshotBuilder::new(version as u64, count as usize);
-            let mut stmt = tx.prepare(
-                "SELECT id, user_id, key_hash, status, wildcard, expiry FROM credentials",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                let id: u64 = row.get(0)?;
-                let hash: Vec<u8> = row.get(2)?;
-                let status: String = row.get(3)?;
-                let state = match parse_column::<CredentialStatus>(3, &status)? {
-                    CredentialStatus::PendingFirstUse => CredentialState::PendingFirstUse,
-                    CredentialStatus::Active => CredentialState::Active,
-                    CredentialStatus::Revoked => CredentialState::Revoked,
-                };
-                let key = KeyHash::from_slice(&hash).ok_or_else(|| {
-                    StoreError::Rejected(format!("credential {id} has a damaged key hash"))
-                })?;
-                builder.insert(
-                    key,
-                    SnapshotCredential {
-                        id,
-                        user_id: row.get(1)?,
-                        state,
-                        expires_at: row
-                            .get::<_, Option<i64>>(5)?
-                            .map_or(NEVER, |t| Timestamp(t).unix_seconds()),
-                        wildcard: row.get(4)?,
-                        active_ips: IpSet::new(ips.remove(&id).unwrap_or_default()),
-                    },
-                );
-            }
+            let mut builder = SnapshotBuilder::new(version, count as usize);
+            snapshot_rows(tx, None, |key, credential| builder.insert(key, credential))?;
             Ok(builder.build())
+        })
+    }
+
+    fn load_credential(&self, id: u64) -> Result<(u64, KeyHash, SnapshotCredential)> {
+        self.read(|tx| {
+            let version = read_version(tx)?;
+            let mut found = None;
+            snapshot_rows(tx, Some(id), |key, credential| {
+                found = Some((key, credential))
+            })?;
+            let (key, credential) = found.ok_or(StoreError::NotFound("credential"))?;
+            Ok((version, key, credential))
         })
     }
 

@@ -151,15 +151,7 @@ fn assert_no_secret(r: &Answer, key: &str) {
 
 /// `POST /v1/device-server` from `from`, checking that the secret is not echoed.
 async fn register(gw: &Gateway, from: &str, body: Value) -> Answer {
-    let r = gw
-        .send(
-            ip(from),
-            Method::POST,
-            "/v1/device-server",
-            &[],
-            Some(body.clone()),
-        )
-        .await;
+    let r = gw.register_device(ip(from), body.clone()).await;
     if let Some(secret) = body["secret"].as_str().filter(|s| s.len() > 24) {
         assert_no_secret(&r, secret);
     }
@@ -1329,23 +1321,15 @@ async fn an_api_write_is_not_followed_by_a_full_rebuild() {
     // Let the poller settle on the current version.
     let unchanged = "ipgate_refresh_total{result=\"unchanged\"}";
     let updated = "ipgate_refresh_total{result=\"updated\"}";
-    let settle = |from: f64| {
-        let gw = &gw;
-        async move {
-            let deadline = std::time::Instant::now() + PATIENCE;
-            while gw.metric(unchanged).await < from + 3.0 {
-                assert!(std::time::Instant::now() < deadline, "the poller stopped");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    };
-    settle(gw.metric(unchanged).await).await;
+    gw.wait_metric(unchanged, gw.metric(unchanged).await + 3.0)
+        .await;
     let rebuilds = gw.metric(updated).await;
 
     holder.add("127.0.0.3", "ACTIVE").await;
     assert_eq!(holder.probe("127.0.0.3").await, StatusCode::OK);
     // Several polls later the store's version is the snapshot's: nothing was rebuilt.
-    settle(gw.metric(unchanged).await).await;
+    gw.wait_metric(unchanged, gw.metric(unchanged).await + 3.0)
+        .await;
     assert_eq!(
         gw.metric(updated).await,
         rebuilds,

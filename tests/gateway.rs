@@ -132,14 +132,7 @@ async fn every_key_refusal_looks_the_same() {
     .await;
     // A key still inside its window, created after the first one lapsed.
     let (_, _, pending) = gw.new_key();
-    let deadline = Instant::now() + PATIENCE;
-    while gw.metric("ipgate_snapshot_credentials").await < 5.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the pending key never reached the snapshot"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_metric("ipgate_snapshot_credentials", 5.0).await;
 
     let from = ip("127.0.0.2");
     let unknown = "ipg_0000000000000000000000000000000000000000000000000000000000000000";
@@ -358,11 +351,11 @@ async fn last_good_snapshot_while_the_store_is_unreadable() {
     let errors_before = gw.metric("ipgate_refresh_total{result=\"error\"}").await;
     std::fs::rename(&db, &away).unwrap();
 
-    let deadline = Instant::now() + PATIENCE;
-    while gw.metric("ipgate_refresh_total{result=\"error\"}").await < errors_before + 2.0 {
-        assert!(Instant::now() < deadline, "poll failures were not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.wait_metric(
+        "ipgate_refresh_total{result=\"error\"}",
+        errors_before + 2.0,
+    )
+    .await;
     assert_eq!(
         gw.get(ip("127.0.0.2"), "/", Some(&key)).await.status,
         StatusCode::OK
@@ -380,18 +373,9 @@ async fn last_good_snapshot_while_the_store_is_unreadable() {
     );
 
     std::fs::rename(&away, &db).unwrap();
-    let updates = gw
-        .metric("ipgate_refresh_total{result=\"unchanged\"}")
-        .await;
-    let deadline = Instant::now() + PATIENCE;
-    while gw
-        .metric("ipgate_refresh_total{result=\"unchanged\"}")
-        .await
-        <= updates
-    {
-        assert!(Instant::now() < deadline, "never recovered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let unchanged = "ipgate_refresh_total{result=\"unchanged\"}";
+    let before = gw.metric(unchanged).await;
+    gw.wait_metric(unchanged, before + 1.0).await;
 }
 
 #[tokio::test]
@@ -438,15 +422,7 @@ async fn upstream_down_is_502_and_slow_is_504() {
     let (_, cred, key) = gw.new_key();
     // Register through the API (answered by the gateway itself, not the upstream).
     let body = json!({"description": "d", "secret": key});
-    let r = gw
-        .send(
-            ip("127.0.0.2"),
-            Method::POST,
-            "/v1/device-server",
-            &[],
-            Some(body),
-        )
-        .await;
+    let r = gw.register_device(ip("127.0.0.2"), body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = gw.get(ip("127.0.0.2"), "/", Some(&key)).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -495,15 +471,7 @@ async fn bearer_header_when_configured() {
     gw.wait_ready().await;
     let (_, _, key) = gw.new_key();
     let body = json!({"description": "d", "secret": key, "permitted_ips": ["127.0.0.2"]});
-    let r = gw
-        .send(
-            ip("127.0.0.2"),
-            Method::POST,
-            "/v1/device-server",
-            &[],
-            Some(body),
-        )
-        .await;
+    let r = gw.register_device(ip("127.0.0.2"), body).await;
     assert_eq!(r.status, StatusCode::OK);
     let bearer = format!("Bearer {key}");
     let r = gw
@@ -615,15 +583,7 @@ async fn upstream_hanging_up_between_requests_costs_no_request() {
     let (_, cred, key) = gw.new_key();
     gw.admin(&["wildcard", "set", &cred.to_string()]);
     let body = json!({"description": "d", "secret": key});
-    let r = gw
-        .send(
-            ip("127.0.0.2"),
-            Method::POST,
-            "/v1/device-server",
-            &[],
-            Some(body),
-        )
-        .await;
+    let r = gw.register_device(ip("127.0.0.2"), body).await;
     assert_eq!(r.status, StatusCode::OK);
     gw.wait_until_allowed(ip("127.0.0.2"), &key).await;
 

@@ -29,14 +29,7 @@ async fn sigterm_drains_the_request_in_flight() {
         )
         .await
     });
-    let deadline = Instant::now() + PATIENCE;
-    while upstream.received() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    upstream.wait_received_beyond(before).await;
 
     let signalled = Instant::now();
     signal(gw.pid(), "TERM");
@@ -107,14 +100,7 @@ async fn grace_period_bounds_the_drain() {
             .unwrap();
         sender.send_request(req).await
     });
-    let deadline = Instant::now() + PATIENCE;
-    while upstream.received() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never reached the upstream"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    upstream.wait_received_beyond(before).await;
     let signalled = Instant::now();
     signal(gw.pid(), "TERM");
     let status = gw.wait_exit();
@@ -137,10 +123,6 @@ async fn sighup_without_tls_is_harmless() {
     let gw = Gateway::start(&Settings::new(&upstream.url()));
     gw.wait_ready().await;
     signal(gw.pid(), "HUP");
-    let deadline = Instant::now() + PATIENCE;
-    while !gw.logs().iter().any(|l| l.contains("nothing to reload")) {
-        assert!(Instant::now() < deadline, "SIGHUP was not handled");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gw.wait_log("nothing to reload").await;
     assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
 }

@@ -74,6 +74,15 @@ impl Upstream {
         self.received.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Waits until more than `count` requests have arrived.
+    pub async fn wait_received_beyond(&self, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.received() <= count {
+            assert!(Instant::now() < deadline, "no request reached the upstream");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -291,15 +300,7 @@ impl Gateway {
     pub async fn registered_key(&self, ips: &[&str]) -> (u64, u64, String) {
         let (user, cred, key) = self.new_key();
         let body = json!({"description": "test device", "secret": key, "permitted_ips": ips});
-        let r = self
-            .send(
-                ip(ips[0]),
-                Method::POST,
-                "/v1/device-server",
-                &[],
-                Some(body),
-            )
-            .await;
+        let r = self.register_device(ip(ips[0]), body).await;
         assert_eq!(
             r.status,
             StatusCode::OK,
@@ -375,6 +376,37 @@ impl Gateway {
         .await;
         let text = r.text();
         (r.status, text)
+    }
+
+    /// Waits until the sample is at least `at_least` (a counter that should move).
+    pub async fn wait_metric(&self, sample: &str, at_least: f64) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let now = self.metric(sample).await;
+            if now >= at_least {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} stayed at {now}, wanted {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.logs().iter().any(|l| l.contains(needle)) {
+            assert!(Instant::now() < deadline, "no log line says {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `POST /v1/device-server` from `from`: how a key gets its first addresses.
+    pub async fn register_device(&self, from: IpAddr, body: Value) -> Answer {
+        self.send(from, Method::POST, "/v1/device-server", &[], Some(body))
+            .await
     }
 
     /// The value of one sample line in `/metrics`, e.g. `ipgate_refresh_total{result="error"}`.

@@ -16,6 +16,7 @@
 #   IPGATE_LOG_LEVEL=warn ipgate's [log] level; "info" adds its access log (a line per
 #                         request; nginx and haproxy run without access logs)
 #   IPGATE_BIN=target/release/ipgate   built with `cargo build --release` if missing
+#   SWAP_EVERY=0.1        seconds between the writes of accepted_swapping
 #   KEEP=0                1 keeps the work folder (configs, lists, logs, raw results)
 #
 # Installs nothing: wrk, nginx and haproxy come from Debian (`apt-get install wrk nginx
@@ -28,6 +29,9 @@
 #   refused_ip   ipgate: a known ACTIVE key whose list lacks 127.0.0.1 (wrk cannot bind
 #                another source address); nginx/haproxy: a list without 127.0.0.1
 #   unknown_key  ipgate only: a well-formed key that is not in the store
+#   accepted_swapping  ipgate only: "accepted" while the key holder flips one of its
+#                entries ACTIVE/INACTIVE through the management API every SWAP_EVERY
+#                seconds: each write publishes a new snapshot under the load
 # CPU per request is user+sys of the target's processes (/proc/PID/stat) over a run,
 # divided by the requests it answered; for "direct" it is the upstream's.
 #
@@ -43,6 +47,7 @@ WORKERS=${WORKERS:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 IPS_PER_CREDENTIAL=${IPS_PER_CREDENTIAL:-3}
 IPGATE_LOG_LEVEL=${IPGATE_LOG_LEVEL:-warn}
+SWAP_EVERY=${SWAP_EVERY:-0.1}
 KEEP=${KEEP:-0}
 KEY_HEADER="X-Bunq-Client-Authentication"
 READY_TIMEOUT=300 # seconds a server may take to come up (1M-entry lists take a while)
@@ -386,6 +391,37 @@ start_ipgate() { # SIZE
 	wait_status "$IPGATE_URL" 200 -H "$KEY_HEADER: $IPGATE_KEY_OK"
 	wait_status "$IPGATE_URL" 403 -H "$KEY_HEADER: $IPGATE_KEY_NOIP"
 	wait_status "$IPGATE_URL" 403 -H "$KEY_HEADER: $IPGATE_KEY_UNKNOWN"
+	# The entry accepted_swapping flips: one of the accepted key's, not 127.0.0.1.
+	local cred=$((size / 2 + 1)) item
+	item=$(curl -fsS -H "$KEY_HEADER: $IPGATE_KEY_OK" \
+		"${IPGATE_URL}v1/user/$user/credential-password-ip/$cred/ip" |
+		python3 -c 'import json, sys
+print(next(e["PermittedIp"]["id"] for e in json.load(sys.stdin)["Response"]
+           if e["PermittedIp"]["ip"] != "127.0.0.1"))') || die "cannot find an entry to flip"
+	IPGATE_FLIP_URL="${IPGATE_URL}v1/user/$user/credential-password-ip/$cred/ip/$item"
+}
+
+# Flips the entry behind IPGATE_FLIP_URL INACTIVE and ACTIVE again, SWAP_EVERY apart,
+# until stopped; each answered write means a new snapshot was published. One kept-alive
+# connection, so the driver itself costs the 2 cores as little as possible (a curl per
+# write would fork and exec twenty times a second beside the load).
+flip_entry() {
+	python3 - "$IPGATE_FLIP_URL" "$KEY_HEADER" "$IPGATE_KEY_OK" "$SWAP_EVERY" <<'PY'
+import http.client, sys, time, urllib.parse
+url, header, key, every = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+u = urllib.parse.urlsplit(url)
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+writes = 0
+while True:
+    for status in ("INACTIVE", "ACTIVE"):
+        conn.request("PUT", u.path, body='{"status":"%s"}' % status, headers={header: key})
+        answer = conn.getresponse()
+        answer.read()
+        if answer.status != 200:
+            sys.exit(f"write {writes}: HTTP {answer.status}")
+        writes += 1
+        time.sleep(every)
+PY
 }
 
 # ---- measuring -------------------------------------------------------------------------
@@ -422,6 +458,11 @@ round() { # SIZE ROUND
 	measure "$size" ipgate accepted "$r" ok "$IPGATE_URL" "$IPGATE_KEY_OK" "$IPGATE_PID"
 	measure "$size" ipgate refused_ip "$r" refused "$IPGATE_URL" "$IPGATE_KEY_NOIP" "$IPGATE_PID"
 	measure "$size" ipgate unknown_key "$r" refused "$IPGATE_URL" "$IPGATE_KEY_UNKNOWN" "$IPGATE_PID"
+	LOG_TO=$WORK/flip-$size.log
+	start flip_entry
+	local flipper=$LAST_PID
+	measure "$size" ipgate accepted_swapping "$r" ok "$IPGATE_URL" "$IPGATE_KEY_OK" "$IPGATE_PID"
+	stop_pid "$flipper"
 }
 
 # The one table: medians over rounds, ratios of req/s within the same list size.
@@ -439,8 +480,8 @@ tick_us = 1e6 / int(sys.argv[2])
 med = {k: statistics.median(r["rps"] for r in v) for k, v in rows.items()}
 def ratio(size, path, other):
     # unknown_key has no nginx/haproxy counterpart: compare with their refused path
-    key = (size, other, "accepted" if other == "direct" else
-           ("refused_ip" if path == "unknown_key" else path))
+    same = {"unknown_key": "refused_ip", "accepted_swapping": "accepted"}.get(path, path)
+    key = (size, other, "accepted" if other == "direct" else same)
     return key if key in med else None
 head = ("target", "list", "path", "req/s", "±%", "p50 ms", "p99 ms", "cpu us/req",
         "vs direct", "vs nginx", "vs haproxy", "check")
@@ -477,7 +518,7 @@ main() {
 	have wrk || die "wrk not found (Debian: apt-get install wrk); nothing to measure with"
 	have python3 || die "python3 not found: it writes the lists and the store"
 	have curl || die "curl not found: it checks that each target is up"
-	local size r pid per_round=4 n_sizes=0
+	local size r pid per_round=5 n_sizes=0
 	for size in $SIZES; do
 		[[ $size =~ ^[0-9]+$ && $size -ge 2 ]] || die "SIZES: $size is not a count >= 2"
 		n_sizes=$((n_sizes + 1))

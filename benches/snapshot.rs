@@ -98,14 +98,14 @@ fn memory_child(kind: &str) {
             let s = measure_memory("snapshot", CREDENTIALS, || fixture::build(&rows, 1));
             assert_eq!(s.credential_count() as u64, CREDENTIALS);
             // Where the bytes go: the hash table holds (KeyHash, SnapshotCredential)
-            // in a power-of-two number of buckets; each IpSet is a heap slice.
+            // in a power-of-two number of buckets; each IpSet is a heap slice of u128.
             println!(
                 "snapshot layout: table entry {} bytes (KeyHash {} + SnapshotCredential {}), \
                  IpSet of {IPS_PER_CREDENTIAL} addresses {} bytes on the heap",
                 std::mem::size_of::<(KeyHash, SnapshotCredential)>(),
                 std::mem::size_of::<KeyHash>(),
                 std::mem::size_of::<SnapshotCredential>(),
-                IPS_PER_CREDENTIAL as usize * std::mem::size_of::<IpAddr>(),
+                IPS_PER_CREDENTIAL as usize * std::mem::size_of::<u128>(),
             );
         }
         "baseline" => {

@@ -5,6 +5,7 @@
 //! up to `server.shutdown_grace` for requests in flight, then the poller and the admin
 //! listener stop.
 
+use crate::access_log::AccessLog;
 use crate::acl::SnapshotCell;
 use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
@@ -45,7 +46,11 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppEr
 }
 
 /// Runs the gateway until `stop` fires (the binary ties it to SIGTERM/SIGINT).
-pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppError> {
+pub async fn serve(
+    config: Config,
+    access_log: AccessLog,
+    stop: CancellationToken,
+) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let cell = Arc::new(SnapshotCell::new());
     let store = store::open(&config.store);
@@ -84,6 +89,7 @@ pub async fn serve(config: Config, stop: CancellationToken) -> Result<(), AppErr
             max_body_bytes: config.limits.max_body_bytes,
         },
         tls: acceptor.is_some(),
+        access_log,
     });
     let admin_state = Arc::new(AdminState {
         cell,

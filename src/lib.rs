@@ -10,9 +10,10 @@
 //! - [`api`]: the management API (bunq's credential-password-ip and device-server).
 //! - [`store`]: the source of truth; [`refresh`]: the poller that turns it into
 //!   snapshots.
-//! - [`config`], [`metrics`], [`logging`], [`admin_listener`], [`operator`] (the
+//! - [`config`], [`metrics`], [`logging`] and [`access_log`], [`admin_listener`], [`operator`] (the
 //!   `ipgate admin` commands) and [`app`] (the wiring).
 
+pub mod access_log;
 pub mod acl;
 pub mod admin_listener;
 pub mod api;

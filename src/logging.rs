@@ -7,6 +7,7 @@
 //! only exist as `ApiKey`, whose `Debug` is redacted, and the hot path logs credential
 //! ids, never headers.
 
+use crate::access_log::AccessLog;
 use crate::config::{LogConfig, LogFormat};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -14,9 +15,9 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_FILTER: &str = "info";
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Installs the subscriber. Keep the guard until exit: dropping it flushes what is
-/// still queued.
-pub fn init(config: &LogConfig) -> WorkerGuard {
+/// Installs the subscriber and returns the access log that writes beside it. Keep the
+/// guard until exit: dropping it flushes what is still queued.
+pub fn init(config: &LogConfig) -> (WorkerGuard, AccessLog) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config.level.as_deref().unwrap_or(DEFAULT_FILTER)))
         .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -27,6 +28,7 @@ pub fn init(config: &LogConfig) -> WorkerGuard {
             WRITE_BUFFER_BYTES,
             std::io::stderr(),
         ));
+    let access = AccessLog::new(config.format, writer.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
@@ -42,5 +44,5 @@ pub fn init(config: &LogConfig) -> WorkerGuard {
     if installed.is_err() {
         tracing::debug!("a log subscriber was already installed");
     }
-    guard
+    (guard, access)
 }

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let _flush_logs_on_exit = ipgate::logging::init(&config.log);
+    let (_flush_logs_on_exit, access_log) = ipgate::logging::init(&config.log);
     // One worker needs no work stealing: the single-threaded scheduler does the same
     // job with fewer atomics per task switch.
     let mut runtime = if config.server.workers == 1 {
@@ -117,7 +117,7 @@ fn serve(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = ipgate::app::stop_on_signals();
-        ipgate::app::serve(config, stop).await
+        ipgate::app::serve(config, access_log, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

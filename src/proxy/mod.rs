@@ -14,6 +14,7 @@ pub mod tls;
 pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
 pub use listener::{serve, ListenerOptions};
 
+use crate::access_log::{AccessLog, Entry};
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::api::Api;
 use crate::bunq;
@@ -41,6 +42,7 @@ pub struct Gateway {
     pub api: Api,
     /// The public listener speaks TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    pub access_log: AccessLog,
 }
 
 /// The key from the configured header. Several copies, an unreadable value or an empty
@@ -172,16 +174,15 @@ impl Gateway {
         };
         let elapsed = started.elapsed();
         self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "ipgate::access",
-            status = resp.status().as_u16(),
-            decision = if decision.reason().is_none() { "allow" } else { "deny" },
+        self.access_log.record(&Entry {
+            status: resp.status().as_u16(),
+            allowed: decision.reason().is_none(),
             reason,
-            credential_id = identity.map(|i| i.credential_id),
-            client_ip = client_ip.map(tracing::field::display),
-            peer = %peer,
-            latency_us = elapsed.as_micros() as u64,
-        );
+            credential_id: identity.map(|i| i.credential_id),
+            client_ip,
+            peer,
+            latency_us: elapsed.as_micros() as u64,
+        });
         resp
     }
 }

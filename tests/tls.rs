@@ -113,15 +113,11 @@ fn served_cert(stream: &TlsStream) -> CertificateDer<'static> {
         .into_owned()
 }
 
-async fn h1_over(
-    stream: TlsStream,
-    key: &str,
-) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+async fn h1_over(stream: TlsStream) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    let _ = key;
     sender
 }
 
@@ -152,24 +148,12 @@ async fn tls_serves_http1_and_http2_by_alpn() {
     let upstream = Upstream::start().await;
     let (gw, leaf) = tls_gateway(&ca, &upstream).await;
     // Register over TLS too: the management API lives on the same listener.
-    let (_, cred, key) = gw.new_key();
+    let (_, cred, key) = gw.registered_key_tls(&ca).await;
     let from = ip("127.0.0.2");
 
     let stream = handshake(&ca, from, gw.target(from), &[b"http/1.1"]).await;
     assert_eq!(served_cert(&stream), leaf.der);
-    let mut h1 = h1_over(stream, &key).await;
-    let body =
-        serde_json::json!({"description": "tls", "secret": key, "permitted_ips": ["127.0.0.2"]});
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/device-server")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    assert_eq!(
-        collect(h1.send_request(req).await.unwrap()).await.status,
-        StatusCode::OK
-    );
+    let mut h1 = h1_over(stream).await;
     let r = get_h1(&mut h1, &key).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.echoed("x-forwarded-proto"), Some(vec!["https".into()]));
@@ -196,11 +180,7 @@ async fn tls_serves_http1_and_http2_by_alpn() {
 
     // The same key from an address not on its list is refused over TLS as well.
     let other = ip("127.0.0.3");
-    let mut h1 = h1_over(
-        handshake(&ca, other, gw.target(other), &[b"http/1.1"]).await,
-        &key,
-    )
-    .await;
+    let mut h1 = h1_over(handshake(&ca, other, gw.target(other), &[b"http/1.1"]).await).await;
     assert_eq!(get_h1(&mut h1, &key).await.status, StatusCode::FORBIDDEN);
 
     // Plain HTTP to the TLS port is a failed handshake, counted.
@@ -232,7 +212,7 @@ async fn sighup_rolls_the_certificate_and_keeps_the_old_one_if_the_new_is_bad() 
     // A connection opened before the roll keeps working after it.
     let stream = handshake(&ca, from, gw.target(from), &[b"http/1.1"]).await;
     assert_eq!(served_cert(&stream), first.der);
-    let mut before = h1_over(stream, &key).await;
+    let mut before = h1_over(stream).await;
     assert_eq!(get_h1(&mut before, &key).await.status, StatusCode::OK);
 
     let second = ca.leaf("second");
@@ -271,7 +251,7 @@ async fn sighup_rolls_the_certificate_and_keeps_the_old_one_if_the_new_is_bad() 
         .await;
     let s = handshake(&ca, from, gw.target(from), &[b"http/1.1"]).await;
     assert_eq!(served_cert(&s), second.der);
-    let mut after = h1_over(s, &key).await;
+    let mut after = h1_over(s).await;
     assert_eq!(get_h1(&mut after, &key).await.status, StatusCode::OK);
     assert!(gw.logs().iter().any(|l| l.contains("TLS reload failed")));
 }
@@ -366,11 +346,7 @@ impl TlsRegistration for Gateway {
     async fn registered_key_tls(&self, ca: &TestCa) -> (u64, u64, String) {
         let (user, cred, key) = self.new_key();
         let from = ip("127.0.0.2");
-        let mut h1 = h1_over(
-            handshake(ca, from, self.target(from), &[b"http/1.1"]).await,
-            &key,
-        )
-        .await;
+        let mut h1 = h1_over(handshake(ca, from, self.target(from), &[b"http/1.1"]).await).await;
         let body = serde_json::json!({"description": "tls", "secret": key, "permitted_ips": ["127.0.0.2"]});
         let req = Request::builder()
             .method("POST")

@@ -109,10 +109,12 @@ impl Gatekeeper {
     }
 }
 
+/// Unix seconds. A clock set before 1970 reads as the end of time, so every credential
+/// that can expire is treated as expired: fail closed.
 pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(i64::MAX, |d| d.as_secs() as i64)
 }
 
 /// A refusal's response: status and body depend on the reason's class only.

@@ -16,24 +16,25 @@
 //! Every write is committed to the store and then enforced here (the changed credential
 //! is read back into this gateway's snapshot) before the answer is sent.
 
+mod error;
+mod route;
 mod wire;
 
 use crate::acl::{Decision, Identity, KeyHash};
 use crate::bunq;
 use crate::metrics::Metrics;
-use crate::proxy::{refusal, Gatekeeper};
+use crate::proxy::Gatekeeper;
 use crate::refresh::Refresher;
 use crate::store::{Actor, Page, Registration, Store, StoreError};
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use error::{created_id, ok, Answer, ApiError, ApiResult};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Serialize;
+use route::Route;
 use std::net::IpAddr;
 use std::sync::Arc;
 use wire::BadInput;
-
-type Answer = Response<Full<Bytes>>;
 
 pub struct Api {
     pub store: Arc<dyn Store>,
@@ -41,170 +42,6 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub max_ips: usize,
     pub max_body_bytes: usize,
-}
-
-/// A parsed route: which operation, on which ids.
-#[derive(Debug, PartialEq, Eq)]
-enum Route {
-    DeviceServer,
-    Credentials {
-        user: u64,
-    },
-    Credential {
-        user: u64,
-        credential: u64,
-    },
-    Ips {
-        user: u64,
-        credential: u64,
-    },
-    Ip {
-        user: u64,
-        credential: u64,
-        item: u64,
-    },
-    NotFound,
-}
-
-impl Route {
-    fn parse(path: &str) -> Route {
-        let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        let id = |s: &str| s.parse::<u64>().ok();
-        match parts.as_slice() {
-            ["v1", "device-server"] => Route::DeviceServer,
-            ["v1", "user", u, "credential-password-ip", rest @ ..] => {
-                let Some(user) = id(u) else {
-                    return Route::NotFound;
-                };
-                match rest {
-                    [] => Route::Credentials { user },
-                    [c] => id(c).map_or(Route::NotFound, |credential| Route::Credential {
-                        user,
-                        credential,
-                    }),
-                    [c, "ip"] => id(c).map_or(Route::NotFound, |credential| Route::Ips {
-                        user,
-                        credential,
-                    }),
-                    [c, "ip", i] => match (id(c), id(i)) {
-                        (Some(credential), Some(item)) => Route::Ip {
-                            user,
-                            credential,
-                            item,
-                        },
-                        _ => Route::NotFound,
-                    },
-                    _ => Route::NotFound,
-                }
-            }
-            _ => Route::NotFound,
-        }
-    }
-
-    /// The methods a route answers, for 405 and `Allow`.
-    fn allowed(&self) -> &'static str {
-        match self {
-            Route::DeviceServer => "POST",
-            Route::Credentials { .. } | Route::Credential { .. } => "GET",
-            Route::Ips { .. } => "GET, POST",
-            Route::Ip { .. } => "GET, PUT",
-            Route::NotFound => "",
-        }
-    }
-
-    /// Metric label.
-    fn operation(&self, method: &Method) -> &'static str {
-        match (self, *method == Method::GET) {
-            (Route::DeviceServer, _) => "device_server",
-            (Route::Credentials { .. }, _) => "list_credentials",
-            (Route::Credential { .. }, _) => "get_credential",
-            (Route::Ips { .. }, true) => "list_ips",
-            (Route::Ips { .. }, false) => "add_ip",
-            (Route::Ip { .. }, true) => "get_ip",
-            (Route::Ip { .. }, false) => "update_ip",
-            (Route::NotFound, _) => "not_found",
-        }
-    }
-}
-
-/// What went wrong, mapped to status and message in one place.
-#[derive(Debug)]
-enum ApiError {
-    Input(BadInput),
-    Refused(crate::acl::Reason),
-    OtherUser,
-    NotFound(&'static str),
-    MethodNotAllowed(&'static str),
-    Store(StoreError),
-    NotEnforced,
-}
-
-impl From<BadInput> for ApiError {
-    fn from(e: BadInput) -> Self {
-        ApiError::Input(e)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => ApiError::NotFound(what),
-            StoreError::Rejected(msg) => ApiError::Input(BadInput::Invalid(msg)),
-            e => ApiError::Store(e),
-        }
-    }
-}
-
-impl ApiError {
-    fn into_response(self) -> Answer {
-        match self {
-            ApiError::Input(BadInput::Invalid(msg)) => bunq::error(StatusCode::BAD_REQUEST, &msg),
-            ApiError::Input(BadInput::Wildcard) => bunq::error(
-                StatusCode::FORBIDDEN,
-                "The wildcard \"*\" can only be set by an operator.",
-            ),
-            ApiError::Refused(reason) => refusal(reason),
-            ApiError::OtherUser => bunq::error(
-                StatusCode::FORBIDDEN,
-                "You can only see and change your own user's data.",
-            ),
-            ApiError::NotFound(what) => {
-                bunq::error(StatusCode::NOT_FOUND, &format!("No such {what}."))
-            }
-            ApiError::MethodNotAllowed(allow) => {
-                let mut r = bunq::error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
-                if let Ok(v) = header::HeaderValue::from_str(allow) {
-                    r.headers_mut().insert(header::ALLOW, v);
-                }
-                r
-            }
-            ApiError::Store(e) => {
-                tracing::error!(error = %e, cause = crate::refresh::error_chain(&e), "store failed during an API call");
-                bunq::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The store is unavailable; nothing was changed. Try again later.",
-                )
-            }
-            ApiError::NotEnforced => bunq::error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The change was stored but could not be enforced yet; it will take effect \
-                 within the refresh interval.",
-            ),
-        }
-    }
-}
-
-type ApiResult = Result<Answer, ApiError>;
-
-fn ok(kind: &str, items: &[impl Serialize]) -> ApiResult {
-    Ok(bunq::json_response(
-        StatusCode::OK,
-        bunq::envelope(kind, items, None),
-    ))
-}
-
-fn created_id(id: u64) -> ApiResult {
-    ok("Id", &[serde_json::json!({ "id": id })])
 }
 
 impl Api {
@@ -523,25 +360,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes() {
-        assert_eq!(Route::parse("/v1/device-server"), Route::DeviceServer);
-        assert_eq!(
-            Route::parse("/v1/user/3/credential-password-ip"),
-            Route::Credentials { user: 3 }
-        );
-        assert_eq!(
-            Route::parse("/v1/user/3/credential-password-ip/4/ip/5"),
-            Route::Ip {
-                user: 3,
-                credential: 4,
-                item: 5
-            }
-        );
-        assert_eq!(
-            Route::parse("/v1/user/x/credential-password-ip"),
-            Route::NotFound
-        );
-        assert_eq!(Route::parse("/v1/user/3/other"), Route::NotFound);
+    fn owned_paths() {
         assert!(Api::owns("/v1/device-server"));
         assert!(Api::owns("/v1/user/3/credential-password-ip"));
         assert!(Api::owns("/v1/user/x/credential-password-ip/4/ip/"));

@@ -1,0 +1,94 @@
+//! Everything the management API can answer besides success, mapped to a status and a
+//! bunq-shaped message in one place.
+
+use super::wire::BadInput;
+use crate::acl::Reason;
+use crate::bunq;
+use crate::proxy::refusal;
+use crate::store::StoreError;
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+pub(super) type Answer = Response<Full<Bytes>>;
+
+/// What went wrong, mapped to status and message in one place.
+#[derive(Debug)]
+pub(super) enum ApiError {
+    Input(BadInput),
+    Refused(Reason),
+    OtherUser,
+    NotFound(&'static str),
+    MethodNotAllowed(&'static str),
+    Store(StoreError),
+    NotEnforced,
+}
+
+impl From<BadInput> for ApiError {
+    fn from(e: BadInput) -> Self {
+        ApiError::Input(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ApiError::NotFound(what),
+            StoreError::Rejected(msg) => ApiError::Input(BadInput::Invalid(msg)),
+            e => ApiError::Store(e),
+        }
+    }
+}
+
+impl ApiError {
+    pub(super) fn into_response(self) -> Answer {
+        match self {
+            ApiError::Input(BadInput::Invalid(msg)) => bunq::error(StatusCode::BAD_REQUEST, &msg),
+            ApiError::Input(BadInput::Wildcard) => bunq::error(
+                StatusCode::FORBIDDEN,
+                "The wildcard \"*\" can only be set by an operator.",
+            ),
+            ApiError::Refused(reason) => refusal(reason),
+            ApiError::OtherUser => bunq::error(
+                StatusCode::FORBIDDEN,
+                "You can only see and change your own user's data.",
+            ),
+            ApiError::NotFound(what) => {
+                bunq::error(StatusCode::NOT_FOUND, &format!("No such {what}."))
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                let mut r = bunq::error(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
+                if let Ok(v) = header::HeaderValue::from_str(allow) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                r
+            }
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, cause = crate::refresh::error_chain(&e), "store failed during an API call");
+                bunq::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The store is unavailable; nothing was changed. Try again later.",
+                )
+            }
+            ApiError::NotEnforced => bunq::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The change was stored but could not be enforced yet; it will take effect \
+                 within the refresh interval.",
+            ),
+        }
+    }
+}
+
+pub(super) type ApiResult = Result<Answer, ApiError>;
+
+pub(super) fn ok(kind: &str, items: &[impl Serialize]) -> ApiResult {
+    Ok(bunq::json_response(
+        StatusCode::OK,
+        bunq::envelope(kind, items, None),
+    ))
+}
+
+pub(super) fn created_id(id: u64) -> ApiResult {
+    ok("Id", &[serde_json::json!({ "id": id })])
+}

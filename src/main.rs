@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const EXIT_BAD_CONFIG: u8 = 64;
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -119,6 +120,9 @@ fn serve(config: Config) -> ExitCode {
         let stop = ipgate::app::stop_on_signals();
         ipgate::app::serve(config, access_log, stop).await
     });
+    // A store call still running on the blocking pool (a poll, a freed snapshot) must
+    // not hold the exit past the drain: give it a moment, then go.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

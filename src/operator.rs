@@ -31,6 +31,11 @@ pub enum AdminCommand {
     /// A credential's permitted IPs.
     #[command(subcommand)]
     Ip(IpCommand),
+    /// ACTIVE entries per credential: what is billed.
+    Usage {
+        #[arg(long)]
+        user: Option<u64>,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long = "credential")]
@@ -297,6 +302,26 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             Output {
                 plain: format!("entry {} ({}) is {}", entry.id, entry.ip, entry.status),
                 json: to_value(&entry),
+            }
+        }
+        AdminCommand::Usage { user } => {
+            let list = store.usage(user)?;
+            let mut plain = String::from("CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS");
+            for u in &list {
+                write!(
+                    plain,
+                    "\n{}\t{}\t{}\t{}\t{}",
+                    u.credential_id,
+                    u.user_id,
+                    u.status,
+                    if u.wildcard { "*" } else { "-" },
+                    u.active_ips
+                )
+                .expect("write to String");
+            }
+            Output {
+                plain,
+                json: to_value(&list),
             }
         }
         AdminCommand::Audit {

@@ -82,8 +82,18 @@ fn admin_commands_speak_json() {
         admin(&["ip", "set-status", &cred, &item, "ACTIVE"])["status"],
         "ACTIVE"
     );
+    // Billing: ACTIVE entries per credential.
+    let usage = admin(&["usage", "--user", &id]);
+    assert_eq!(usage[0]["credential_id"].to_string(), cred);
+    assert_eq!(usage[0]["active_ips"], 1);
+    admin(&["ip", "add", &cred, "192.0.2.2", "--status", "INACTIVE"]);
+    assert_eq!(
+        admin(&["usage"])[0]["active_ips"],
+        1,
+        "INACTIVE entries are not billed"
+    );
     assert_eq!(admin(&["wildcard", "set", &cred])["wildcard"], true);
-    assert_eq!(admin(&["ip", "list", &cred])["ips"][0]["ip"], "192.0.2.1");
+    assert_eq!(admin(&["ip", "list", &cred])["ips"][1]["ip"], "192.0.2.1");
     assert_eq!(admin(&["credential", "revoke", &cred])["status"], "REVOKED");
     let audit = admin(&["audit", "--credential", &cred]);
     assert_eq!(audit[0]["action"], "credential.revoke");
@@ -104,6 +114,6 @@ fn admin_commands_speak_json() {
             .as_array()
             .unwrap()
             .len(),
-        1
+        2
     );
 }

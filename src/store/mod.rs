@@ -11,7 +11,7 @@ mod sqlite;
 
 pub use model::{
     Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Page, PermittedIp,
-    Timestamp, User,
+    Timestamp, Usage, User,
 };
 pub use sqlite::SqliteStore;
 
@@ -94,6 +94,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Newest first.
     fn audit(&self, credential_id: Option<u64>, page: Page) -> Result<Vec<AuditEntry>>;
+
+    /// ACTIVE entries per credential (of one user, or all), by credential id.
+    fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>>;
 }
 
 /// Opens the configured store. Nothing is touched on disk until the first call.

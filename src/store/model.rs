@@ -169,6 +169,17 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+/// What one credential is billed for: its ACTIVE entries.
+#[derive(Clone, Debug, Serialize)]
+pub struct Usage {
+    pub credential_id: u64,
+    pub user_id: u64,
+    pub status: CredentialStatus,
+    /// Operator-set "*": every address, whatever the entries say.
+    pub wildcard: bool,
+    pub active_ips: u64,
+}
+
 /// Which slice of a newest-first list to return.
 #[derive(Clone, Copy, Debug)]
 pub struct Page {

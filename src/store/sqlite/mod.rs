@@ -397,4 +397,36 @@ impl Store for SqliteStore {
             })
         })
     }
+
+    fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>> {
+        self.read(|tx| {
+            let sql = format!(
+                "SELECT c.id, c.user_id, c.status, c.wildcard, \
+                 (SELECT COUNT(*) FROM permitted_ips p \
+                  WHERE p.credential_id = c.id AND p.status = 'ACTIVE') \
+                 FROM credentials c {} ORDER BY c.id",
+                if user_id.is_some() {
+                    "WHERE c.user_id = ?1"
+                } else {
+                    ""
+                }
+            );
+            let mut stmt = tx.prepare(&sql)?;
+            let map = |r: &rusqlite::Row<'_>| {
+                let status: String = r.get(2)?;
+                Ok(Usage {
+                    credential_id: r.get(0)?,
+                    user_id: r.get(1)?,
+                    status: parse_column(2, &status)?,
+                    wildcard: r.get(3)?,
+                    active_ips: r.get(4)?,
+                })
+            };
+            let rows: rusqlite::Result<Vec<Usage>> = match user_id {
+                Some(id) => stmt.query_map([id], map)?.collect(),
+                None => stmt.query_map([], map)?.collect(),
+            };
+            Ok(rows?)
+        })
+    }
 }

@@ -48,7 +48,9 @@ async fn allowed_from_active_address_refused_elsewhere() {
         2.0
     );
     assert_eq!(gw.metric("ipgate_key_from_unlisted_ip_total").await, 2.0);
-    // The operator can tell which credential leaked from the access log.
+    // The operator can tell which credential leaked from the access log (written by a
+    // background thread: wait for it).
+    gw.wait_log("ip_not_active").await;
     let leak = gw
         .logs()
         .into_iter()
@@ -365,12 +367,7 @@ async fn last_good_snapshot_while_the_store_is_unreadable() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::OK);
-    assert!(
-        gw.logs()
-            .iter()
-            .any(|l| l.contains("keeping the last good snapshot")),
-        "the failure was not logged"
-    );
+    gw.wait_log("keeping the last good snapshot").await;
 
     std::fs::rename(&away, &db).unwrap();
     let unchanged = "ipgate_refresh_total{result=\"unchanged\"}";
@@ -527,6 +524,10 @@ async fn no_key_in_any_log_line() {
     )
     .await;
 
+    // Lines are written in order by one thread: once a line logged after every request
+    // above has arrived, so has everything they logged.
+    signal(gw.pid(), "HUP");
+    gw.wait_log("nothing to reload").await;
     let logs = gw.logs();
     assert!(
         logs.len() > 20,

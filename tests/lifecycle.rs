@@ -68,10 +68,7 @@ async fn sigterm_drains_the_request_in_flight() {
         "took {:?}",
         signalled.elapsed()
     );
-    assert!(gw
-        .logs()
-        .iter()
-        .any(|l| l.contains("all connections drained")));
+    gw.wait_log("all connections drained").await;
 }
 
 #[tokio::test]

@@ -253,7 +253,7 @@ async fn sighup_rolls_the_certificate_and_keeps_the_old_one_if_the_new_is_bad() 
     assert_eq!(served_cert(&s), second.der);
     let mut after = h1_over(s).await;
     assert_eq!(get_h1(&mut after, &key).await.status, StatusCode::OK);
-    assert!(gw.logs().iter().any(|l| l.contains("TLS reload failed")));
+    gw.wait_log("TLS reload failed").await;
 }
 
 #[tokio::test]
@@ -298,10 +298,7 @@ async fn https_upstream_verified_with_a_ca_file() {
     untrusting
         .wait_for_status(ip("127.0.0.2"), &key, StatusCode::BAD_GATEWAY)
         .await;
-    assert!(untrusting
-        .logs()
-        .iter()
-        .any(|l| l.contains("UnknownIssuer")));
+    untrusting.wait_log("UnknownIssuer").await;
 }
 
 async fn tls_upstream(leaf: &Leaf) -> SocketAddr {

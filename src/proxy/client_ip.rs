@@ -18,9 +18,15 @@ pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
 
-/// The client address for a request that arrived from `peer` (already normalised).
-pub fn resolve(peer: IpAddr, headers: &HeaderMap, config: &ClientIpConfig) -> Option<IpAddr> {
-    if config.trusted_proxies.is_empty() || !is_trusted(peer, &config.trusted_proxies) {
+/// The client address for a request that arrived from `peer` (already normalised);
+/// `peer_trusted` is [`is_trusted`] of it, worked out once per connection.
+pub fn resolve(
+    peer: IpAddr,
+    peer_trusted: bool,
+    headers: &HeaderMap,
+    config: &ClientIpConfig,
+) -> Option<IpAddr> {
+    if !peer_trusted {
         return Some(peer);
     }
     let name = match config.header {
@@ -98,6 +104,10 @@ mod tests {
         h
     }
 
+    fn resolve_from_peer(peer: IpAddr, h: &HeaderMap, c: &ClientIpConfig) -> Option<IpAddr> {
+        resolve(peer, is_trusted(peer, &c.trusted_proxies), h, c)
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -106,9 +116,15 @@ mod tests {
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
         let h = headers("x-forwarded-for", &["1.1.1.1"]);
-        assert_eq!(resolve(ip("192.0.2.7"), &h, &c), Some(ip("192.0.2.7")));
+        assert_eq!(
+            resolve_from_peer(ip("192.0.2.7"), &h, &c),
+            Some(ip("192.0.2.7"))
+        );
         let none = config(ForwardedHeader::XForwardedFor, &[]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &none), Some(ip("10.0.0.1")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &none),
+            Some(ip("10.0.0.1"))
+        );
     }
 
     #[test]
@@ -116,14 +132,17 @@ mod tests {
         let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
         let h = headers("x-forwarded-for", &["6.6.6.6, 203.0.113.5", "10.1.1.1"]);
         // 6.6.6.6 was written by the client itself; 203.0.113.5 is who reached our proxy.
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), Some(ip("203.0.113.5")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &c),
+            Some(ip("203.0.113.5"))
+        );
     }
 
     #[test]
     fn trusted_peer_without_header_is_itself() {
         let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
         assert_eq!(
-            resolve(ip("10.0.0.1"), &HeaderMap::new(), &c),
+            resolve_from_peer(ip("10.0.0.1"), &HeaderMap::new(), &c),
             Some(ip("10.0.0.1"))
         );
     }
@@ -132,17 +151,20 @@ mod tests {
     fn garbage_from_a_trusted_proxy_fails_closed() {
         let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
         let h = headers("x-forwarded-for", &["1.2.3.4, nonsense"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), None);
+        assert_eq!(resolve_from_peer(ip("10.0.0.1"), &h, &c), None);
         let long = vec!["1.1.1.1"; MAX_HOPS + 1].join(",");
         let h = headers("x-forwarded-for", &[&long]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), None);
+        assert_eq!(resolve_from_peer(ip("10.0.0.1"), &h, &c), None);
     }
 
     #[test]
     fn mapped_addresses_are_normalised() {
         let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
         let h = headers("x-forwarded-for", &["::ffff:198.51.100.1"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), Some(ip("198.51.100.1")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &c),
+            Some(ip("198.51.100.1"))
+        );
     }
 
     #[test]
@@ -155,18 +177,27 @@ mod tests {
                 "For=\"198.51.100.9:80\";by=x",
             ],
         );
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), Some(ip("198.51.100.9")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &c),
+            Some(ip("198.51.100.9"))
+        );
         let h = headers(
             "forwarded",
             &["for=192.0.2.60, for=\"[2001:db8:cafe::17]:4711\""],
         );
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), Some(ip("192.0.2.60")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &c),
+            Some(ip("192.0.2.60"))
+        );
         let h = headers("forwarded", &["for=unknown"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), None);
+        assert_eq!(resolve_from_peer(ip("10.0.0.1"), &h, &c), None);
         let h = headers("forwarded", &["for=_hidden"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), None);
+        assert_eq!(resolve_from_peer(ip("10.0.0.1"), &h, &c), None);
         // The other header is ignored when this one is configured.
         let h = headers("x-forwarded-for", &["1.1.1.1"]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &c), Some(ip("10.0.0.1")));
+        assert_eq!(
+            resolve_from_peer(ip("10.0.0.1"), &h, &c),
+            Some(ip("10.0.0.1"))
+        );
     }
 }

@@ -174,7 +174,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = Arc::new(ClientConn::new(peer));
+    let conn = Arc::new(ClientConn::new(peer, &gateway.client_ip));
     let service = service_fn(|req| {
         let gateway = Arc::clone(gateway);
         let conn = Arc::clone(&conn);

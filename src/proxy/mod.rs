@@ -70,6 +70,8 @@ pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&
 pub struct ClientConn {
     /// The TCP peer, normalised.
     pub peer: IpAddr,
+    /// `peer` is inside `client_ip.trusted_proxies`: its forwarding headers count.
+    peer_trusted: bool,
     /// `peer` as a header value, formatted once per connection.
     peer_value: http::HeaderValue,
     /// The upstream connection this client connection owns (HTTP/1 only).
@@ -77,9 +79,10 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(peer: IpAddr) -> Self {
+    pub fn new(peer: IpAddr, config: &ClientIpConfig) -> Self {
         Self {
             peer,
+            peer_trusted: client_ip::is_trusted(peer, &config.trusted_proxies),
             peer_value: forward::ip_value(peer),
             lane: Lane::default(),
         }
@@ -135,7 +138,7 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
         let started = Instant::now();
         let peer = conn.peer;
-        let client_ip = client_ip::resolve(peer, req.headers(), &self.client_ip);
+        let client_ip = client_ip::resolve(peer, conn.peer_trusted, req.headers(), &self.client_ip);
 
         if Api::owns(req.uri().path()) {
             let resp = self.api.handle(req, client_ip, &self.gate).await;
@@ -155,7 +158,7 @@ impl Gateway {
                     identity,
                     // `Allow` is only ever decided for a known address.
                     client_ip: client_ip.unwrap_or(peer),
-                    via_trusted_proxy: client_ip::is_trusted(peer, &self.client_ip.trusted_proxies),
+                    via_trusted_proxy: conn.peer_trusted,
                     peer: &conn.peer_value,
                     tls: self.tls,
                     strip: (!self.gate.auth.forward_key).then_some(&self.gate.auth.header),

@@ -34,10 +34,18 @@ async fn setup_with(tune: impl FnOnce(Settings) -> Settings) -> (Upstream, Gatew
 /// A key holder calling the management API from one of its addresses.
 struct Holder<'g> {
     gw: &'g Gateway,
-    user: u64,
-    cred: u64,
+    /// `user`, `cred` and the paths built from them.
+    paths: ApiPaths,
     key: String,
     from: IpAddr,
+}
+
+impl std::ops::Deref for Holder<'_> {
+    type Target = ApiPaths;
+
+    fn deref(&self) -> &ApiPaths {
+        &self.paths
+    }
 }
 
 impl<'g> Holder<'g> {
@@ -46,27 +54,10 @@ impl<'g> Holder<'g> {
         let (user, cred, key) = gw.registered_key(ips).await;
         Self {
             gw,
-            user,
-            cred,
+            paths: ApiPaths { user, cred },
             key,
             from: ip(ips[0]),
         }
-    }
-
-    fn credentials(&self) -> String {
-        format!("/v1/user/{}/credential-password-ip", self.user)
-    }
-
-    fn credential(&self) -> String {
-        format!("{}/{}", self.credentials(), self.cred)
-    }
-
-    fn ips(&self) -> String {
-        format!("{}/ip", self.credential())
-    }
-
-    fn entry(&self, item: u64) -> String {
-        format!("{}/{item}", self.ips())
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -383,8 +374,7 @@ async fn registration_activates_every_listed_address_at_once() {
 
     let holder = Holder {
         gw: &gw,
-        user,
-        cred,
+        paths: ApiPaths { user, cred },
         key,
         from: ip("127.0.0.2"),
     };
@@ -1177,8 +1167,7 @@ async fn every_change_is_audited_with_who_where_before_and_after() {
     assert_eq!(created_id(&register(&gw, "127.0.0.9", body).await), cred);
     let holder = Holder {
         gw: &gw,
-        user,
-        cred,
+        paths: ApiPaths { user, cred },
         key,
         from: ip("127.0.0.2"),
     };

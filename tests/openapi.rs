@@ -225,24 +225,17 @@ impl<'g> Checker<'g> {
 
 /// A registered key holder: user, credential, key, address.
 struct Caller {
-    user: u64,
-    cred: u64,
+    /// `user`, `cred` and the paths built from them.
+    paths: ApiPaths,
     key: String,
     from: &'static str,
 }
 
-impl Caller {
-    fn credentials(&self) -> String {
-        format!("/v1/user/{}/credential-password-ip", self.user)
-    }
-    fn credential(&self) -> String {
-        format!("{}/{}", self.credentials(), self.cred)
-    }
-    fn ips(&self) -> String {
-        format!("{}/ip", self.credential())
-    }
-    fn entry(&self, item: u64) -> String {
-        format!("{}/{item}", self.ips())
+impl std::ops::Deref for Caller {
+    type Target = ApiPaths;
+
+    fn deref(&self) -> &ApiPaths {
+        &self.paths
     }
 }
 
@@ -379,8 +372,10 @@ async fn every_documented_answer_is_what_the_gateway_sends() {
     let me = registration(&check, &gw).await;
     let (bob_user, bob_cred, bob_key) = gw.registered_key(&["127.0.0.3"]).await;
     let bob = Caller {
-        user: bob_user,
-        cred: bob_cred,
+        paths: ApiPaths {
+            user: bob_user,
+            cred: bob_cred,
+        },
         key: bob_key,
         from: "127.0.0.3",
     };
@@ -475,8 +470,7 @@ async fn registration(check: &Checker<'_>, gw: &Gateway) -> Caller {
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 
     Caller {
-        user,
-        cred,
+        paths: ApiPaths { user, cred },
         key,
         from: "127.0.0.2",
     }
@@ -783,8 +777,7 @@ async fn a_document_that_drifted_from_the_code_fails_the_check() {
     gw.wait_ready().await;
     let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
     let me = Caller {
-        user,
-        cred,
+        paths: ApiPaths { user, cred },
         key,
         from: "127.0.0.2",
     };

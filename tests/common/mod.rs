@@ -450,6 +450,30 @@ impl Drop for Gateway {
     }
 }
 
+/// The management API's paths for one user's credential.
+pub struct ApiPaths {
+    pub user: u64,
+    pub cred: u64,
+}
+
+impl ApiPaths {
+    pub fn credentials(&self) -> String {
+        format!("/v1/user/{}/credential-password-ip", self.user)
+    }
+
+    pub fn credential(&self) -> String {
+        format!("{}/{}", self.credentials(), self.cred)
+    }
+
+    pub fn ips(&self) -> String {
+        format!("{}/ip", self.credential())
+    }
+
+    pub fn entry(&self, item: u64) -> String {
+        format!("{}/{item}", self.ips())
+    }
+}
+
 /// A response with its body read.
 pub struct Answer {
     pub status: StatusCode,

@@ -11,12 +11,13 @@
 //!   measurement builds the snapshot once and prints its resident size per credential
 //!   (VmRSS before and after, VmHWM for the peak). Target: < 250 bytes/credential.
 //! - `IPGATE_BENCH_STORE=1` also fills a real SQLite store with the same credentials
-//!   and times `SqliteStore::load_snapshot` once (the fill takes tens of seconds).
+//!   and times `SqliteStore::load` once (the fill takes tens of seconds).
 
 mod fixture;
 
 use criterion::{criterion_group, BatchSize, BenchmarkId, Criterion, SamplingMode};
 use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
+use ipgate::config::SqliteConfig;
 use ipgate::store::{SqliteStore, Store};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -121,8 +122,7 @@ fn memory_child(kind: &str) {
 /// Fills a real store by writing its tables directly (a million `ipgate admin` calls
 /// would take hours). Its own process, so its garbage does not flatter the next one.
 fn store_fill_child(path: &Path) {
-    let store = SqliteStore::new(path.to_path_buf());
-    store.change_version().expect("create the store");
+    block_on(open_store(path).load()).expect("create the store");
     let rows = fixture::rows(CREDENTIALS, IPS_PER_CREDENTIAL);
     let started = Instant::now();
     fill_store(path, &rows).expect("fill the store");
@@ -134,13 +134,28 @@ fn store_fill_child(path: &Path) {
     );
 }
 
-/// Times `SqliteStore::load_snapshot` on the filled store: the poller's real path.
+/// Times `SqliteStore::load` on the filled store: the poller's real path.
 fn store_load_child(path: &Path) {
-    let store = SqliteStore::new(path.to_path_buf());
-    let snapshot = measure_memory("store load_snapshot", CREDENTIALS, || {
-        store.load_snapshot().expect("load snapshot")
+    let store = open_store(path);
+    let loaded = measure_memory("store load", CREDENTIALS, || {
+        block_on(store.load()).expect("load snapshot")
     });
-    assert_eq!(snapshot.credential_count() as u64, CREDENTIALS);
+    assert_eq!(loaded.snapshot.credential_count() as u64, CREDENTIALS);
+}
+
+fn open_store(path: &Path) -> SqliteStore {
+    SqliteStore::new(SqliteConfig {
+        path: path.to_path_buf(),
+        keep_changes: 100_000,
+    })
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
 
 /// A credential's addresses as the store keeps them: each once.
@@ -209,7 +224,7 @@ fn run_children() {
         child("store-fill", Some(&db));
         child("store-load", Some(&db));
     } else {
-        println!("store load_snapshot: skipped (set IPGATE_BENCH_STORE=1 to run it)");
+        println!("store load: skipped (set IPGATE_BENCH_STORE=1 to run it)");
     }
 }
 

@@ -34,6 +34,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Upstream(#[from] UpstreamSetupError),
+    #[error("cannot set up the store")]
+    Store(#[from] crate::store::StoreError),
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppError> {
@@ -53,7 +55,7 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let cell = Arc::new(SnapshotCell::new());
-    let store = store::open(&config.store);
+    let store = store::open(&config.store)?;
     let refresher = Arc::new(Refresher::new(
         Arc::clone(&store),
         Arc::clone(&cell),
@@ -82,7 +84,7 @@ pub async fn serve(
         client_ip: config.client_ip.clone(),
         upstream,
         api: Api {
-            store,
+            store: Arc::clone(&store),
             refresher: Arc::clone(&refresher),
             metrics: Arc::clone(&metrics),
             max_ips: config.limits.max_ips_per_credential,
@@ -98,8 +100,16 @@ pub async fn serve(
     });
 
     let background = CancellationToken::new();
-    let poller =
-        tokio::spawn(Arc::clone(&refresher).run(config.refresh.interval, background.child_token()));
+    let hints = if config.refresh.notify {
+        store.change_hints(background.child_token())
+    } else {
+        None
+    };
+    let poller = tokio::spawn(Arc::clone(&refresher).run(
+        config.refresh.interval,
+        hints,
+        background.child_token(),
+    ));
     // Always listen: an unhandled SIGHUP would kill the process (`systemctl reload`).
     tokio::spawn(reload_on_sighup(
         certificates,

@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_STALENESS: &str = "0s";
 pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_STORE_POOL_SIZE: usize = 4;
+pub const DEFAULT_STORE_TIMEOUT: &str = "5s";
+pub const DEFAULT_KEEP_CHANGES: u64 = 100_000;
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -133,12 +136,20 @@ impl Default for RawClientIp {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub url: String,
+    pub password_file: Option<String>,
+    pub pool_size: usize,
+    pub timeout: String,
+    pub keep_changes: u64,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         Self {
             url: DEFAULT_STORE_URL.into(),
+            password_file: None,
+            pool_size: DEFAULT_STORE_POOL_SIZE,
+            timeout: DEFAULT_STORE_TIMEOUT.into(),
+            keep_changes: DEFAULT_KEEP_CHANGES,
         }
     }
 }
@@ -148,6 +159,7 @@ impl Default for RawStore {
 pub struct RawRefresh {
     pub interval: String,
     pub max_staleness: String,
+    pub notify: bool,
 }
 
 impl Default for RawRefresh {
@@ -155,6 +167,7 @@ impl Default for RawRefresh {
         Self {
             interval: DEFAULT_REFRESH_INTERVAL.into(),
             max_staleness: DEFAULT_MAX_STALENESS.into(),
+            notify: true,
         }
     }
 }
@@ -258,7 +271,55 @@ pub struct ClientIpConfig {
 
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
-    Sqlite { path: PathBuf },
+    Sqlite(SqliteConfig),
+    Postgres(Box<PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// Where the store is, for logs: never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite(c) => format!("sqlite {}", c.path.display()),
+            StoreConfig::Postgres(c) => format!("postgres {}", c.display),
+        }
+    }
+}
+
+/// How much change history a store keeps for gateways that catch up; one further
+/// behind loads everything again.
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub keep_changes: u64,
+}
+
+/// How TLS to PostgreSQL is used, as libpq's `sslmode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it, unverified (libpq's default).
+    Prefer,
+    /// TLS or nothing; the certificate is verified only when `sslrootcert` is given.
+    Require,
+    /// TLS with a certificate from a trusted CA, for any host name.
+    VerifyCa,
+    /// TLS with a certificate from a trusted CA for this host name.
+    VerifyFull,
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    /// Host, port, user, database and password. Its `Debug` hides the password.
+    pub connect: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    /// PEM roots to verify the server against; the system's roots when absent.
+    pub ssl_root_cert: Option<PathBuf>,
+    pub pool_size: usize,
+    /// Longest a single store call may take, connecting included.
+    pub timeout: Duration,
+    pub keep_changes: u64,
+    /// `postgres://user@host:port/db`, for logs.
+    pub display: String,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +327,8 @@ pub struct RefreshConfig {
     pub interval: Duration,
     /// Zero: never refuse for staleness.
     pub max_staleness: Duration,
+    /// Let PostgreSQL's LISTEN/NOTIFY wake the poller as soon as a change commits.
+    pub notify: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -427,22 +490,12 @@ impl Config {
             header: fwd,
         };
 
-        let store = match raw.store.url.split_once("://") {
-            Some(("sqlite", p)) if !p.is_empty() => StoreConfig::Sqlite { path: base.join(p) },
-            _ => {
-                check.err(
-                    "store.url",
-                    &format!("{:?}: expected sqlite://PATH", raw.store.url),
-                );
-                StoreConfig::Sqlite {
-                    path: PathBuf::new(),
-                }
-            }
-        };
+        let store = store_config(&mut check, &raw.store, base);
 
         let refresh = RefreshConfig {
             interval: check.positive_duration("refresh.interval", &raw.refresh.interval),
             max_staleness: check.duration("refresh.max_staleness", &raw.refresh.max_staleness),
+            notify: raw.refresh.notify,
         };
         if !refresh.max_staleness.is_zero() && refresh.max_staleness <= refresh.interval {
             check.err(
@@ -500,6 +553,156 @@ impl Config {
     }
 }
 
+/// `store.*`: an SQLite file or a PostgreSQL database.
+fn store_config(check: &mut Checker<'_>, raw: &RawStore, base: &Path) -> StoreConfig {
+    if raw.keep_changes < 100 {
+        check.err("store.keep_changes", "must be at least 100");
+    }
+    let timeout = check.positive_duration("store.timeout", &raw.timeout);
+    match raw.url.split_once("://") {
+        Some(("sqlite", p)) if !p.is_empty() => {
+            if raw.password_file.is_some() {
+                check.err("store.password_file", "only for a postgres:// store");
+            }
+            StoreConfig::Sqlite(SqliteConfig {
+                path: base.join(p),
+                keep_changes: raw.keep_changes,
+            })
+        }
+        Some(("postgres" | "postgresql", _)) => {
+            if raw.pool_size == 0 {
+                check.err("store.pool_size", "must be at least 1");
+            }
+            match postgres_config(raw, base, timeout) {
+                Ok(c) => StoreConfig::Postgres(Box::new(c)),
+                Err((key, msg)) => {
+                    check.err(key, &msg);
+                    StoreConfig::Sqlite(SqliteConfig {
+                        path: PathBuf::new(),
+                        keep_changes: raw.keep_changes,
+                    })
+                }
+            }
+        }
+        _ => {
+            // Never echo the URL: it may hold a password.
+            check.err(
+                "store.url",
+                "expected sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=…]",
+            );
+            StoreConfig::Sqlite(SqliteConfig {
+                path: PathBuf::new(),
+                keep_changes: raw.keep_changes,
+            })
+        }
+    }
+}
+
+/// A `postgres://` URL as libpq reads it, with `sslmode` (`disable`, `prefer`,
+/// `require`, `verify-ca`, `verify-full`) and `sslrootcert` taken out for rustls. The
+/// password comes from the URL, else `store.password_file`, else `PGPASSWORD`.
+fn postgres_config(
+    raw: &RawStore,
+    base: &Path,
+    timeout: Duration,
+) -> Result<PostgresConfig, (&'static str, String)> {
+    let url = raw.url.as_str();
+    let (head, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut ssl_mode = SslMode::Prefer;
+    let mut ssl_root_cert = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("sslmode", v) => {
+                ssl_mode = match v {
+                    "disable" => SslMode::Disable,
+                    "prefer" | "allow" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err((
+                            "store.url",
+                            format!(
+                                "sslmode={other:?}: expected disable, prefer, require, \
+                                 verify-ca or verify-full"
+                            ),
+                        ))
+                    }
+                }
+            }
+            ("sslrootcert", v) => ssl_root_cert = Some(base.join(v)),
+            _ => rest.push(pair),
+        }
+    }
+    let plain = if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
+    };
+    let mut connect: tokio_postgres::Config = plain.parse().map_err(|e| {
+        (
+            "store.url",
+            format!(
+                "not a PostgreSQL URL ({e}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DB"
+            ),
+        )
+    })?;
+    if connect.get_hosts().is_empty() {
+        return Err(("store.url", "names no host".into()));
+    }
+    if connect.get_user().is_none() {
+        return Err(("store.url", "names no user".into()));
+    }
+    if connect.get_password().is_none() {
+        if let Some(file) = &raw.password_file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    "store.password_file",
+                    format!("{} cannot be read: {e}", path.display()),
+                )
+            })?;
+            connect.password(text.trim_end_matches(['\r', '\n']));
+        } else if let Ok(password) = std::env::var("PGPASSWORD") {
+            connect.password(password);
+        }
+    }
+    if let Some(path) = &ssl_root_cert {
+        if !path.is_file() {
+            return Err((
+                "store.url",
+                format!("sslrootcert {} is not a readable file", path.display()),
+            ));
+        }
+    }
+    connect
+        .connect_timeout(timeout)
+        .application_name("ipgate")
+        .ssl_mode(match ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+    let display = match head.rsplit_once('@') {
+        Some((scheme_user, host)) => {
+            let (scheme, user) = scheme_user.split_once("://").unwrap_or(("postgres", ""));
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => head.to_owned(),
+    };
+    Ok(PostgresConfig {
+        connect,
+        ssl_mode,
+        ssl_root_cert,
+        pool_size: raw.pool_size,
+        timeout,
+        keep_changes: raw.keep_changes,
+        display,
+    })
+}
+
 /// An address or a CIDR; a bare address is a network of one.
 pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
@@ -551,8 +754,10 @@ mod tests {
         assert_eq!(c.auth.header.as_str(), "x-bunq-client-authentication");
         assert_eq!(c.refresh.interval, Duration::from_secs(1));
         assert!(c.refresh.max_staleness.is_zero());
-        let StoreConfig::Sqlite { path } = c.store;
-        assert_eq!(path, Path::new("/etc/ipgate/ipgate.db"));
+        let StoreConfig::Sqlite(sqlite) = c.store else {
+            panic!("the default store is SQLite");
+        };
+        assert_eq!(sqlite.path, Path::new("/etc/ipgate/ipgate.db"));
     }
 
     #[test]

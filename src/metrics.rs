@@ -6,6 +6,7 @@
 //! request pays one atomic add, not a label lookup.
 
 use crate::acl::{Reason, SnapshotCell};
+use crate::store::ResyncReason;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -16,6 +17,11 @@ use std::sync::Arc;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
+];
+
+/// Buckets for the time from a change's commit to its enforcement: 1 ms to 30 s.
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0,
 ];
 
 /// Why an upstream exchange failed.
@@ -43,18 +49,21 @@ impl UpstreamError {
 pub enum RefreshResult {
     /// Version unchanged; snapshot confirmed fresh.
     Unchanged,
-    /// New snapshot built and swapped in.
+    /// The changes since the snapshot's version applied to it.
     Updated,
+    /// Everything loaded anew (at start, or on a resync).
+    Loaded,
     Error,
 }
 
 impl RefreshResult {
-    const ALL: [RefreshResult; 3] = [Self::Unchanged, Self::Updated, Self::Error];
+    const ALL: [RefreshResult; 4] = [Self::Unchanged, Self::Updated, Self::Loaded, Self::Error];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Unchanged => "unchanged",
             Self::Updated => "updated",
+            Self::Loaded => "loaded",
             Self::Error => "error",
         }
     }
@@ -79,6 +88,11 @@ pub struct Metrics {
     refresh: Vec<IntCounter>,
     pub refresh_duration: Histogram,
     pub api_requests: IntCounterVec,
+    pub store_up: IntGauge,
+    pub changes_applied: IntCounter,
+    resyncs: Vec<IntCounter>,
+    pub change_propagation: Histogram,
+    pub damaged_credentials: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -134,7 +148,8 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "ipgate_refresh_total",
-                    "Polls of the store by result (unchanged, updated, error).",
+                    "Polls of the store by result (unchanged; updated: changes applied; loaded: \
+                     everything loaded anew; error).",
                 ),
                 &["result"],
             )
@@ -143,6 +158,23 @@ impl Metrics {
         let refresh = RefreshResult::ALL
             .iter()
             .map(|k| refresh_vec.with_label_values(&[k.label()]))
+            .collect();
+        let resyncs_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_resyncs_total",
+                    "Full loads after the snapshot's position in the store's history could not \
+                     be continued, by reason (too_old, history_rewritten, went_backwards, \
+                     other_store).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        );
+        let resyncs = ResyncReason::ALL
+            .iter()
+            .map(|k| resyncs_vec.with_label_values(&[k.label()]))
             .collect();
         let histogram = |name: &str, help: &str| {
             register(
@@ -245,6 +277,35 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            store_up: int_gauge(
+                "ipgate_store_up",
+                "1 when the last poll of the store succeeded, 0 when it failed.",
+            ),
+            changes_applied: register(
+                &r,
+                IntCounter::new(
+                    "ipgate_changes_applied_total",
+                    "Store versions applied to the snapshot as deltas.",
+                )
+                .expect("valid metric"),
+            ),
+            resyncs,
+            change_propagation: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "ipgate_change_propagation_seconds",
+                        "Time from a change's commit in the store to its enforcement by this \
+                         gateway (clocks of the writer and this host).",
+                    )
+                    .buckets(PROPAGATION_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            damaged_credentials: int_gauge(
+                "ipgate_store_damaged_credentials",
+                "Credentials refused because their stored record could not be read.",
+            ),
             registry: r,
         }
     }
@@ -262,6 +323,10 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    pub fn record_resync(&self, reason: ResyncReason) {
+        self.resyncs[reason as usize].inc();
     }
 
     pub fn record_refresh(&self, result: RefreshResult) {

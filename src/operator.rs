@@ -5,7 +5,9 @@
 
 use crate::acl::{ApiKey, KEY_PREFIX};
 use crate::config::Config;
-use crate::store::{self, Actor, IpStatus, NewCredential, Page, StoreError, Timestamp};
+use crate::store::{
+    self, Actor, Change, IpStatus, NewCredential, Page, StoreError, Target, Timestamp,
+};
 use clap::Subcommand;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -161,35 +163,47 @@ fn parse_ip(s: &str) -> Result<IpAddr, OperatorError> {
         .map_err(|_| OperatorError::Input(format!("{s:?} is not a single IPv4 or IPv6 address")))
 }
 
+/// The entry an entry change was about.
+fn entry_of(changed: store::Changed) -> Result<store::PermittedIp, OperatorError> {
+    changed
+        .entry
+        .ok_or(OperatorError::Store(StoreError::NotFound("permitted IP")))
+}
+
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorError> {
-    let store = store::open(&config.store);
+pub async fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorError> {
+    let store = store::open(&config.store)?;
     let store = store.as_ref();
     let admin = Actor::admin();
+    let max_ips = config.limits.max_ips_per_credential;
+    let change = |id: u64, change: Change| store.change(Target::Id(id), change, max_ips, &admin);
     Ok(match command {
         AdminCommand::User(UserCommand::Add { name }) => {
-            let user = store.add_user(name.as_deref(), &admin)?;
+            let user = store.add_user(name, &admin).await?.value;
             Output {
                 plain: user.id.to_string(),
                 json: to_value(&user),
             }
         }
         AdminCommand::Key(KeyCommand::Create { user, description }) => {
-            store.user(user)?;
+            store.user(user).await?;
             let key = generate_key()?;
             let expiry = Timestamp::now().plus(config.auth.registration_window);
-            let credential = store.create_credential(
-                NewCredential {
-                    user_id: user,
-                    key: &key.hash(),
-                    description: description.as_deref(),
-                    expiry,
-                },
-                &admin,
-            )?;
+            let credential = store
+                .create_credential(
+                    NewCredential {
+                        user_id: user,
+                        key: key.hash(),
+                        description,
+                        expiry,
+                    },
+                    &admin,
+                )
+                .await?
+                .value;
             Output {
                 plain: key.expose().to_owned(),
                 json: json!({
@@ -201,8 +215,8 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             }
         }
         AdminCommand::Credential(CredentialCommand::List { user }) => {
-            store.user(user)?;
-            let list = store.credentials(user, Page::all())?;
+            store.user(user).await?;
+            let list = store.credentials(user, Page::all()).await?;
             let mut plain = String::from("ID\tSTATUS\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION");
             for c in &list {
                 write!(
@@ -225,7 +239,10 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             }
         }
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
-            let c = store.revoke_credential(credential_id, &admin)?;
+            let c = change(credential_id, Change::Revoke)
+                .await?
+                .value
+                .credential;
             Output {
                 plain: format!("credential {} is {}", c.id, c.status),
                 json: to_value(&c),
@@ -236,7 +253,10 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             credential_id,
         } => {
             let on = matches!(action, WildcardAction::Set);
-            let c = store.set_wildcard(credential_id, on, &admin)?;
+            let c = change(credential_id, Change::Wildcard(on))
+                .await?
+                .value
+                .credential;
             Output {
                 plain: format!(
                     "credential {}: wildcard {}",
@@ -251,8 +271,8 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             }
         }
         AdminCommand::Ip(IpCommand::List { credential_id }) => {
-            let c = store.credential(credential_id)?;
-            let list = store.ips(credential_id, Page::all())?;
+            let c = store.credential(credential_id).await?;
+            let list = store.ips(credential_id, Page::all()).await?;
             let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED");
             if c.wildcard {
                 plain.push_str("\n-\t*\tACTIVE\t-\t- (operator wildcard)");
@@ -275,13 +295,11 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             ip,
             status,
         }) => {
-            let entry = store.add_ip(
-                credential_id,
-                parse_ip(&ip)?,
-                parse_status(&status)?,
-                config.limits.max_ips_per_credential,
-                &admin,
-            )?;
+            let add = Change::AddIp {
+                ip: parse_ip(&ip)?,
+                status: parse_status(&status)?,
+            };
+            let entry = entry_of(change(credential_id, add).await?.value)?;
             Output {
                 plain: entry.id.to_string(),
                 json: to_value(&entry),
@@ -292,20 +310,18 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             item_id,
             status,
         }) => {
-            let entry = store.set_ip_status(
-                credential_id,
-                item_id,
-                parse_status(&status)?,
-                config.limits.max_ips_per_credential,
-                &admin,
-            )?;
+            let set = Change::SetIpStatus {
+                item: item_id,
+                status: parse_status(&status)?,
+            };
+            let entry = entry_of(change(credential_id, set).await?.value)?;
             Output {
                 plain: format!("entry {} ({}) is {}", entry.id, entry.ip, entry.status),
                 json: to_value(&entry),
             }
         }
         AdminCommand::Usage { user } => {
-            let list = store.usage(user)?;
+            let list = store.usage(user).await?;
             let mut plain = String::from("CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS");
             for u in &list {
                 write!(
@@ -328,7 +344,7 @@ pub fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorErr
             credential_id,
             limit,
         } => {
-            let list = store.audit(credential_id, Page::first(limit))?;
+            let list = store.audit(credential_id, Page::first(limit)).await?;
             let mut plain = String::from("ID\tAT\tACTOR\tFROM\tCREDENTIAL\tACTION\tBEFORE\tAFTER");
             for a in &list {
                 write!(

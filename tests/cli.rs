@@ -92,7 +92,16 @@ fn admin_commands_speak_json() {
         1,
         "INACTIVE entries are not billed"
     );
-    assert_eq!(admin(&["wildcard", "set", &cred])["wildcard"], true);
+    // The wildcard is for ACTIVE credentials only: a pending key is refused, unchanged.
+    let out = Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&config)
+        .args(["wildcard", "set", &cred])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only be set on an ACTIVE"));
+    assert_eq!(admin(&["wildcard", "clear", &cred])["wildcard"], false);
     assert_eq!(admin(&["ip", "list", &cred])["ips"][1]["ip"], "192.0.2.1");
     assert_eq!(admin(&["credential", "revoke", &cred])["status"], "REVOKED");
     let audit = admin(&["audit", "--credential", &cred]);

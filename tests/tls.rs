@@ -282,8 +282,7 @@ async fn https_upstream_verified_with_a_ca_file() {
         upstream.port()
     )));
     untrusting.wait_ready().await;
-    let (_, cred, key) = untrusting.new_key();
-    untrusting.admin(&["wildcard", "set", &cred.to_string()]);
+    let (_, _, key) = untrusting.new_key();
     let body = serde_json::json!({"description": "d", "secret": key});
     let r = untrusting
         .send(

@@ -54,10 +54,12 @@ pub enum Reason {
     NoSnapshot,
     /// The snapshot is older than `refresh.max_staleness`.
     StaleSnapshot,
+    /// The credential's stored record could not be read; it is refused until repaired.
+    DamagedCredential,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MissingKey,
         Reason::UnknownKey,
         Reason::RevokedKey,
@@ -67,6 +69,7 @@ impl Reason {
         Reason::ClientIpUnknown,
         Reason::NoSnapshot,
         Reason::StaleSnapshot,
+        Reason::DamagedCredential,
     ];
 
     pub fn status(self) -> u16 {
@@ -77,7 +80,8 @@ impl Reason {
             | Reason::ExpiredKey
             | Reason::PendingKey
             | Reason::IpNotActive
-            | Reason::ClientIpUnknown => 403,
+            | Reason::ClientIpUnknown
+            | Reason::DamagedCredential => 403,
             Reason::NoSnapshot | Reason::StaleSnapshot => 503,
         }
     }
@@ -94,6 +98,7 @@ impl Reason {
             Reason::ClientIpUnknown => "client_ip_unknown",
             Reason::NoSnapshot => "no_snapshot",
             Reason::StaleSnapshot => "stale_snapshot",
+            Reason::DamagedCredential => "damaged_credential",
         }
     }
 
@@ -143,6 +148,7 @@ pub fn decide(
     let expired = credential.expires_at != NEVER && now() >= credential.expires_at;
     match credential.state {
         CredentialState::Revoked => return deny(Reason::RevokedKey),
+        CredentialState::Damaged => return deny(Reason::DamagedCredential),
         // An expired pending key is reported as expired: that is what needs fixing.
         CredentialState::PendingFirstUse if expired => return deny(Reason::ExpiredKey),
         CredentialState::PendingFirstUse => return deny(Reason::PendingKey),
@@ -205,6 +211,7 @@ mod tests {
         let mut future = cred(7, CredentialState::Active, &["10.0.0.1"]);
         future.expires_at = NOW + 1;
         b.insert(key(7), future);
+        b.insert(key(8), SnapshotCredential::damaged(8, 108));
         b.build()
     }
 
@@ -256,6 +263,11 @@ mod tests {
             (Some(5), Some("::1"), allowed(5)),
             (Some(6), Some("10.0.0.1"), deny(6, Reason::ExpiredKey)),
             (Some(7), Some("10.0.0.1"), allowed(7)),
+            (
+                Some(8),
+                Some("10.0.0.1"),
+                deny(8, Reason::DamagedCredential),
+            ),
         ];
         for (k, addr, want) in cases {
             assert_eq!(check(&s, *k, *addr), *want, "key {k:?} from {addr:?}");
@@ -285,6 +297,7 @@ mod tests {
             Reason::ExpiredKey,
             Reason::PendingKey,
             Reason::IpNotActive,
+            Reason::DamagedCredential,
         ];
         for r in refusals {
             assert_eq!(r.status(), 403);

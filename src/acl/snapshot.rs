@@ -1,7 +1,10 @@
 //! The immutable view of every credential that requests are checked against.
 //!
-//! Built whole by the control plane from one consistent read of the store, then
-//! published through [`super::SnapshotCell`]. It is never changed after it is built.
+//! A snapshot is split into [`SHARDS`] maps by a byte of the key digest, each behind
+//! its own `Arc`. A full build fills them all; a change to a few credentials
+//! ([`Snapshot::with_changes`]) copies only the shards those credentials live in and
+//! shares the rest, so applying one change costs the same at a million credentials as
+//! at ten. A snapshot is never changed after it is built.
 
 use super::ip::IpSet;
 use super::key::KeyHash;
@@ -17,6 +20,8 @@ pub enum CredentialState {
     Active,
     /// Revoked by an operator; never comes back.
     Revoked,
+    /// Its stored record could not be read: refused until it is repaired.
+    Damaged,
 }
 
 /// `expires_at` of a credential that does not expire.
@@ -36,6 +41,21 @@ pub struct SnapshotCredential {
     pub wildcard: bool,
     /// ACTIVE entries only; INACTIVE ones never reach the snapshot.
     pub active_ips: IpSet,
+}
+
+impl SnapshotCredential {
+    /// A credential whose stored record could not be read: nothing it could match lets
+    /// anyone in.
+    pub fn damaged(id: u64, user_id: u64) -> Self {
+        Self {
+            id,
+            user_id,
+            state: CredentialState::Damaged,
+            expires_at: NEVER,
+            wildcard: false,
+            active_ips: IpSet::default(),
+        }
+    }
 }
 
 /// Hashes a [`KeyHash`] by taking the 64 bits its `Hash` impl writes: the digest is
@@ -60,21 +80,32 @@ impl Hasher for DigestHasher {
     }
 }
 
-type CredentialMap = HashMap<KeyHash, SnapshotCredential, BuildHasherDefault<DigestHasher>>;
+type Shard = HashMap<KeyHash, SnapshotCredential, BuildHasherDefault<DigestHasher>>;
+
+/// Number of shards. A change copies one shard: at a million credentials that is
+/// about 4,000 entries, well under a millisecond.
+pub const SHARDS: usize = 256;
+
+/// The shard a key lives in: the digest's last byte, which the in-shard hash (its first
+/// eight bytes) never looks at, so shards stay evenly filled inside as well.
+fn shard_of(key: &KeyHash) -> usize {
+    usize::from(key.0[31])
+}
 
 /// Every credential, by key digest, as of one store version.
-///
-/// A full build fills `base`. A change made through this gateway's API is published
-/// at once as a new snapshot that shares `base` and carries the changed credentials in
-/// a small `overlay`, so a write costs one credential's read, not a rebuild of a
-/// million; the next full build folds the overlay away.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     version: u64,
-    base: Arc<CredentialMap>,
-    overlay: CredentialMap,
+    shards: [Arc<Shard>; SHARDS],
     credential_count: usize,
     active_ips: usize,
+    damaged: usize,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        SnapshotBuilder::new(0, 0).build()
+    }
 }
 
 impl Snapshot {
@@ -83,13 +114,7 @@ impl Snapshot {
     }
 
     pub fn get(&self, key: &KeyHash) -> Option<&SnapshotCredential> {
-        // The overlay is empty but for a moment after an API write: skip hashing into it.
-        if !self.overlay.is_empty() {
-            if let Some(c) = self.overlay.get(key) {
-                return Some(c);
-            }
-        }
-        self.base.get(key)
+        self.shards[shard_of(key)].get(key)
     }
 
     /// Number of credentials in any state.
@@ -102,69 +127,130 @@ impl Snapshot {
         self.active_ips
     }
 
-    /// Credentials carried beside the base since the last full build.
-    pub fn overlay_len(&self) -> usize {
-        self.overlay.len()
+    /// Credentials refused because their stored record could not be read.
+    pub fn damaged_count(&self) -> usize {
+        self.damaged
     }
 
-    /// This snapshot with `key`'s credential replaced (or added), as of `version`.
-    pub fn with_credential(
+    /// Every credential, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyHash, &SnapshotCredential)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// The key a credential is filed under. A full scan: only for the rare case of a
+    /// changed credential whose stored key can no longer be read.
+    pub fn key_of(&self, id: u64) -> Option<KeyHash> {
+        self.iter().find(|(_, c)| c.id == id).map(|(k, _)| *k)
+    }
+
+    /// This snapshot with `changes` applied (each replaces or adds the credential under
+    /// its key), as of `version`. Only the shards the changes touch are copied; the
+    /// rest are shared with `self`, which is left as it was.
+    pub fn with_changes(
         &self,
         version: u64,
-        key: KeyHash,
-        credential: SnapshotCredential,
+        changes: impl IntoIterator<Item = (KeyHash, SnapshotCredential)>,
     ) -> Snapshot {
-        let mut overlay = self.overlay.clone();
-        let mut credential_count = self.credential_count;
-        let mut active_ips = self.active_ips + credential.active_ips.len();
-        match self.get(&key) {
-            Some(previous) => active_ips -= previous.active_ips.len(),
-            None => credential_count += 1,
+        let mut shards = self.shards.clone();
+        let mut copied = [false; SHARDS];
+        let mut next = Counts::of(self);
+        for (key, credential) in changes {
+            let i = shard_of(&key);
+            if !copied[i] {
+                // The clone shares nothing with the published shard, which requests
+                // may be reading right now.
+                shards[i] = Arc::new(Shard::clone(&shards[i]));
+                copied[i] = true;
+            }
+            let shard = Arc::get_mut(&mut shards[i]).expect("a shard copied here is not shared");
+            next.add(&credential);
+            if let Some(old) = shard.insert(key, credential) {
+                next.remove(&old);
+            }
         }
-        overlay.insert(key, credential);
         Snapshot {
             version,
-            base: Arc::clone(&self.base),
-            overlay,
-            credential_count,
-            active_ips,
+            shards,
+            credential_count: next.credentials,
+            active_ips: next.active_ips,
+            damaged: next.damaged,
         }
     }
 }
 
-/// Collects credentials for the next snapshot.
+/// The totals a snapshot carries, kept as credentials come and go.
 #[derive(Default)]
+struct Counts {
+    credentials: usize,
+    active_ips: usize,
+    damaged: usize,
+}
+
+impl Counts {
+    fn of(s: &Snapshot) -> Self {
+        Self {
+            credentials: s.credential_count,
+            active_ips: s.active_ips,
+            damaged: s.damaged,
+        }
+    }
+
+    fn add(&mut self, c: &SnapshotCredential) {
+        self.credentials += 1;
+        self.active_ips += c.active_ips.len();
+        self.damaged += usize::from(c.state == CredentialState::Damaged);
+    }
+
+    fn remove(&mut self, c: &SnapshotCredential) {
+        self.credentials -= 1;
+        self.active_ips -= c.active_ips.len();
+        self.damaged -= usize::from(c.state == CredentialState::Damaged);
+    }
+}
+
+/// Collects credentials for a full snapshot.
 pub struct SnapshotBuilder {
     version: u64,
-    credentials: CredentialMap,
-    active_ips: usize,
+    shards: Vec<Shard>,
+    counts: Counts,
 }
 
 impl SnapshotBuilder {
     pub fn new(version: u64, expected: usize) -> Self {
+        // Slightly over the even share: digests spread evenly, not exactly.
+        let per_shard = expected.div_ceil(SHARDS) + expected.div_ceil(SHARDS) / 8;
         Self {
             version,
-            credentials: CredentialMap::with_capacity_and_hasher(expected, Default::default()),
-            active_ips: 0,
+            shards: (0..SHARDS)
+                .map(|_| Shard::with_capacity_and_hasher(per_shard, Default::default()))
+                .collect(),
+            counts: Counts::default(),
         }
     }
 
     pub fn insert(&mut self, key: KeyHash, credential: SnapshotCredential) {
-        self.active_ips += credential.active_ips.len();
-        if let Some(old) = self.credentials.insert(key, credential) {
-            // Keys are unique in the store; keep the count honest if a source repeats one.
-            self.active_ips -= old.active_ips.len();
+        self.counts.add(&credential);
+        if let Some(old) = self.shards[shard_of(&key)].insert(key, credential) {
+            // Keys are unique in the store; keep the counts honest if a source repeats one.
+            self.counts.remove(&old);
         }
     }
 
-    pub fn build(mut self) -> Snapshot {
-        self.credentials.shrink_to_fit();
+    pub fn build(self) -> Snapshot {
+        let shards: Vec<Arc<Shard>> = self
+            .shards
+            .into_iter()
+            .map(|mut s| {
+                s.shrink_to_fit();
+                Arc::new(s)
+            })
+            .collect();
         Snapshot {
             version: self.version,
-            credential_count: self.credentials.len(),
-            base: Arc::new(self.credentials),
-            overlay: CredentialMap::default(),
-            active_ips: self.active_ips,
+            shards: shards.try_into().expect("exactly SHARDS shards"),
+            credential_count: self.counts.credentials,
+            active_ips: self.counts.active_ips,
+            damaged: self.counts.damaged,
         }
     }
 }
@@ -185,47 +271,65 @@ mod tests {
         }
     }
 
+    fn has(s: &Snapshot, key: &[u8], ip: &str) -> bool {
+        s.get(&KeyHash::of(key))
+            .unwrap()
+            .active_ips
+            .contains(&ip.parse().unwrap())
+    }
+
     #[test]
-    fn overlay_replaces_and_adds_and_keeps_counts() {
+    fn changes_replace_and_add_and_keep_counts() {
         let mut b = SnapshotBuilder::new(1, 2);
         b.insert(KeyHash::of(b"a"), cred(1, &["10.0.0.1", "10.0.0.2"]));
         b.insert(KeyHash::of(b"b"), cred(2, &["10.0.0.3"]));
         let base = b.build();
         assert_eq!((base.credential_count(), base.active_ip_count()), (2, 3));
 
-        let changed = base.with_credential(2, KeyHash::of(b"a"), cred(1, &["10.0.0.9"]));
+        let changed = base.with_changes(2, [(KeyHash::of(b"a"), cred(1, &["10.0.0.9"]))]);
         assert_eq!(changed.version(), 2);
         assert_eq!(
             (changed.credential_count(), changed.active_ip_count()),
             (2, 2)
         );
-        assert!(changed
-            .get(&KeyHash::of(b"a"))
-            .unwrap()
-            .active_ips
-            .contains(&"10.0.0.9".parse().unwrap()));
-        assert!(!changed
-            .get(&KeyHash::of(b"a"))
-            .unwrap()
-            .active_ips
-            .contains(&"10.0.0.1".parse().unwrap()));
+        assert!(has(&changed, b"a", "10.0.0.9"));
+        assert!(!has(&changed, b"a", "10.0.0.1"));
         assert_eq!(changed.get(&KeyHash::of(b"b")).unwrap().id, 2);
 
-        let added = changed.with_credential(3, KeyHash::of(b"c"), cred(3, &[]));
+        let mut broken = SnapshotCredential::damaged(3, 1);
+        broken.user_id = 1;
+        let added = changed.with_changes(3, [(KeyHash::of(b"c"), broken)]);
         assert_eq!(
             (
                 added.credential_count(),
                 added.active_ip_count(),
-                added.overlay_len()
+                added.damaged_count()
             ),
-            (3, 2, 2)
+            (3, 2, 1)
         );
-        // The snapshot it came from is untouched.
+        assert_eq!(added.key_of(3), Some(KeyHash::of(b"c")));
+        // The snapshots it came from are untouched.
         assert!(changed.get(&KeyHash::of(b"c")).is_none());
-        assert!(base
-            .get(&KeyHash::of(b"a"))
-            .unwrap()
-            .active_ips
-            .contains(&"10.0.0.1".parse().unwrap()));
+        assert!(has(&base, b"a", "10.0.0.1"));
+    }
+
+    #[test]
+    fn a_change_copies_only_its_shard() {
+        let mut b = SnapshotBuilder::new(1, 2000);
+        for i in 0..2000u32 {
+            b.insert(KeyHash::of(&i.to_le_bytes()), cred(u64::from(i), &[]));
+        }
+        let base = b.build();
+        let key = KeyHash::of(&7u32.to_le_bytes());
+        let next = base.with_changes(2, [(key, cred(7, &["10.0.0.1"]))]);
+        let shared = base
+            .shards
+            .iter()
+            .zip(next.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(shared, SHARDS - 1);
+        assert_eq!(next.credential_count(), 2000);
+        assert_eq!(next.iter().count(), 2000);
     }
 }

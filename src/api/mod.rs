@@ -13,8 +13,9 @@
 //! | GET | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | one entry |
 //! | PUT | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | change its status |
 //!
-//! Every write is committed to the store and then enforced here (the changed credential
-//! is read back into this gateway's snapshot) before the answer is sent.
+//! Every write is committed to the store and then enforced here (this gateway's
+//! snapshot catches up to the write's version, through the poller's ordered path)
+//! before the answer is sent.
 
 mod error;
 mod route;
@@ -25,7 +26,7 @@ use crate::bunq;
 use crate::metrics::Metrics;
 use crate::proxy::Gatekeeper;
 use crate::refresh::Refresher;
-use crate::store::{Actor, Page, Registration, Store, StoreError};
+use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
 use http::{Method, Request, StatusCode};
@@ -117,15 +118,14 @@ impl Api {
                 self.own_user(identity, user)?;
                 let page = wire::parse_page(query.as_deref())?;
                 let rows = self
-                    .blocking(move |s| {
-                        s.credentials(
-                            user,
-                            Page {
-                                count: page.count + 1,
-                                ..page
-                            },
-                        )
-                    })
+                    .store
+                    .credentials(
+                        user,
+                        Page {
+                            count: page.count + 1,
+                            ..page
+                        },
+                    )
                     .await?;
                 let (rows, more) = trim(rows, page);
                 let ids: Vec<u64> = rows.iter().map(|c| c.id).collect();
@@ -146,15 +146,14 @@ impl Api {
                 self.own_credential(user, credential).await?;
                 let page = wire::parse_page(query.as_deref())?;
                 let rows = self
-                    .blocking(move |s| {
-                        s.ips(
-                            credential,
-                            Page {
-                                count: page.count + 1,
-                                ..page
-                            },
-                        )
-                    })
+                    .store
+                    .ips(
+                        credential,
+                        Page {
+                            count: page.count + 1,
+                            ..page
+                        },
+                    )
                     .await?;
                 let (rows, more) = trim(rows, page);
                 let ids: Vec<u64> = rows.iter().map(|p| p.id).collect();
@@ -175,12 +174,10 @@ impl Api {
                     None => crate::store::IpStatus::Active,
                 };
                 self.own_credential(user, credential).await?;
-                let max = self.max_ips;
                 let entry = self
-                    .blocking(move |s| s.add_ip(credential, ip, status, max, &actor))
+                    .write(credential, Change::AddIp { ip, status }, &actor)
                     .await?;
-                self.enforce(credential).await?;
-                created_id(entry.id)
+                created_id(entry)
             }
             Route::Ip {
                 user,
@@ -189,7 +186,7 @@ impl Api {
             } if method == Method::GET => {
                 self.own_user(identity, user)?;
                 self.own_credential(user, credential).await?;
-                let entry = self.blocking(move |s| s.ip(credential, item)).await?;
+                let entry = self.store.ip(credential, item).await?;
                 ok("PermittedIp", &[wire::PermittedIpView::from(&entry)])
             }
             Route::Ip {
@@ -210,7 +207,7 @@ impl Api {
                         BadInput::Invalid("Send the new \"status\": ACTIVE or INACTIVE.".into())
                     })?;
                 self.own_credential(user, credential).await?;
-                let current = self.blocking(move |s| s.ip(credential, item)).await?;
+                let current = self.store.ip(credential, item).await?;
                 if new_ip.is_some_and(|ip| ip != current.ip) {
                     return Err(BadInput::Invalid(format!(
                         "The address of an entry never changes. Mark entry {item} ({}) INACTIVE \
@@ -219,12 +216,10 @@ impl Api {
                     ))
                     .into());
                 }
-                let max = self.max_ips;
                 let entry = self
-                    .blocking(move |s| s.set_ip_status(credential, item, status, max, &actor))
+                    .write(credential, Change::SetIpStatus { item, status }, &actor)
                     .await?;
-                self.enforce(credential).await?;
-                created_id(entry.id)
+                created_id(entry)
             }
             Route::DeviceServer | Route::NotFound => Err(ApiError::NotFound("endpoint")),
         }
@@ -270,7 +265,7 @@ impl Api {
         user: u64,
         credential: u64,
     ) -> Result<crate::store::Credential, ApiError> {
-        let c = self.blocking(move |s| s.credential(credential)).await?;
+        let c = self.store.credential(credential).await?;
         if c.user_id == user {
             Ok(c)
         } else {
@@ -287,21 +282,24 @@ impl Api {
             return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
         }
         let key = KeyHash::of(reg.secret.as_bytes());
-        let max_ips = self.max_ips;
-        let credential = self
-            .blocking(move |s| {
-                s.register_device(Registration {
-                    key: &key,
-                    description: &reg.description,
-                    ips: &ips,
-                    caller,
-                    max_ips,
-                })
-            })
+        let change = Change::Register {
+            description: reg.description,
+            ips,
+            caller,
+        };
+        // The store names the key holder once it knows which credential the key is.
+        let actor = Actor {
+            who: "device-server".into(),
+            ip: Some(caller),
+        };
+        let committed = self
+            .store
+            .change(Target::Key(key), change, self.max_ips, &actor)
             .await?;
-        tracing::info!(credential_id = credential.id, caller = %caller, "device registered");
-        self.enforce(credential.id).await?;
-        created_id(credential.id)
+        let credential = committed.value.credential.id;
+        tracing::info!(credential_id = credential, caller = %caller, "device registered");
+        self.enforce(committed.version).await?;
+        created_id(credential)
     }
 
     /// Reads a body of at most `limits.max_body_bytes`.
@@ -316,27 +314,32 @@ impl Api {
         }
     }
 
-    /// Makes this gateway enforce what was just written to `credential` before the
-    /// caller hears back.
-    async fn enforce(&self, credential: u64) -> Result<(), ApiError> {
-        self.refresher
-            .enforce_credential(credential)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "refresh after an API write failed");
-                ApiError::NotEnforced
-            })
+    /// Changes one entry list and answers with the entry's id once this gateway
+    /// enforces the change.
+    async fn write(&self, credential: u64, change: Change, actor: &Actor) -> Result<u64, ApiError> {
+        let committed = self
+            .store
+            .change(Target::Id(credential), change, self.max_ips, actor)
+            .await?;
+        self.enforce(committed.version).await?;
+        let Committed { value, .. } = committed;
+        value
+            .entry
+            .map(|e| e.id)
+            .ok_or(ApiError::NotFound("permitted IP"))
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let store = Arc::clone(&self.store);
-        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(e) => Err(ApiError::Store(StoreError::Unavailable(Box::new(e)))),
-        }
+    /// Makes this gateway enforce everything up to `version` (a write it just made)
+    /// before the caller hears back.
+    async fn enforce(&self, version: u64) -> Result<(), ApiError> {
+        self.refresher.catch_up(version).await.map_err(|e| {
+            tracing::error!(
+                error = %e,
+                cause = crate::refresh::error_chain(&e),
+                "catching up after an API write failed"
+            );
+            ApiError::NotEnforced
+        })
     }
 }
 

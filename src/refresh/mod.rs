@@ -1,21 +1,22 @@
-//! The poller: store -> new [`Snapshot`] -> [`SnapshotCell::publish`].
+//! The poller: the store's change feed -> the next [`Snapshot`] -> [`SnapshotCell::publish`].
 //!
-//! Asks the store for its change version every `refresh.interval`, rebuilds the whole
-//! snapshot off the hot path when it moved, and swaps it in. When the store fails the
-//! last good snapshot keeps serving; every failure is logged and counted, and polls
-//! back off with jitter. Writes made through this gateway call [`Refresher::refresh`]
-//! so they are enforced before their answer is sent.
+//! The published snapshot stands at a [`Position`] in the store's history, and moves
+//! from version V only by applying exactly the changes V+1 … W, read in one consistent
+//! view: never by adopting a version whose changes it did not read. Polls every
+//! `refresh.interval` (sooner when the store hints at a commit), and writes made
+//! through this gateway call [`Refresher::catch_up`] with their version, through the
+//! same path, before their answer is sent. A full load happens at start and when the
+//! position cannot be continued (counted as a resync). When the store fails the last
+//! good snapshot keeps serving; every failure is logged and counted, and polls back
+//! off with jitter.
 
 use crate::acl::{Snapshot, SnapshotCell};
 use crate::metrics::{Metrics, RefreshResult};
-use crate::store::{Store, StoreError};
+use crate::store::{CredentialChange, Delta, Feed, Position, Store, StoreError, Timestamp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-/// Credentials changed through the API that ride beside the last full build before the
-/// next write folds them into a new one.
-const MAX_OVERLAY: usize = 256;
 
 /// Backoff after failures grows to this many intervals at most.
 const MAX_BACKOFF_INTERVALS: u32 = 10;
@@ -24,16 +25,9 @@ pub struct Refresher {
     store: Arc<dyn Store>,
     cell: Arc<SnapshotCell>,
     metrics: Arc<Metrics>,
-    /// Serialises rebuilds so an older snapshot can never be published after a newer.
-    rebuilding: tokio::sync::Mutex<()>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("store task failed")]
-    Task(#[from] tokio::task::JoinError),
+    /// Where the published snapshot stands (`None` before the first load). Held for a
+    /// whole step, so steps never interleave and changes apply once, in order.
+    position: tokio::sync::Mutex<Option<Position>>,
 }
 
 impl Refresher {
@@ -42,18 +36,44 @@ impl Refresher {
             store,
             cell,
             metrics,
-            rebuilding: tokio::sync::Mutex::new(()),
+            position: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Polls once: confirms the current snapshot or builds and publishes a new one.
-    pub async fn refresh(&self) -> Result<RefreshResult, RefreshError> {
-        let _one_at_a_time = self.rebuilding.lock().await;
+    /// Polls once: confirms the current snapshot, applies what changed, or loads all.
+    pub async fn refresh(&self) -> Result<RefreshResult, StoreError> {
+        let mut position = self.position.lock().await;
+        self.step(&mut position).await
+    }
+
+    /// Makes the snapshot include everything up to `version` (a write this gateway
+    /// just committed), by the same ordered path as a poll.
+    pub async fn catch_up(&self, version: u64) -> Result<(), StoreError> {
+        let mut position = self.position.lock().await;
+        if position.is_some_and(|p| p.version >= version) {
+            return Ok(());
+        }
+        self.step(&mut position).await?;
+        match *position {
+            Some(p) if p.version >= version => Ok(()),
+            _ => Err(StoreError::Unavailable(
+                format!("the store is behind version {version}, which was just written").into(),
+            )),
+        }
+    }
+
+    /// The position of the published snapshot.
+    pub async fn position(&self) -> Option<Position> {
+        *self.position.lock().await
+    }
+
+    async fn step(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
         let started = Instant::now();
-        let result = self.refresh_locked().await;
+        let result = self.step_inner(position).await;
         self.metrics
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());
+        self.metrics.store_up.set(i64::from(result.is_ok()));
         match &result {
             Ok(r) => self.metrics.record_refresh(*r),
             Err(_) => self.metrics.record_refresh(RefreshResult::Error),
@@ -61,55 +81,92 @@ impl Refresher {
         result
     }
 
-    /// Makes one credential's stored state the enforced one, now: after a write through
-    /// this gateway. Only that credential is read; the new snapshot shares everything
-    /// else with the current one. It takes the store's version only when that write
-    /// was the store's one change since the current snapshot; otherwise the next poll
-    /// still sees a difference and rebuilds the whole, as it must.
-    pub async fn enforce_credential(&self, id: u64) -> Result<(), RefreshError> {
-        let _one_at_a_time = self.rebuilding.lock().await;
-        let current = match self.cell.load_full() {
-            Some(c) if c.overlay_len() < MAX_OVERLAY => c,
-            // Nothing to build on, or enough small changes to fold into a full build.
-            _ => return self.refresh_locked().await.map(drop),
+    async fn step_inner(
+        &self,
+        position: &mut Option<Position>,
+    ) -> Result<RefreshResult, StoreError> {
+        let Some(at) = *position else {
+            return self.load_all(position).await;
         };
-        let store = Arc::clone(&self.store);
-        let (version, key, credential) =
-            tokio::task::spawn_blocking(move || store.load_credential(id)).await??;
-        let next_version = if version == current.version() + 1 {
-            version
-        } else {
-            current.version()
-        };
-        let next = current.with_credential(next_version, key, credential);
-        let previous = current.version();
-        drop(current);
-        self.publish(next, Some(previous));
-        Ok(())
-    }
-
-    async fn refresh_locked(&self) -> Result<RefreshResult, RefreshError> {
-        let store = Arc::clone(&self.store);
-        let version = tokio::task::spawn_blocking(move || store.change_version()).await??;
-        let current = self.cell.load_full();
-        if current.as_ref().is_some_and(|s| s.version() == version) {
-            self.cell.confirm();
-            return Ok(RefreshResult::Unchanged);
+        match self.store.changes_since(at).await? {
+            Feed::Unchanged => {
+                self.cell.confirm();
+                Ok(RefreshResult::Unchanged)
+            }
+            Feed::Changes(delta) => {
+                self.apply(at, delta, position);
+                Ok(RefreshResult::Updated)
+            }
+            Feed::Resync(reason) => {
+                self.metrics.record_resync(reason);
+                tracing::warn!(
+                    reason = reason.label(),
+                    version = at.version,
+                    "cannot continue from the store's history; loading everything"
+                );
+                self.load_all(position).await
+            }
         }
-        let store = Arc::clone(&self.store);
-        let next = tokio::task::spawn_blocking(move || store.load_snapshot()).await??;
-        self.publish(next, current.map(|s| s.version()));
-        Ok(RefreshResult::Updated)
     }
 
-    fn publish(&self, next: Snapshot, previous: Option<u64>) {
+    async fn load_all(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
+        let loaded = self.store.load().await?;
+        for broken in &loaded.damaged {
+            report_damage(broken);
+        }
+        let previous = self.cell.load().as_ref().map(|s| s.version());
         tracing::info!(
-            version = next.version(),
+            version = loaded.snapshot.version(),
             previous,
-            credentials = next.credential_count(),
-            active_ips = next.active_ip_count(),
+            credentials = loaded.snapshot.credential_count(),
+            active_ips = loaded.snapshot.active_ip_count(),
+            damaged = loaded.snapshot.damaged_count(),
             "snapshot loaded"
         );
+        self.publish(loaded.snapshot);
+        *position = Some(loaded.position);
+        Ok(RefreshResult::Loaded)
+    }
+
+    /// Applies one delta: the changed credentials replace theirs, everything else is
+    /// shared with the current snapshot.
+    fn apply(&self, at: Position, delta: Delta, position: &mut Option<Position>) {
+        let Some(current) = self.cell.load_full() else {
+            // A position is only ever set together with a published snapshot.
+            unreachable!("a position without a snapshot");
+        };
+        let entries: Vec<_> = delta
+            .changed
+            .iter()
+            .filter_map(|change| {
+                report_damage(change);
+                change.entry(Some(&current))
+            })
+            .collect();
+        let next = current.with_changes(delta.to.version, entries);
+        drop(current);
+        tracing::debug!(
+            version = next.version(),
+            previous = at.version,
+            changed = delta.changed.len(),
+            credentials = next.credential_count(),
+            "changes applied"
+        );
+        self.publish(next);
+        self.metrics
+            .changes_applied
+            .inc_by(delta.to.version - at.version);
+        let now = Timestamp::now();
+        for committed in &delta.committed {
+            let micros = now.0.saturating_sub(committed.0).max(0);
+            self.metrics
+                .change_propagation
+                .observe(micros as f64 / 1_000_000.0);
+        }
+        *position = Some(delta.to);
+    }
+
+    fn publish(&self, next: Snapshot) {
         self.metrics.snapshot_version.set(next.version() as i64);
         self.metrics
             .snapshot_credentials
@@ -117,14 +174,23 @@ impl Refresher {
         self.metrics
             .snapshot_active_ips
             .set(next.active_ip_count() as i64);
+        self.metrics
+            .damaged_credentials
+            .set(next.damaged_count() as i64);
         if let Some(previous) = self.cell.publish(Arc::new(next)) {
             // Freeing a million credentials takes over 100 ms: never on a request thread.
             tokio::task::spawn_blocking(move || retire(previous));
         }
     }
 
-    /// Polls every `interval` until `cancel` fires. The first poll is immediate.
-    pub async fn run(self: Arc<Self>, interval: Duration, cancel: CancellationToken) {
+    /// Polls every `interval`, and at once when `hints` (the store's notice of a
+    /// commit) fires, until `cancel` fires. The first poll is immediate.
+    pub async fn run(
+        self: Arc<Self>,
+        interval: Duration,
+        hints: Option<Arc<Notify>>,
+        cancel: CancellationToken,
+    ) {
         let mut failures: u32 = 0;
         loop {
             let delay = match self.refresh().await {
@@ -149,11 +215,35 @@ impl Refresher {
                     delay
                 }
             };
+            let hinted = async {
+                match &hints {
+                    // After a failure the backoff stands: a hint means the store is
+                    // back, but a flapping one must not be polled in a tight loop.
+                    Some(notify) if failures == 0 => notify.notified().await,
+                    _ => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+                _ = hinted => {}
             }
         }
+    }
+}
+
+/// A credential whose stored record cannot be read is refused; say so loudly.
+fn report_damage(change: &CredentialChange) {
+    if let CredentialChange::Damaged {
+        id, problem, key, ..
+    } = change
+    {
+        tracing::error!(
+            credential_id = id,
+            problem = problem.as_str(),
+            key_readable = key.is_some(),
+            "a credential's stored record is damaged; it is refused until repaired"
+        );
     }
 }
 

@@ -1,24 +1,36 @@
-//! The source of truth: users, credentials, permitted IPs, the audit log and a change
-//! version that every write bumps.
+//! The source of truth: users, credentials, permitted IPs, the audit log, and the
+//! change feed that gateways follow.
 //!
-//! [`Store`] is the small interface the rest of the program uses; backends live beside
-//! it (the embedded SQLite one first). Every write is durable before the call returns.
-//! The hot path never calls a store: it reads snapshots that the poller builds with
-//! [`Store::load_snapshot`].
+//! [`Store`] is the one interface the rest of the program uses. Two backends implement
+//! it: the embedded SQLite file ([`SqliteStore`]) for one gateway, and PostgreSQL
+//! ([`PostgresStore`]) for a fleet. The rules both enforce live in [`rules`]; the feed
+//! both publish is described in [`feed`]. Every write is durable before its call
+//! returns and reports the version it committed at. The hot path never calls a store:
+//! it reads snapshots the poller builds.
 
+mod feed;
 mod model;
+mod postgres;
+pub mod rules;
 mod sqlite;
 
+pub use feed::{
+    continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
+};
 pub use model::{
     Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Page, PermittedIp,
     Timestamp, Usage, User,
 };
+pub use postgres::PostgresStore;
+pub use rules::{Change, Changed, Target};
 pub use sqlite::SqliteStore;
 
-use crate::acl::{KeyHash, Snapshot, SnapshotCredential};
+use crate::acl::{KeyHash, Snapshot};
 use crate::config::StoreConfig;
-use std::net::IpAddr;
+use async_trait::async_trait;
 use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -28,80 +40,102 @@ pub enum StoreError {
     /// A rule refused the change; nothing was written. The text is fit for the caller.
     #[error("{0}")]
     Rejected(String),
-    /// The store could not be read or written.
+    /// The store could not be read or written; nothing was changed.
     #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store's schema is newer than this binary: it is not touched.
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable(Box::new(e))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What a write returns: its result and the version it committed at (the version it
+/// found, for a change that changed nothing).
+#[derive(Clone, Debug)]
+pub struct Committed<T> {
+    pub value: T,
+    pub version: u64,
+}
+
 /// A new credential and the one moment its key is known.
-pub struct NewCredential<'a> {
+#[derive(Clone, Debug)]
+pub struct NewCredential {
     pub user_id: u64,
-    pub key: &'a KeyHash,
-    pub description: Option<&'a str>,
-    /// Unix microseconds by which the device must be registered.
+    pub key: KeyHash,
+    pub description: Option<String>,
+    /// By when the device must be registered.
     pub expiry: Timestamp,
 }
 
-/// A device registration as received.
-pub struct Registration<'a> {
-    pub key: &'a KeyHash,
-    pub description: &'a str,
-    /// Already normalised and de-duplicated; never empty.
-    pub ips: &'a [IpAddr],
-    pub caller: IpAddr,
-    pub max_ips: usize,
+/// Everything the hot path needs, as of one position.
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub position: Position,
+    /// Credentials whose stored record could not be read (refused in the snapshot).
+    pub damaged: Vec<CredentialChange>,
 }
 
+#[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// A number that changes whenever anything the snapshot depends on changes.
-    fn change_version(&self) -> Result<u64>;
-    /// One consistent read of everything the hot path needs.
-    fn load_snapshot(&self) -> Result<Snapshot>;
-    /// One credential as the hot path sees it, and the change version it was read at.
-    fn load_credential(&self, id: u64) -> Result<(u64, KeyHash, SnapshotCredential)>;
+    /// Every credential, read in one consistent view.
+    async fn load(&self) -> Result<Loaded>;
+    /// What changed after `at`, read in one consistent view.
+    async fn changes_since(&self, at: Position) -> Result<Feed>;
+    /// Starts listening for other writers' commits, if the backend can tell: the
+    /// returned `Notify` is woken on each (a hint only: it may come late, twice, or
+    /// never, so polling stays). `None`: poll only.
+    fn change_hints(&self, stop: CancellationToken) -> Option<Arc<Notify>>;
 
-    fn add_user(&self, name: Option<&str>, actor: &Actor) -> Result<User>;
-    fn user(&self, id: u64) -> Result<User>;
+    async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>>;
+    async fn user(&self, id: u64) -> Result<User>;
 
-    fn create_credential(&self, new: NewCredential<'_>, actor: &Actor) -> Result<Credential>;
-    fn credential(&self, id: u64) -> Result<Credential>;
-    fn credentials(&self, user_id: u64, page: Page) -> Result<Vec<Credential>>;
-    fn revoke_credential(&self, id: u64, actor: &Actor) -> Result<Credential>;
-    fn set_wildcard(&self, id: u64, on: bool, actor: &Actor) -> Result<Credential>;
-    fn register_device(&self, reg: Registration<'_>) -> Result<Credential>;
-
-    fn ips(&self, credential_id: u64, page: Page) -> Result<Vec<PermittedIp>>;
-    fn ip(&self, credential_id: u64, item_id: u64) -> Result<PermittedIp>;
-    /// Adds an entry; refuses a duplicate address or more than `max_ips` ACTIVE entries.
-    fn add_ip(
+    async fn create_credential(
         &self,
-        credential_id: u64,
-        ip: IpAddr,
-        status: IpStatus,
+        new: NewCredential,
+        actor: &Actor,
+    ) -> Result<Committed<Credential>>;
+    async fn credential(&self, id: u64) -> Result<Credential>;
+    async fn credentials(&self, user_id: u64, page: Page) -> Result<Vec<Credential>>;
+    /// Applies one change to one credential under [`rules`]: locked, checked, written,
+    /// audited and versioned in one transaction. `max_ips` is the ACTIVE entry limit.
+    async fn change(
+        &self,
+        target: Target,
+        change: Change,
         max_ips: usize,
         actor: &Actor,
-    ) -> Result<PermittedIp>;
-    fn set_ip_status(
-        &self,
-        credential_id: u64,
-        item_id: u64,
-        status: IpStatus,
-        max_ips: usize,
-        actor: &Actor,
-    ) -> Result<PermittedIp>;
+    ) -> Result<Committed<Changed>>;
+
+    async fn ips(&self, credential_id: u64, page: Page) -> Result<Vec<PermittedIp>>;
+    async fn ip(&self, credential_id: u64, item_id: u64) -> Result<PermittedIp>;
 
     /// Newest first.
-    fn audit(&self, credential_id: Option<u64>, page: Page) -> Result<Vec<AuditEntry>>;
+    async fn audit(&self, credential_id: Option<u64>, page: Page) -> Result<Vec<AuditEntry>>;
 
     /// ACTIVE entries per credential (of one user, or all), by credential id.
-    fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>>;
+    async fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>>;
 }
 
-/// Opens the configured store. Nothing is touched on disk until the first call.
-pub fn open(config: &StoreConfig) -> Arc<dyn Store> {
-    match config {
-        StoreConfig::Sqlite { path } => Arc::new(SqliteStore::new(path.clone())),
-    }
+/// Opens the configured store. Nothing is created or connected until the first call.
+pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+    Ok(match config {
+        StoreConfig::Sqlite(c) => Arc::new(SqliteStore::new(c.clone())),
+        StoreConfig::Postgres(c) => Arc::new(PostgresStore::new(c)?),
+    })
+}
+
+/// A random stamp for a new version (or a new store's identity). Never 0, which means
+/// "no stamp".
+pub(crate) fn random_stamp() -> Result<i64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Unavailable(e.to_string().into()))?;
+    // 63 random bits, odd: positive and never 0.
+    Ok((u64::from_le_bytes(b) >> 1) as i64 | 1)
 }

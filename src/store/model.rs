@@ -202,6 +202,41 @@ impl Page {
     pub fn all() -> Self {
         Self::first(u32::MAX)
     }
+
+    /// Newest-first SQL for this page of `table` rows matching `filter` (which binds
+    /// parameter 1), and the cursor to bind as parameter 2. `mark` is the backend's
+    /// placeholder prefix: `?` for SQLite, `$` for PostgreSQL.
+    pub(super) fn sql(
+        &self,
+        columns: &str,
+        table: &str,
+        filter: &str,
+        mark: char,
+    ) -> (String, Option<u64>) {
+        let limit = self.count;
+        match (self.older_id, self.newer_id) {
+            (_, Some(newer)) => (
+                format!(
+                    "SELECT * FROM (SELECT {columns} FROM {table} WHERE {filter} AND id > {mark}2 \
+                     ORDER BY id ASC LIMIT {limit}) AS page ORDER BY id DESC"
+                ),
+                Some(newer),
+            ),
+            (Some(older), None) => (
+                format!(
+                    "SELECT {columns} FROM {table} WHERE {filter} AND id < {mark}2 \
+                     ORDER BY id DESC LIMIT {limit}"
+                ),
+                Some(older),
+            ),
+            (None, None) => (
+                format!(
+                    "SELECT {columns} FROM {table} WHERE {filter} ORDER BY id DESC LIMIT {limit}"
+                ),
+                None,
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod pg;
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

@@ -1,12 +1,13 @@
 //! Reading and writing rows: the column lists, row-to-object mappers, the snapshot's
-//! ordered read, paging, the audit row, and the entry limits. Everything here runs
-//! inside a transaction the caller opened.
+//! ordered read, the change feed's rows, paging, the audit row, and writing a
+//! [`Plan`]. Everything here runs inside a transaction the caller opened.
 
+use super::super::feed::StoredCredential;
 use super::super::model::*;
-use super::super::{Result, StoreError};
-use crate::acl::{CredentialState, IpSet, KeyHash, SnapshotCredential, NEVER};
-use rusqlite::{params, OptionalExtension, Row, Transaction};
-use std::net::IpAddr;
+use super::super::rules::{Plan, Record};
+use super::super::{random_stamp, Result, StoreError};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, params_from_iter, OptionalExtension, Row, Transaction};
 
 pub(super) const CREDENTIAL_COLUMNS: &str =
     "id, user_id, status, wildcard, description, created, updated, \
@@ -61,80 +62,163 @@ pub(super) fn parse_column<T: std::str::FromStr>(index: usize, s: &str) -> rusql
     })
 }
 
-pub(super) fn read_version(tx: &Transaction<'_>) -> Result<u64> {
-    let v: i64 = tx.query_row(
-        "SELECT value FROM meta WHERE name = 'change_version'",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(v as u64)
+/// What the store says of itself: identity, version, and the newest version whose
+/// history was pruned.
+pub(super) fn read_meta(tx: &Transaction<'_>) -> Result<(i64, u64, u64)> {
+    let mut stmt = tx.prepare("SELECT name, value FROM meta")?;
+    let mut rows = stmt.query([])?;
+    let (mut id, mut version, mut pruned) = (None, None, 0);
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let value: i64 = row.get(1)?;
+        match name.as_str() {
+            "store_id" => id = Some(value),
+            "change_version" => version = Some(value as u64),
+            "pruned_through" => pruned = value as u64,
+            _ => {}
+        }
+    }
+    match (id, version) {
+        (Some(id), Some(version)) => Ok((id, version, pruned)),
+        _ => Err(StoreError::Unavailable(
+            "the store's meta table lacks its identity or version".into(),
+        )),
+    }
 }
 
-/// Every credential (or only `only`) with its ACTIVE addresses, as the hot path sees it,
-/// in one ordered pass: rows of one credential are consecutive, so nothing is held
-/// beyond the credential being assembled (a million of them fit in the snapshot alone).
-pub(super) fn snapshot_rows(
+/// The stamp recorded with `version`, if the history still holds it.
+pub(super) fn stamp_at(tx: &Transaction<'_>, version: u64) -> Result<Option<i64>> {
+    Ok(tx
+        .query_row(
+            "SELECT stamp FROM change_log WHERE version = ?1 LIMIT 1",
+            [version],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Versions after `after`: each one's commit time and the credentials they changed.
+pub(super) fn changes_after(
     tx: &Transaction<'_>,
-    only: Option<u64>,
-    mut each: impl FnMut(KeyHash, SnapshotCredential),
+    after: u64,
+) -> Result<(Vec<Timestamp>, Vec<u64>, Option<i64>)> {
+    let mut stmt = tx.prepare(
+        "SELECT version, credential_id, committed_at, stamp FROM change_log \
+         WHERE version > ?1 ORDER BY version",
+    )?;
+    let mut rows = stmt.query([after])?;
+    let (mut committed, mut ids, mut last) = (Vec::new(), Vec::new(), None);
+    let mut previous = after;
+    while let Some(row) = rows.next()? {
+        let version: u64 = row.get(0)?;
+        if version != previous {
+            committed.push(Timestamp(row.get(2)?));
+            previous = version;
+        }
+        if let Some(id) = row.get::<_, Option<u64>>(1)? {
+            ids.push(id);
+        }
+        last = Some(row.get(3)?);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok((committed, ids, last))
+}
+
+/// A column read as whatever SQLite holds, never failing: the feed judges the value,
+/// so that one damaged row damages only its credential.
+fn loose_text(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(i) => i.to_string(),
+        other => format!("<{:?}>", other.data_type()),
+    }
+}
+
+fn loose_int(v: ValueRef<'_>) -> Option<i64> {
+    match v {
+        ValueRef::Integer(i) => Some(i),
+        _ => None,
+    }
+}
+
+/// Every credential (or those in `only`) with its ACTIVE addresses as stored, in one
+/// ordered pass: rows of one credential are consecutive, so nothing is held beyond
+/// the credential being assembled.
+pub(super) fn stored_credentials(
+    tx: &Transaction<'_>,
+    only: Option<&[u64]>,
+    mut each: impl FnMut(StoredCredential),
 ) -> Result<()> {
+    let filter = match only {
+        Some(ids) => format!("WHERE c.id IN ({})", vec!["?"; ids.len()].join(",")),
+        None => String::new(),
+    };
     let sql = format!(
         "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, p.ip \
          FROM credentials c \
          LEFT JOIN permitted_ips p ON p.credential_id = c.id AND p.status = 'ACTIVE' \
-         {} ORDER BY c.id",
-        if only.is_some() {
-            "WHERE c.id = ?1"
-        } else {
-            ""
-        }
+         {filter} ORDER BY c.id"
     );
     let mut stmt = tx.prepare(&sql)?;
-    let mut rows = match only {
-        Some(id) => stmt.query([id])?,
-        None => stmt.query([])?,
-    };
-    let mut current: Option<(KeyHash, SnapshotCredential, Vec<IpAddr>)> = None;
+    let mut rows = stmt.query(params_from_iter(only.unwrap_or_default()))?;
+    let mut current: Option<StoredCredential> = None;
     while let Some(row) = rows.next()? {
         let id: u64 = row.get(0)?;
-        if current.as_ref().is_none_or(|(_, c, _)| c.id != id) {
-            if let Some((key, mut credential, ips)) = current.take() {
-                credential.active_ips = IpSet::new(ips);
-                each(key, credential);
+        if current.as_ref().is_none_or(|c| c.id != id) {
+            if let Some(done) = current.take() {
+                each(done);
             }
-            let hash: Vec<u8> = row.get(2)?;
-            let status: String = row.get(3)?;
-            let state = match parse_column::<CredentialStatus>(3, &status)? {
-                CredentialStatus::PendingFirstUse => CredentialState::PendingFirstUse,
-                CredentialStatus::Active => CredentialState::Active,
-                CredentialStatus::Revoked => CredentialState::Revoked,
-            };
-            let key = KeyHash::from_slice(&hash).ok_or_else(|| {
-                StoreError::Rejected(format!("credential {id} has a damaged key hash"))
-            })?;
-            let credential = SnapshotCredential {
+            let damaged_int = |i| loose_int(row.get_ref_unwrap(i));
+            current = Some(StoredCredential {
                 id,
-                user_id: row.get(1)?,
-                state,
-                expires_at: row
-                    .get::<_, Option<i64>>(5)?
-                    .map_or(NEVER, |t| Timestamp(t).unix_seconds()),
-                wildcard: row.get(4)?,
-                active_ips: IpSet::default(),
-            };
-            current = Some((key, credential, Vec::new()));
+                user_id: damaged_int(1).unwrap_or(0) as u64,
+                key: match row.get_ref_unwrap(2) {
+                    ValueRef::Blob(b) => b.to_vec(),
+                    _ => Vec::new(),
+                },
+                status: loose_text(row.get_ref_unwrap(3)),
+                wildcard: damaged_int(4).is_some_and(|w| w != 0),
+                expiry: damaged_int(5),
+                ips: Vec::new(),
+            });
         }
-        if let (Some(text), Some((_, _, ips))) =
-            (row.get::<_, Option<String>>(6)?, current.as_mut())
-        {
-            ips.push(parse_column(6, &text)?);
+        let ip = row.get_ref_unwrap(6);
+        if let (false, Some(c)) = (matches!(ip, ValueRef::Null), current.as_mut()) {
+            c.ips.push(loose_text(ip));
         }
     }
-    if let Some((key, mut credential, ips)) = current {
-        credential.active_ips = IpSet::new(ips);
-        each(key, credential);
+    if let Some(done) = current {
+        each(done);
     }
     Ok(())
+}
+
+/// Advances the change version by one and records what it changed, in the caller's
+/// transaction, pruning history older than `keep` versions now and then. The counter
+/// is written last, just before commit, so the write lock is held for as short a time
+/// as possible.
+pub(super) fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u64) -> Result<u64> {
+    let version: i64 = tx.query_row(
+        "UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    let version = version as u64;
+    tx.execute(
+        "INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+        params![version, credential, random_stamp()?, Timestamp::now().0],
+    )?;
+    if version % 64 == 0 && version > keep {
+        let through = version - keep;
+        tx.execute("DELETE FROM change_log WHERE version <= ?1", [through])?;
+        tx.execute(
+            "UPDATE meta SET value = MAX(value, ?1) WHERE name = 'pruned_through'",
+            [through],
+        )?;
+    }
+    Ok(version)
 }
 
 pub(super) fn get_credential(tx: &Transaction<'_>, id: u64) -> Result<Credential> {
@@ -145,6 +229,64 @@ pub(super) fn get_credential(tx: &Transaction<'_>, id: u64) -> Result<Credential
     )
     .optional()?
     .ok_or(StoreError::NotFound("credential"))
+}
+
+pub(super) fn credential_id_by_key(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<u64>> {
+    Ok(tx
+        .query_row(
+            "SELECT id FROM credentials WHERE key_hash = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// A credential and all its entries.
+pub(super) fn read_record(tx: &Transaction<'_>, id: u64) -> Result<Record> {
+    let credential = get_credential(tx, id)?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {IP_COLUMNS} FROM permitted_ips WHERE credential_id = ?1 ORDER BY id"
+    ))?;
+    let entries = stmt
+        .query_map([id], ip_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Record {
+        credential,
+        entries,
+    })
+}
+
+/// Writes exactly the rows `plan` names.
+pub(super) fn apply(tx: &Transaction<'_>, id: u64, plan: &Plan, now: Timestamp) -> Result<()> {
+    if let Some(c) = &plan.credential {
+        tx.execute(
+            "UPDATE credentials SET status = ?2, wildcard = ?3, expiry = ?4, \
+             device_description = ?5, device_ip = ?6, updated = ?7 WHERE id = ?1",
+            params![
+                id,
+                c.status.as_str(),
+                c.wildcard,
+                c.expiry.map(|t| t.0),
+                c.device.as_ref().map(|d| d.description.as_str()),
+                c.device.as_ref().map(|d| d.ip.to_string()),
+                now.0
+            ],
+        )?;
+    }
+    for (ip, status) in &plan.insert {
+        tx.execute(
+            "INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![id, ip.to_string(), status.as_str(), now.0],
+        )?;
+    }
+    for (item, status) in &plan.update {
+        tx.execute(
+            "UPDATE permitted_ips SET status = ?3, updated = ?4 WHERE id = ?1 AND credential_id = ?2",
+            params![item, id, status.as_str(), now.0],
+        )?;
+    }
+    Ok(())
 }
 
 pub(super) fn get_ip(
@@ -159,20 +301,6 @@ pub(super) fn get_ip(
     )
     .optional()?
     .ok_or(StoreError::NotFound("permitted IP"))
-}
-
-pub(super) fn find_ip(
-    tx: &Transaction<'_>,
-    credential_id: u64,
-    ip: IpAddr,
-) -> Result<Option<PermittedIp>> {
-    Ok(tx
-        .query_row(
-            &format!("SELECT {IP_COLUMNS} FROM permitted_ips WHERE credential_id = ?1 AND ip = ?2"),
-            params![credential_id, ip.to_string()],
-            ip_from_row,
-        )
-        .optional()?)
 }
 
 pub(super) fn audit(
@@ -203,36 +331,6 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Option<serde_json::Valu
     serde_json::to_value(value).ok()
 }
 
-/// Newest-first paging over `table` rows matching `filter` (which binds `?1`).
-pub(super) fn page_query(
-    columns: &str,
-    table: &str,
-    filter: &str,
-    page: Page,
-) -> (String, Option<u64>) {
-    let limit = page.count;
-    match (page.older_id, page.newer_id) {
-        (_, Some(newer)) => (
-            format!(
-                "SELECT * FROM (SELECT {columns} FROM {table} WHERE {filter} AND id > ?2 \
-                 ORDER BY id ASC LIMIT {limit}) ORDER BY id DESC"
-            ),
-            Some(newer),
-        ),
-        (Some(older), None) => (
-            format!(
-                "SELECT {columns} FROM {table} WHERE {filter} AND id < ?2 \
-                 ORDER BY id DESC LIMIT {limit}"
-            ),
-            Some(older),
-        ),
-        (None, None) => (
-            format!("SELECT {columns} FROM {table} WHERE {filter} ORDER BY id DESC LIMIT {limit}"),
-            None,
-        ),
-    }
-}
-
 pub(super) fn query_page<T>(
     tx: &Transaction<'_>,
     (sql, bound): (String, Option<u64>),
@@ -247,62 +345,4 @@ pub(super) fn query_page<T>(
         (None, None) => stmt.query_map([], map)?.collect(),
     };
     Ok(rows?)
-}
-
-/// INACTIVE entries are kept forever as the audit trail, so they cannot count against
-/// the limit (a key holder rotating addresses would run out); they are bounded apart.
-pub(super) const INACTIVE_PER_ACTIVE_LIMIT: usize = 10;
-
-/// Refuses a change that would leave more than `max_ips` ACTIVE entries, or more than
-/// `INACTIVE_PER_ACTIVE_LIMIT` times that in all, on one credential.
-pub(super) fn check_ip_limits(
-    tx: &Transaction<'_>,
-    credential_id: u64,
-    new_active: usize,
-    new_total: usize,
-    max_ips: usize,
-) -> Result<()> {
-    let (active, total): (i64, i64) = tx.query_row(
-        "SELECT COUNT(*) FILTER (WHERE status = 'ACTIVE'), COUNT(*) FROM permitted_ips \
-         WHERE credential_id = ?1",
-        [credential_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if active as usize + new_active > max_ips {
-        return Err(StoreError::Rejected(format!(
-            "At most {max_ips} ACTIVE permitted IPs per credential; mark one INACTIVE first."
-        )));
-    }
-    let max_total = max_ips.saturating_mul(INACTIVE_PER_ACTIVE_LIMIT);
-    if total as usize + new_total > max_total {
-        return Err(StoreError::Rejected(format!(
-            "At most {max_total} permitted IP entries per credential, ACTIVE and INACTIVE."
-        )));
-    }
-    Ok(())
-}
-
-pub(super) fn insert_ip(
-    tx: &Transaction<'_>,
-    credential_id: u64,
-    ip: IpAddr,
-    status: IpStatus,
-    now: Timestamp,
-) -> Result<PermittedIp> {
-    let exists: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM permitted_ips WHERE credential_id = ?1 AND ip = ?2)",
-        params![credential_id, ip.to_string()],
-        |r| r.get(0),
-    )?;
-    if exists {
-        return Err(StoreError::Rejected(format!(
-            "{ip} is already on this credential's list; change the status of that entry instead"
-        )));
-    }
-    tx.execute(
-        "INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
-         VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![credential_id, ip.to_string(), status.as_str(), now.0],
-    )?;
-    get_ip(tx, credential_id, tx.last_insert_rowid() as u64)
 }

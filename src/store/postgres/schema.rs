@@ -1,0 +1,67 @@
+//! The PostgreSQL schema as numbered migrations. The version lives in
+//! `ipgate_schema`; whoever comes first (a gateway or `ipgate admin`) migrates, under a
+//! transaction-scoped advisory lock, so concurrent starts apply each migration once. A
+//! database newer than this binary is refused and never touched.
+
+/// Any fixed number: every ipgate agrees on it, nothing else uses it.
+pub(super) const MIGRATION_LOCK: i64 = 0x6970_6761_7465; // "ipgate"
+
+/// Migration `i` takes the database from version `i` to `i + 1`. `{store_id}` is
+/// replaced by the new store's random identity.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: everything, the change feed included.
+    "
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO meta (name, value) VALUES
+        ('change_version', 0), ('pruned_through', 0), ('store_id', {store_id});
+    CREATE TABLE users (
+        id      BIGSERIAL PRIMARY KEY,
+        name    TEXT,
+        created BIGINT NOT NULL
+    );
+    CREATE TABLE credentials (
+        id                 BIGSERIAL PRIMARY KEY,
+        user_id            BIGINT NOT NULL REFERENCES users(id),
+        key_hash           BYTEA NOT NULL UNIQUE,
+        status             TEXT NOT NULL,
+        wildcard           BOOLEAN NOT NULL DEFAULT FALSE,
+        description        TEXT,
+        created            BIGINT NOT NULL,
+        updated            BIGINT NOT NULL,
+        expiry             BIGINT,
+        device_description TEXT,
+        device_ip          TEXT
+    );
+    CREATE INDEX credentials_by_user ON credentials (user_id, id);
+    CREATE TABLE permitted_ips (
+        id            BIGSERIAL PRIMARY KEY,
+        credential_id BIGINT NOT NULL REFERENCES credentials(id),
+        ip            TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        created       BIGINT NOT NULL,
+        updated       BIGINT NOT NULL,
+        UNIQUE (credential_id, ip)
+    );
+    CREATE TABLE audit_log (
+        id            BIGSERIAL PRIMARY KEY,
+        at            BIGINT NOT NULL,
+        actor         TEXT NOT NULL,
+        actor_ip      TEXT,
+        credential_id BIGINT,
+        action        TEXT NOT NULL,
+        before        TEXT,
+        after         TEXT
+    );
+    CREATE INDEX audit_by_credential ON audit_log (credential_id, id);
+    CREATE TABLE change_log (
+        version       BIGINT NOT NULL,
+        credential_id BIGINT,
+        stamp         BIGINT NOT NULL,
+        committed_at  BIGINT NOT NULL
+    );
+    CREATE INDEX change_log_by_version ON change_log (version);
+    ",
+];

@@ -227,8 +227,13 @@ print("parsed:", ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in docs)
 cm = next(d for d in docs if d["kind"] == "ConfigMap")
 open(sys.argv[2], "w").write(cm["data"]["config.toml"])
 EOF
-    echo "the ConfigMap's config.toml:"
-    "$(cat "$WORK/bin")" check-config "$WORK/k8s-config.toml"
+    # The password file comes from a Secret at run time; check-config reads it, so give
+    # it a stand-in where the pod would have it.
+    sed -E "s|^(password_file = )\".*\"|\1\"$WORK/secret-password\"|" "$WORK/k8s-config.toml" \
+        >"$WORK/k8s-config-check.toml"
+    echo stand-in >"$WORK/secret-password"
+    echo "the ConfigMap's config.toml (password file stood in for):"
+    "$(cat "$WORK/bin")" check-config "$WORK/k8s-config-check.toml"
     python3 - "$f" "$WORK/k8s-config.toml" "$(seconds "$(python3 -c '
 import sys, tomllib
 print(tomllib.load(open(sys.argv[1], "rb")).get("server", {}).get("shutdown_grace", "10s"))
@@ -278,10 +283,24 @@ mounts = {m["mountPath"]: m["name"] for m in gw.get("volumeMounts", [])}
 conf_dir = gw["args"][gw["args"].index("--config") + 1].rsplit("/", 1)[0]
 want(conf_dir in mounts, f"nothing mounted at {conf_dir}")
 store = cfg["store"]["url"]
+replicas = dep["spec"].get("replicas", 1)
+if store.startswith(("postgres://", "postgresql://")):
+    want(":" not in urlsplit(store).netloc.split("@")[0],
+         "the PostgreSQL password is in the ConfigMap: use store.password_file and a Secret")
+    pw = cfg["store"].get("password_file")
+    if pw:
+        pw_dir = pw.rsplit("/", 1)[0]
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        want(pw_dir in mounts and "secret" in vols.get(mounts[pw_dir], {}),
+             f"store.password_file {pw} is not on a mounted Secret")
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    want(replicas > 1, "a PostgreSQL store is for many replicas")
+    want(any(p["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+             for p in pdbs), "no PodDisruptionBudget selects the pods")
 if store.startswith("sqlite://"):
     store_dir = store[len("sqlite://"):].rsplit("/", 1)[0]
     want(store_dir in mounts, f"the store's folder {store_dir} is not a volume")
-    want(dep["spec"].get("replicas", 1) <= 1, "SQLite store with more than one replica")
+    want(replicas <= 1, "SQLite store with more than one replica")
     want(dep["spec"].get("strategy", {}).get("type") == "Recreate",
          "SQLite store: a RollingUpdate would run two pods on one database")
 for e in errors:

@@ -819,4 +819,63 @@ mod tests {
         let c = Config::parse("[auth]\nheader = \"Authorization\"\n", Path::new(".")).unwrap();
         assert!(c.auth.bearer);
     }
+
+    fn postgres(text: &str) -> Result<PostgresConfig, ConfigErrors> {
+        Config::parse(text, Path::new("/etc/ipgate")).map(|c| match c.store {
+            StoreConfig::Postgres(p) => *p,
+            StoreConfig::Sqlite(_) => panic!("expected a postgres store"),
+        })
+    }
+
+    #[test]
+    fn postgres_urls_as_libpq_reads_them() {
+        let c = postgres(
+            "[store]\nurl = \"postgresql://gw:s3cret@db.internal:6432/ipgate?sslmode=verify-full\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.connect.get_user(), Some("gw"));
+        assert_eq!(c.connect.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(c.connect.get_dbname(), Some("ipgate"));
+        assert_eq!(c.connect.get_ports(), [6432]);
+        assert_eq!(c.display, "postgresql://gw@db.internal:6432/ipgate");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug hides the password"
+        );
+        let c = postgres("[store]\nurl = \"postgres://gw@db/ipgate\"\n").unwrap();
+        assert_eq!(c.ssl_mode, SslMode::Prefer, "libpq's default");
+    }
+
+    #[test]
+    fn a_postgres_password_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pg"), "from-file\n").unwrap();
+        let text = "[store]\nurl = \"postgres://gw@db/ipgate\"\npassword_file = \"pg\"\n";
+        let c = Config::parse(text, dir.path()).unwrap();
+        let StoreConfig::Postgres(c) = c.store else {
+            panic!("postgres");
+        };
+        assert_eq!(c.connect.get_password(), Some(&b"from-file"[..]));
+        let missing = Config::parse(text, Path::new("/nonexistent")).unwrap_err();
+        assert!(
+            missing.to_string().contains("store.password_file"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn bad_store_urls_never_echo_a_password() {
+        for url in [
+            "mysql://gw:s3cret@db/ipgate",
+            "postgres://gw:s3cret@db/ipgate?sslmode=sometimes",
+            "postgres://gw:s3cret@/ipgate",
+        ] {
+            let e = Config::parse(&format!("[store]\nurl = \"{url}\"\n"), Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("store.url"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+    }
 }

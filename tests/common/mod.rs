@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of the harness
 
+pub mod ca;
 pub mod pg;
 
 use bytes::Bytes;

@@ -331,6 +331,58 @@ impl Postgres {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A logical backup of `database` into `file` (pg_dump).
+    pub fn dump(&self, database: &str, file: &Path) {
+        let out = Command::new(self.bin.join("pg_dump"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .args(["-d", database, "-f"])
+            .arg(file)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Replaces `database` with the backup in `file`, as an operator restoring it would
+    /// (open sessions are ended).
+    pub fn restore(&self, database: &str, file: &Path) {
+        self.psql(
+            "postgres",
+            &format!("DROP DATABASE {database} WITH (FORCE)"),
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {database}"));
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-f"])
+            .arg(file)
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A new, empty database of the test's own.
     pub fn database(&self) -> String {
         let name = format!(
@@ -376,6 +428,15 @@ impl Postgres {
             );
         }
         pids
+    }
+
+    /// Gives a file in the cluster's folder to the server's user, with `mode`.
+    pub fn own_file(&self, path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some((uid, gid)) = run_as() {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
     pub fn dir(&self) -> &Path {

@@ -6,7 +6,9 @@
 //!   key -> `Gatekeeper::check` (header read, SHA-256 of the key, one snapshot load,
 //!   the lookup). Target: < 300 ns at 1M credentials.
 //! - `lookup/…`: `acl::decide` alone with a precomputed `KeyHash`. Target: < 100 ns at
-//!   1M credentials.
+//!   1M credentials. Beside it `sharded_get` (the snapshot's 256-shard map, as
+//!   `decide` uses it) and `baseline_flat_map_get` (one flat map with the same hasher
+//!   and entries, the layout before deltas): the cost of sharding on the hot path.
 //! - `parts/…`: the pieces of `check`, to show where its time goes.
 //!
 //! Each beside naive baselines (see `Baselines`). Requests take 4,096 probe keys spread
@@ -22,10 +24,14 @@ mod fixture;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use ipgate::acl::{decide, Decision, KeyHash, Reason, Snapshot, SnapshotCell};
+use ipgate::acl::{
+    decide, CredentialState, Decision, DigestHasher, KeyHash, Reason, Snapshot, SnapshotCell,
+    SnapshotCredential,
+};
 use ipgate::config::AuthConfig;
 use ipgate::proxy::{credential_key, unix_now, Gatekeeper};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -51,6 +57,18 @@ struct Baselines {
     /// The first version anyone writes: a list of (key, addresses as text) scanned in
     /// order, the client address formatted to compare. Only up to `SCAN_MAX`.
     scan: Option<Vec<(String, Vec<String>)>>,
+    /// The snapshot's own entries in one flat map with its own hasher: the layout
+    /// before the snapshot was split into shards.
+    flat: FlatMap,
+}
+
+type FlatMap = HashMap<KeyHash, SnapshotCredential, BuildHasherDefault<DigestHasher>>;
+
+/// The same test `decide` makes, on one entry.
+fn admits(c: Option<&SnapshotCredential>, ip: &IpAddr) -> bool {
+    c.is_some_and(|c| {
+        c.state == CredentialState::Active && (c.wildcard || c.active_ips.contains(ip))
+    })
 }
 
 /// One request as the benches replay it.
@@ -104,6 +122,9 @@ fn world(n: u64, ips: u64) -> World {
     };
 
     let by_digest_siphash = rows.iter().map(|r| (r.key, r.ips.clone())).collect();
+    let mut flat =
+        FlatMap::with_capacity_and_hasher(snapshot.credential_count(), Default::default());
+    flat.extend(snapshot.iter().map(|(k, c)| (*k, c.clone())));
     let scan = (n <= SCAN_MAX).then(|| {
         rows.iter()
             .enumerate()
@@ -141,6 +162,7 @@ fn world(n: u64, ips: u64) -> World {
             by_plain_key,
             by_digest_siphash,
             scan,
+            flat,
         },
         probes,
     }
@@ -226,6 +248,8 @@ fn verify(w: &World, now: i64) {
             if let Some(scan) = &b.scan {
                 assert_eq!(scan_check(scan, &probe.key, ip), allowed);
             }
+            assert_eq!(admits(w.snapshot.get(&probe.hash), &ip), allowed);
+            assert_eq!(admits(b.flat.get(&probe.hash), &ip), allowed);
         }
     }
 }
@@ -285,6 +309,16 @@ fn bench_world(c: &mut Criterion, w: &World) {
                     Some(black_box(case.ip(p))),
                     || now,
                 )
+            }))
+        });
+        group.bench_function(id("sharded_get"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                admits(w.snapshot.get(black_box(&p.hash)), &black_box(case.ip(p)))
+            }))
+        });
+        group.bench_function(id("baseline_flat_map_get"), |bench| {
+            bench.iter(rotate(&w.probes, |p| {
+                admits(b.flat.get(black_box(&p.hash)), &black_box(case.ip(p)))
             }))
         });
         group.bench_function(id("baseline_plain_key_siphash"), |bench| {

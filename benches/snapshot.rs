@@ -5,6 +5,10 @@
 //!   its store query). Target: < 1 s. Beside a std `HashMap` built the obvious way.
 //! - `drop/…`: freeing a snapshot of that size, which happens once per rebuild
 //!   wherever the last reference to the old one goes.
+//! - `apply/…`: one changed credential applied to a snapshot of that size (what a
+//!   delta from the store costs): `Snapshot::with_changes` copies the one shard of 256
+//!   the credential lives in. Target: <= 2 ms p99. Beside a flat map copied whole (the
+//!   copy-on-write a single map would need).
 //! - `swap/…`: `SnapshotCell::publish` of a prebuilt `Arc` and `load()` beside it, also
 //!   while another thread publishes; beside an `RwLock<Arc<Snapshot>>`.
 //! - memory: criterion cannot measure it, so before the timings a child process per
@@ -246,6 +250,30 @@ fn bench_build(c: &mut Criterion) {
         b.iter_with_large_drop(|| naive_build(&rows))
     });
     group.finish();
+
+    let snapshot = fixture::build(&rows, 1);
+    let changed = rows[rows.len() / 2].key;
+    let credential = snapshot.get(&changed).expect("in the snapshot").clone();
+    let mut group = c.benchmark_group("apply");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    group.bench_function(BenchmarkId::new("one_change_sharded", &name), |b| {
+        b.iter_with_large_drop(|| snapshot.with_changes(2, [(changed, credential.clone())]))
+    });
+    let flat: HashMap<KeyHash, SnapshotCredential> =
+        snapshot.iter().map(|(k, c)| (*k, c.clone())).collect();
+    group.bench_function(BenchmarkId::new("baseline_flat_map_copy", &name), |b| {
+        b.iter_with_large_drop(|| {
+            let mut next = flat.clone();
+            next.insert(changed, credential.clone());
+            next
+        })
+    });
+    group.finish();
+    drop((snapshot, flat));
 
     let mut group = c.benchmark_group("drop");
     group

@@ -15,4 +15,6 @@ pub use cell::SnapshotCell;
 pub use decision::{decide, Decision, Identity, Reason};
 pub use ip::{normalize, IpSet};
 pub use key::{ApiKey, KeyHash, KEY_PREFIX};
-pub use snapshot::{CredentialState, Snapshot, SnapshotBuilder, SnapshotCredential, NEVER};
+pub use snapshot::{
+    CredentialState, DigestHasher, Snapshot, SnapshotBuilder, SnapshotCredential, NEVER, SHARDS,
+};

@@ -80,6 +80,8 @@ pub struct Postgres {
     pub port: u16,
     server: Mutex<Option<Child>>,
     watchdog: Mutex<Option<Child>>,
+    /// `-c name=value` settings beyond the defaults, kept across restarts.
+    settings: Vec<String>,
 }
 
 static SKIP_NOTICE: Once = Once::new();
@@ -118,6 +120,11 @@ impl Postgres {
     /// A new cluster, started. Panics when PostgreSQL is not installed: check
     /// [`Postgres::available`] first.
     pub fn start() -> Postgres {
+        Self::start_with(&[])
+    }
+
+    /// The same with extra server settings (`"max_connections=2200"`).
+    pub fn start_with(settings: &[&str]) -> Postgres {
         let bin = bin_dir().expect("PostgreSQL binaries");
         let dir = tempfile::Builder::new()
             .prefix("ipgate-pg")
@@ -155,6 +162,7 @@ impl Postgres {
             port: 0,
             server: Mutex::new(None),
             watchdog: Mutex::new(None),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         pg.launch_on_a_free_port()
     }
@@ -206,6 +214,7 @@ impl Postgres {
             // data is in the kernel's cache); only a crash of the machine would, and
             // tests never do that. It makes creating databases and commits fast.
             .args(["-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

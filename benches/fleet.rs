@@ -1,0 +1,1013 @@
+//! Fleet mode under load: many gateways on one PostgreSQL, started by this program in
+//! a temp folder (Debian's `postgresql` package).
+//!
+//! ```text
+//! cargo bench --bench fleet -- propagation   # 100 and 1,000 simulated pollers, poll-only and notify
+//! cargo bench --bench fleet -- gateways      # 3 real `ipgate serve`, poll-only and notify
+//! cargo bench --bench fleet -- cpu           # PostgreSQL CPU: 100 pollers idle, and under writes
+//! cargo bench --bench fleet -- writes        # API writes/s through a gateway, 100 pollers attached
+//! cargo bench --bench fleet -- million       # 1M credentials: cold start, one change applied
+//! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills
+//! ```
+//!
+//! A simulated poller is what a gateway's poller is, in a task: its own store handle
+//! (pool and LISTEN connection), its own `Refresher` and snapshot, the same loop as
+//! `Refresher::run`. Propagation is measured from a write's acknowledgement to the
+//! moment a poller has published a snapshot that includes it. Every figure prints as
+//! one line; BENCHMARKS.md has the results and the machine.
+
+#[path = "../tests/common/pg.rs"]
+mod pg;
+
+use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
+use ipgate::config::{Config, StoreConfig};
+use ipgate::metrics::Metrics;
+use ipgate::refresh::Refresher;
+use ipgate::store::{self, Actor, Change, IpStatus, NewCredential, Store, Target, Timestamp};
+use pg::Postgres;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if !Postgres::available() {
+        eprintln!("fleet bench: PostgreSQL is not installed; nothing measured");
+        return;
+    }
+    let all = args.is_empty();
+    let want = |name: &str| all || args.iter().any(|a| a == name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "fleet bench on {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // fsync on: writes/s must pay for durability, as in production.
+    let pg = Postgres::start_with(&["max_connections=2300", "fsync=on", "shared_buffers=256MB"]);
+    runtime.block_on(async {
+        if want("propagation") {
+            for pollers in [100, 1000] {
+                for notify in [false, true] {
+                    propagation(&pg, pollers, notify).await;
+                }
+            }
+        }
+        if want("gateways") {
+            for notify in [false, true] {
+                real_gateways(&pg, notify).await;
+            }
+        }
+        if want("cpu") {
+            cpu(&pg).await;
+        }
+        if want("writes") {
+            writes(&pg).await;
+        }
+        if want("million") {
+            million(&pg).await;
+        }
+        if args.iter().any(|a| a == "chaos") {
+            let minutes = args
+                .iter()
+                .find_map(|a| a.parse::<u64>().ok())
+                .unwrap_or(10);
+            chaos(&pg, Duration::from_secs(minutes * 60)).await;
+        }
+    });
+}
+
+// ---- helpers ---------------------------------------------------------------------
+
+fn store_config(pg: &Postgres, db: &str, pool: usize) -> StoreConfig {
+    let text = format!(
+        "[store]\nurl = \"{}\"\npool_size = {pool}\ntimeout = \"10s\"\n",
+        pg.url(db)
+    );
+    Config::parse(&text, std::path::Path::new("/"))
+        .unwrap()
+        .store
+}
+
+fn open(pg: &Postgres, db: &str, pool: usize) -> Arc<dyn Store> {
+    store::open(&store_config(pg, db, pool)).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `n` ACTIVE credentials (one address each) for the writers to change.
+async fn credentials(s: &dyn Store, n: u64) -> Vec<u64> {
+    let admin = Actor::admin();
+    let user = s.add_user(None, &admin).await.unwrap().value.id;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let key = KeyHash::of(format!("bench-{i}-{}", std::process::id()).as_bytes());
+        let c = s
+            .create_credential(
+                NewCredential {
+                    user_id: user,
+                    key,
+                    description: None,
+                    expiry: Timestamp::now().plus(Duration::from_secs(3600)),
+                },
+                &admin,
+            )
+            .await
+            .unwrap()
+            .value;
+        let register = Change::Register {
+            description: "bench".into(),
+            ips: vec![ip("10.0.0.1")],
+            caller: ip("10.0.0.1"),
+        };
+        s.change(Target::Key(key), register, 100, &admin)
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+    ids
+}
+
+/// Versions a poller published, and when.
+type Seen = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// One simulated gateway's poller: `Refresher::run`'s loop, recording each version it
+/// publishes.
+async fn poller(
+    store: Arc<dyn Store>,
+    notify: bool,
+    stop: CancellationToken,
+    seen: Seen,
+    start_after: Duration,
+) -> Arc<SnapshotCell> {
+    let cell = Arc::new(SnapshotCell::new());
+    let refresher = Arc::new(Refresher::new(
+        Arc::clone(&store),
+        Arc::clone(&cell),
+        Arc::new(Metrics::new()),
+    ));
+    let hints = if notify {
+        store.change_hints(stop.child_token())
+    } else {
+        None
+    };
+    let task_cell = Arc::clone(&cell);
+    tokio::spawn(async move {
+        tokio::time::sleep(start_after).await;
+        let mut last = None;
+        loop {
+            if refresher.refresh().await.is_ok() {
+                let v = task_cell.load().as_ref().map(|s| s.version());
+                if v > last {
+                    last = v;
+                    seen.lock().unwrap().push((v.unwrap_or(0), Instant::now()));
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(INTERVAL) => {}
+                _ = wait(&hints) => {}
+            }
+        }
+    });
+    cell
+}
+
+async fn wait(hints: &Option<Arc<Notify>>) {
+    match hints {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A spread of start times over one interval, as independent gateways would have.
+fn offset(i: usize, n: usize) -> Duration {
+    INTERVAL.mul_f64(i as f64 / n as f64)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(samples: &mut [f64]) -> String {
+    samples.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        percentile(samples, 0.5) * 1e3,
+        percentile(samples, 0.99) * 1e3,
+        samples.last().copied().unwrap_or(f64::NAN) * 1e3,
+        samples.len()
+    )
+}
+
+/// For each write (version, when acknowledged): how long until each poller had it.
+fn propagation_samples(writes: &[(u64, Instant)], seen: &[Seen]) -> (Vec<f64>, usize) {
+    let mut samples = Vec::new();
+    let mut missing = 0;
+    for s in seen {
+        let s = s.lock().unwrap();
+        for (version, acked) in writes {
+            match s.iter().find(|(v, _)| v >= version) {
+                Some((_, at)) => samples.push(at.saturating_duration_since(*acked).as_secs_f64()),
+                None => missing += 1,
+            }
+        }
+    }
+    (samples, missing)
+}
+
+/// Clock ticks of user and system time of the server's processes.
+fn pg_ticks(pg: &Postgres) -> u64 {
+    pg.pids()
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let after = stat.rsplit_once(") ")?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// PostgreSQL's CPU over `window`, in percent of one core.
+async fn pg_cpu_during(pg: &Postgres, window: Duration) -> f64 {
+    let ticks = pg_ticks(pg);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let used = pg_ticks(pg).saturating_sub(ticks) as f64 / 100.0; // USER_HZ
+    used / started.elapsed().as_secs_f64() * 100.0
+}
+
+/// Starts `n` pollers on `db`, waits until each has loaded.
+async fn start_pollers(
+    pg: &Postgres,
+    db: &str,
+    n: usize,
+    notify: bool,
+    stop: &CancellationToken,
+) -> (Vec<Seen>, Vec<Arc<SnapshotCell>>) {
+    let mut seen = Vec::new();
+    let mut cells = Vec::new();
+    for i in 0..n {
+        let s: Seen = Arc::default();
+        cells.push(
+            poller(
+                open(pg, db, 1),
+                notify,
+                stop.child_token(),
+                Arc::clone(&s),
+                offset(i, n),
+            )
+            .await,
+        );
+        seen.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cells.iter().any(|c| !c.is_loaded()) {
+        assert!(Instant::now() < deadline, "pollers did not load");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (seen, cells)
+}
+
+// ---- scenarios -------------------------------------------------------------------
+
+/// Propagation with `n` simulated pollers: one write every 200 ms for 20 s.
+async fn propagation(pg: &Postgres, n: usize, notify: bool) {
+    let db = pg.database();
+    let writer = open(pg, &db, 2);
+    let ids = credentials(writer.as_ref(), 4).await;
+    let stop = CancellationToken::new();
+    let (seen, _cells) = start_pollers(pg, &db, n, notify, &stop).await;
+    tokio::time::sleep(INTERVAL * 2).await;
+    let mut writes = Vec::new();
+    let cpu_ticks = pg_ticks(pg);
+    let started = Instant::now();
+    for i in 0..100 {
+        let change = Change::Wildcard(i % 8 < 4);
+        let done = writer
+            .change(Target::Id(ids[i % 4]), change, 100, &Actor::admin())
+            .await
+            .unwrap();
+        writes.push((done.version, Instant::now()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(INTERVAL * 3).await;
+    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+    stop.cancel();
+    let (mut samples, missing) = propagation_samples(&writes, &seen);
+    println!(
+        "propagation, {n} pollers, {}: {}; {missing} never arrived; PostgreSQL CPU {cpu:.0}% of a core",
+        if notify { "notify" } else { "poll only (1 s)" },
+        summary(&mut samples)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Three real gateways: a change through the first one's API, the others probed until
+/// they enforce it.
+async fn real_gateways(pg: &Postgres, notify: bool) {
+    let db = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    // The probes need answers from an upstream: a tiny one that always says 200.
+    std::thread::spawn(move || {
+        for stream in upstream.incoming().flatten() {
+            std::thread::spawn(move || answer_200(stream));
+        }
+    });
+    let mut gateways = Vec::new();
+    for i in 0..3 {
+        let config = dir.path().join(format!("gw{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
+                 [upstream]\nurl = \"http://{upstream_addr}\"\n\
+                 [store]\nurl = \"{}\"\n[refresh]\ninterval = \"1s\"\nnotify = {notify}\n\
+                 [log]\nformat = \"json\"\nlevel = \"warn,ipgate=info,ipgate::access=warn\"\n",
+                pg.url(&db)
+            ),
+        )
+        .unwrap();
+        gateways.push(RealGateway::start(&config));
+    }
+    let bin = env!("CARGO_BIN_EXE_ipgate");
+    let admin = |args: &[&str]| {
+        let out = Command::new(bin)
+            .args(["admin", "--config"])
+            .arg(dir.path().join("gw0.toml"))
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let user = admin(&["user", "add"])["id"].as_u64().unwrap();
+    let created = admin(&["key", "create", "--user", &user.to_string()]);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let cred = created["credential_id"].as_u64().unwrap();
+    let body = format!("{{\"description\":\"bench\",\"secret\":\"{key}\",\"permitted_ips\":[\"127.0.0.2\",\"127.0.0.3\"]}}");
+    let (status, _) = http(
+        gateways[0].public,
+        "127.0.0.2",
+        "POST",
+        "/v1/device-server",
+        &[],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let item = admin(&["ip", "list", &cred.to_string()]).to_string();
+    let entry = serde_json::from_str::<serde_json::Value>(&item).unwrap()["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == "127.0.0.3")
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let path = format!("/v1/user/{user}/credential-password-ip/{cred}/ip/{entry}");
+    let headers = [
+        ("x-bunq-client-authentication", key.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let mut samples = Vec::new();
+    for round in 0..20 {
+        let active = round % 2 == 1;
+        let body = format!(
+            "{{\"status\":\"{}\"}}",
+            if active { "ACTIVE" } else { "INACTIVE" }
+        );
+        let (status, text) = http(
+            gateways[0].public,
+            "127.0.0.2",
+            "PUT",
+            &path,
+            &headers,
+            &body,
+        )
+        .await;
+        assert_eq!(status, 200, "{text}");
+        let acked = Instant::now();
+        let want = if active { 200 } else { 403 };
+        for gw in &gateways[1..] {
+            loop {
+                let (got, _) =
+                    http(gw.public, "127.0.0.3", "GET", "/probe", &headers[..1], "").await;
+                if got == want {
+                    samples.push(acked.elapsed().as_secs_f64());
+                    break;
+                }
+                assert!(acked.elapsed() < Duration::from_secs(10), "no propagation");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "propagation, 3 real gateways, {}: {}",
+        if notify { "notify" } else { "poll only (1 s)" },
+        summary(&mut samples)
+    );
+}
+
+fn answer_200(mut stream: std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 4096];
+    let mut pending = Vec::new();
+    loop {
+        let Ok(n) = stream.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            pending.drain(..end + 4);
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+struct RealGateway {
+    child: Child,
+    public: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl RealGateway {
+    fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ipgate"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["fields"]["message"] == "listening" || v["message"] == "listening" {
+                        let which = v["listener"].as_str().or(v["fields"]["listener"].as_str());
+                        let addr = v["addr"].as_str().or(v["fields"]["addr"].as_str());
+                        if let (Some(w), Some(a)) = (which, addr) {
+                            let _ = tx.send((w.to_owned(), a.parse().unwrap()));
+                        }
+                    }
+                }
+            }
+        });
+        let (mut public, mut admin) = (None, None);
+        while public.is_none() || admin.is_none() {
+            let (which, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("gateway started");
+            if which == "public" {
+                public = Some(addr);
+            } else {
+                admin = Some(addr);
+            }
+        }
+        let gw = Self {
+            child,
+            public: public.unwrap(),
+            admin: admin.unwrap(),
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(self.admin) {
+                use std::io::{Read, Write};
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway not ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RealGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request from `from`; status and body.
+async fn http(
+    to: std::net::SocketAddr,
+    from: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: bench\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let text = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, text)
+}
+
+/// PostgreSQL CPU with 100 pollers: idle, then under 20 writes/s.
+async fn cpu(pg: &Postgres) {
+    let db = pg.database();
+    let writer = open(pg, &db, 2);
+    let ids = credentials(writer.as_ref(), 4).await;
+    for notify in [false, true] {
+        let stop = CancellationToken::new();
+        let _pollers = start_pollers(pg, &db, 100, notify, &stop).await;
+        tokio::time::sleep(INTERVAL * 2).await;
+        let idle = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        let busy_writer = {
+            let writer = Arc::clone(&writer);
+            let ids = ids.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.is_cancelled() {
+                    let _ = writer
+                        .change(
+                            Target::Id(ids[i % 4]),
+                            Change::Wildcard(i % 8 < 4),
+                            100,
+                            &Actor::admin(),
+                        )
+                        .await;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let busy = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        stop.cancel();
+        let _ = busy_writer.await;
+        println!(
+            "PostgreSQL CPU, 100 pollers at 1 s, {}: idle {idle:.1}% of a core, under 20 writes/s {busy:.1}%",
+            if notify { "notify" } else { "poll only" }
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Writes/s through one real gateway's API, 8 clients, with 100 pollers attached.
+async fn writes(pg: &Postgres) {
+    let db = pg.database();
+    let stop = CancellationToken::new();
+    // The schema must exist before 100 pollers race to make it: one load first.
+    open(pg, &db, 1).load().await.unwrap();
+    let _pollers = start_pollers(pg, &db, 100, true, &stop).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nurl = \"{}\"\npool_size = 8\n\
+             [limits]\nmax_ips_per_credential = 1000\n\
+             [log]\nformat = \"json\"\nlevel = \"warn,ipgate=info,ipgate::access=warn\"\n",
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let gw = RealGateway::start(&config);
+    let bin = env!("CARGO_BIN_EXE_ipgate");
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let run = |args: &[&str]| {
+            let out = Command::new(bin)
+                .args(["admin", "--config"])
+                .arg(&config)
+                .arg("--json")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        };
+        let user = run(&["user", "add"])["id"].as_u64().unwrap();
+        let created = run(&["key", "create", "--user", &user.to_string()]);
+        let key = created["key"].as_str().unwrap().to_owned();
+        let cred = created["credential_id"].as_u64().unwrap();
+        let body = format!(
+            "{{\"description\":\"w{c}\",\"secret\":\"{key}\",\"permitted_ips\":[\"127.0.0.2\"]}}"
+        );
+        assert_eq!(
+            http(
+                gw.public,
+                "127.0.0.2",
+                "POST",
+                "/v1/device-server",
+                &[],
+                &body
+            )
+            .await
+            .0,
+            200
+        );
+        clients.push((
+            format!("/v1/user/{user}/credential-password-ip/{cred}/ip"),
+            key,
+        ));
+    }
+    let window = Duration::from_secs(15);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, (path, key)) in clients.into_iter().enumerate() {
+        let public = gw.public;
+        tasks.push(tokio::spawn(async move {
+            let headers = [
+                ("x-bunq-client-authentication", key.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let (mut ok, mut failed, mut n) = (0u64, 0u64, 0u64);
+            while started.elapsed() < window {
+                let body = format!(
+                    "{{\"ip\":\"10.{c}.{}.{}\",\"status\":\"INACTIVE\"}}",
+                    n / 250,
+                    n % 250 + 1
+                );
+                n += 1;
+                match http(public, "127.0.0.2", "POST", &path, &headers, &body)
+                    .await
+                    .0
+                {
+                    200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        let (o, f) = t.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    stop.cancel();
+    println!(
+        "API writes through one gateway, 8 clients, 100 pollers attached (notify): {:.0} writes/s ({ok} ok, {failed} refused, {secs:.1} s)",
+        ok as f64 / secs
+    );
+}
+
+/// 1M credentials in PostgreSQL: a cold start, then single changes applied.
+async fn million(pg: &Postgres) {
+    const N: u64 = 1_000_000;
+    let db = pg.database();
+    let s = open(pg, &db, 2);
+    s.load().await.unwrap(); // the schema
+    let started = Instant::now();
+    fill(pg, &db, N);
+    println!(
+        "1M credentials written with COPY in {:.1} s (bench setup)",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let loaded = s.load().await.unwrap();
+    println!(
+        "cold start, store load at 1M from PostgreSQL: {:.2} s ({} credentials, {} addresses)",
+        started.elapsed().as_secs_f64(),
+        loaded.snapshot.credential_count(),
+        loaded.snapshot.active_ip_count()
+    );
+    drop(loaded);
+
+    // The real binary: from exec to /readyz.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gw.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [store]\nurl = \"{}\"\n[log]\nformat = \"json\"\n",
+            pg.url(&db)
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let gw = RealGateway::start(&config);
+    println!(
+        "cold start of ipgate serve at 1M, exec to ready: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(gw);
+
+    // One change at a time, applied by a poller: the whole step (feed query + apply +
+    // publish) and the in-memory apply alone.
+    let cell = Arc::new(SnapshotCell::new());
+    let refresher = Refresher::new(Arc::clone(&s), Arc::clone(&cell), Arc::new(Metrics::new()));
+    refresher.refresh().await.unwrap();
+    let (mut steps, mut applies) = (Vec::new(), Vec::new());
+    for i in 0..200u64 {
+        let id = 1 + (i * 4_999) % N;
+        s.change(
+            Target::Id(id),
+            Change::Wildcard(i % 2 == 0),
+            100,
+            &Actor::admin(),
+        )
+        .await
+        .unwrap();
+        let t = Instant::now();
+        refresher.refresh().await.unwrap();
+        steps.push(t.elapsed().as_secs_f64());
+        let snap = cell.load_full().unwrap();
+        let key = KeyHash::of(&i.to_le_bytes());
+        let c = one_credential(&snap);
+        let t = Instant::now();
+        let next = snap.with_changes(snap.version() + 1, [(key, c)]);
+        applies.push(t.elapsed().as_secs_f64());
+        drop(next);
+    }
+    println!(
+        "one change at 1M, poll step (feed read + apply + publish): {}",
+        summary(&mut steps)
+    );
+    println!(
+        "one change at 1M, apply to the snapshot alone: {}",
+        summary(&mut applies)
+    );
+}
+
+fn one_credential(s: &Snapshot) -> SnapshotCredential {
+    s.iter().next().map(|(_, c)| c.clone()).unwrap()
+}
+
+/// Writes `n` ACTIVE credentials with two addresses each straight into the tables.
+fn fill(pg: &Postgres, db: &str, n: u64) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("c.csv");
+    let ips = dir.path().join("i.csv");
+    let mut c = std::io::BufWriter::new(std::fs::File::create(&creds).unwrap());
+    let mut p = std::io::BufWriter::new(std::fs::File::create(&ips).unwrap());
+    let now = Timestamp::now().0;
+    for i in 1..=n {
+        let key = KeyHash::of(&i.to_le_bytes());
+        let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(c, "{i},1,\\\\x{hex},ACTIVE,f,{now},{now}").unwrap();
+        for j in 0..2u64 {
+            let a = 0x0a00_0000u32 + ((i * 2 + j) as u32 & 0x00ff_ffff);
+            writeln!(p, "{i},{},ACTIVE,{now},{now}", std::net::Ipv4Addr::from(a)).unwrap();
+        }
+    }
+    drop((c, p));
+    for f in [&creds, &ips] {
+        pg.own_file(f, 0o644);
+    }
+    pg.psql(
+        db,
+        &format!("INSERT INTO users (id, created) VALUES (1, {now})"),
+    );
+    pg.psql(
+        db,
+        &format!(
+            "\\copy credentials (id, user_id, key_hash, status, wildcard, created, updated) FROM '{}' CSV",
+            creds.display()
+        ),
+    );
+    pg.psql(
+        db,
+        &format!(
+            "\\copy permitted_ips (credential_id, ip, status, created, updated) FROM '{}' CSV",
+            ips.display()
+        ),
+    );
+    pg.psql(
+        db,
+        "SELECT setval('credentials_id_seq', (SELECT max(id) FROM credentials)); \
+         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; ANALYZE",
+    );
+}
+
+/// Writes, database restarts and gateway restarts for `length`; at quiet points every
+/// gateway's snapshot must equal a full load, and every acknowledged write must be in
+/// the store at the end.
+async fn chaos(pg: &Postgres, length: Duration) {
+    const GATEWAYS: usize = 12;
+    let db = pg.database();
+    let writer = open(pg, &db, 4);
+    let ids = credentials(writer.as_ref(), 16).await;
+    let stop = CancellationToken::new();
+    let mut gateways: Vec<(CancellationToken, Arc<SnapshotCell>, Seen)> = Vec::new();
+    for i in 0..GATEWAYS {
+        let seen: Seen = Arc::default();
+        let token = stop.child_token();
+        let cell = poller(
+            open(pg, &db, 1),
+            i % 2 == 0,
+            token.clone(),
+            Arc::clone(&seen),
+            offset(i, GATEWAYS),
+        )
+        .await;
+        gateways.push((token, cell, seen));
+    }
+    let acknowledged: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let pause = Arc::new(tokio::sync::RwLock::new(()));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let writer = open(pg, &db, 2);
+        let ids = ids.clone();
+        let acknowledged = Arc::clone(&acknowledged);
+        let pause = Arc::clone(&pause);
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let _open = pause.read().await;
+                n += 1;
+                let id = ids[((n * 7 + w) % ids.len() as u64) as usize];
+                let change = match n % 3 {
+                    0 => Change::Wildcard(n % 2 == 0),
+                    1 => Change::AddIp {
+                        ip: IpAddr::from([10, 9, w as u8, (n % 250) as u8]),
+                        status: if n % 5 == 0 {
+                            IpStatus::Active
+                        } else {
+                            IpStatus::Inactive
+                        },
+                    },
+                    _ => Change::SetIpStatus {
+                        item: 1 + n % 40,
+                        status: if n % 2 == 0 {
+                            IpStatus::Active
+                        } else {
+                            IpStatus::Inactive
+                        },
+                    },
+                };
+                if let Ok(done) = writer
+                    .change(Target::Id(id), change, 8, &Actor::admin())
+                    .await
+                {
+                    acknowledged.lock().unwrap().push((done.version, id));
+                }
+                drop(_open);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let (mut restarts, mut kills, mut checks, mut mismatches, mut out_of_order) = (0, 0, 0, 0, 0);
+    let mut round = 0u64;
+    while started.elapsed() < length {
+        round += 1;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A gateway dies and a new one takes its place.
+        let victim = (round as usize * 5) % GATEWAYS;
+        gateways[victim].0.cancel();
+        let seen: Seen = Arc::default();
+        let token = stop.child_token();
+        let cell = poller(
+            open(pg, &db, 1),
+            victim % 2 == 0,
+            token.clone(),
+            Arc::clone(&seen),
+            Duration::ZERO,
+        )
+        .await;
+        check_order(&gateways[victim].2, &mut out_of_order);
+        gateways[victim] = (token, cell, seen);
+        kills += 1;
+        if round % 3 == 0 {
+            // The database goes away for a few seconds.
+            tokio::task::block_in_place(|| pg.stop());
+            tokio::time::sleep(Duration::from_secs(2 + round % 4)).await;
+            tokio::task::block_in_place(|| pg.start_again());
+            restarts += 1;
+        }
+        if round % 2 == 0 {
+            // A quiet point: writes pause; every gateway must reach the store's truth.
+            let _quiet = pause.write().await;
+            let truth = writer_truth(&writer).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for (_, cell, _) in &gateways {
+                while cell.load().as_ref().map(|s| s.version()) != Some(truth.0)
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                checks += 1;
+                let snap = cell.load_full();
+                if snap.as_ref().map(|s| contents(s)) != Some(truth.1.clone()) {
+                    mismatches += 1;
+                }
+            }
+        }
+    }
+    stop.cancel();
+    for w in writers {
+        let _ = w.await;
+    }
+    for (_, _, seen) in &gateways {
+        check_order(seen, &mut out_of_order);
+    }
+    // Every acknowledged write is in the store: its version is in the history.
+    let acked = acknowledged.lock().unwrap().clone();
+    let final_version = writer_truth(&writer).await.0;
+    let lost = acked.iter().filter(|(v, _)| *v > final_version).count();
+    let mut versions: Vec<u64> = acked.iter().map(|(v, _)| *v).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    println!(
+        "chaos, {:.0} min: {} acknowledged writes ({} distinct versions), {restarts} database restarts, \
+         {kills} gateway restarts, {checks} snapshot checks: {mismatches} differed from the store, \
+         {out_of_order} versions out of order, {lost} acknowledged writes lost",
+        started.elapsed().as_secs_f64() / 60.0,
+        acked.len(),
+        versions.len(),
+    );
+}
+
+/// The store's version and contents, read whole.
+async fn writer_truth(s: &Arc<dyn Store>) -> (u64, BTreeMap<u64, (KeyHash, SnapshotCredential)>) {
+    loop {
+        if let Ok(l) = s.load().await {
+            return (l.snapshot.version(), contents(&l.snapshot));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn contents(s: &Snapshot) -> BTreeMap<u64, (KeyHash, SnapshotCredential)> {
+    s.iter().map(|(k, c)| (c.id, (*k, c.clone()))).collect()
+}
+
+/// Versions a gateway published must only ever grow.
+fn check_order(seen: &Seen, out_of_order: &mut usize) {
+    let seen = seen.lock().unwrap();
+    *out_of_order += seen.windows(2).filter(|w| w[1].0 <= w[0].0).count();
+}

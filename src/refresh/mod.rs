@@ -204,14 +204,25 @@ impl Refresher {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let delay = backoff(interval, failures, jitter());
-                    tracing::warn!(
-                        error = %error,
-                        cause = error_chain(&error),
-                        failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        serving_version = self.cell.load().as_ref().map(|s| s.version()),
-                        "store poll failed; keeping the last good snapshot"
-                    );
+                    let cause = error_chain(&error);
+                    let retry_in_ms = delay.as_millis() as u64;
+                    match self.cell.load().as_ref().map(|s| s.version()) {
+                        Some(serving_version) => tracing::warn!(
+                            error = %error,
+                            cause,
+                            failures,
+                            retry_in_ms,
+                            serving_version,
+                            "store poll failed; keeping the last good snapshot"
+                        ),
+                        None => tracing::error!(
+                            error = %error,
+                            cause,
+                            failures,
+                            retry_in_ms,
+                            "store poll failed; no snapshot yet, so not ready and letting nobody in"
+                        ),
+                    }
                     delay
                 }
             };

@@ -64,10 +64,24 @@ impl SqliteStore {
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
+        let path = self.inner.config.path.clone();
+        let result = tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(StoreError::unavailable)?
+            .map_err(StoreError::unavailable)?;
+        // A log line about a failing file names the file.
+        result.map_err(|e| match e {
+            StoreError::Unavailable(source) => StoreError::unavailable(FileError { path, source }),
+            other => other,
+        })
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("SQLite store {}", path.display())]
+struct FileError {
+    path: std::path::PathBuf,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl Inner {

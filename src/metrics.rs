@@ -38,6 +38,25 @@ impl UpstreamError {
     }
 }
 
+/// Every operation label of `ipgate_api_requests_total` (the management API's routes,
+/// `src/api/route.rs`), so each series exists from the start.
+pub const API_OPERATIONS: [&str; 8] = [
+    "device_server",
+    "list_credentials",
+    "get_credential",
+    "list_ips",
+    "add_ip",
+    "get_ip",
+    "update_ip",
+    "not_found",
+];
+
+/// Status classes of `ipgate_api_requests_total`.
+pub const API_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+
+/// Results of `ipgate_tls_reloads_total`.
+pub const TLS_RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+
 /// Outcome of one poll of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshResult {
@@ -247,6 +266,21 @@ impl Metrics {
             ),
             registry: r,
         }
+        .touch_every_series()
+    }
+
+    /// Creates every series of the labelled families that are not resolved to handles,
+    /// so a scrape shows each from the start (dashboards and tests never find a hole).
+    fn touch_every_series(self) -> Self {
+        for result in TLS_RELOAD_RESULTS {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        for operation in API_OPERATIONS {
+            for class in API_CLASSES {
+                self.api_requests.with_label_values(&[operation, class]);
+            }
+        }
+        self
     }
 
     pub fn record_allow(&self) {
@@ -287,6 +321,31 @@ pub type SharedMetrics = Arc<Metrics>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_labelled_series_exists_from_the_start() {
+        let text = Metrics::new().render(&SnapshotCell::new());
+        let mut want = vec![
+            "ipgate_tls_reloads_total{result=\"ok\"} 0".to_owned(),
+            "ipgate_tls_reloads_total{result=\"error\"} 0".to_owned(),
+        ];
+        for operation in API_OPERATIONS {
+            for class in API_CLASSES {
+                want.push(format!(
+                    "ipgate_api_requests_total{{operation=\"{operation}\",status=\"{class}\"}} 0"
+                ));
+            }
+        }
+        for reason in Reason::ALL {
+            want.push(format!(
+                "ipgate_requests_total{{decision=\"deny\",reason=\"{}\"}} 0",
+                reason.label()
+            ));
+        }
+        for sample in want {
+            assert!(text.contains(&sample), "{sample} missing from\n{text}");
+        }
+    }
 
     #[test]
     fn renders_the_contract_names() {

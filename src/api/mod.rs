@@ -20,7 +20,7 @@ mod error;
 mod route;
 mod wire;
 
-use crate::acl::{Decision, Identity, KeyHash};
+use crate::acl::{Decision, Identity};
 use crate::bunq;
 use crate::metrics::Metrics;
 use crate::proxy::Gatekeeper;
@@ -286,7 +286,7 @@ impl Api {
         if reg.description.len() > 1024 {
             return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
         }
-        let key = KeyHash::of(reg.secret.as_bytes());
+        let key = reg.secret.hash();
         let max_ips = self.max_ips;
         let credential = self
             .blocking(move |s| {

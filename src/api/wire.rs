@@ -3,7 +3,7 @@
 //! Parsing is strict: unknown fields, a CIDR where an address belongs, `*`, an unknown
 //! status are each refused with a message that says what to send instead.
 
-use crate::acl::normalize;
+use crate::acl::{normalize, ApiKey};
 use crate::store::{Credential, IpStatus, Page, PermittedIp, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -29,7 +29,8 @@ fn invalid(msg: impl Into<String>) -> BadInput {
 #[serde(deny_unknown_fields)]
 pub struct DeviceServerBody {
     pub description: String,
-    pub secret: String,
+    /// Redacted in `Debug`, wiped when the body is dropped.
+    pub secret: ApiKey,
     #[serde(default)]
     pub permitted_ips: Vec<String>,
 }
@@ -277,6 +278,15 @@ mod tests {
         assert_eq!(v["older_url"], Value::Null);
         assert_eq!(v["newer_url"], "/b?count=2&newer_id=2");
         assert_eq!(v["future_url"], Value::Null);
+    }
+
+    #[test]
+    fn a_parsed_registration_never_shows_its_secret() {
+        let body = br#"{"description":"d","secret":"ipg_supersecretvalue","permitted_ips":[]}"#;
+        let reg: DeviceServerBody = parse_json(body).unwrap();
+        let shown = format!("{reg:?} {reg:#?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

@@ -645,7 +645,8 @@ async fn proxy_protocol_from_trusted_proxies_only() {
         let mut s = connect_from(ip("127.0.0.5"), gw.target(ip("127.0.0.5"))).await;
         let body = json!({"description": "lb", "secret": key}).to_string();
         let req = format!(
-            "POST /v1/device-server HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "POST /v1/device-server HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
         s.write_all(&[&v1[..], req.as_bytes()].concat())

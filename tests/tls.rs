@@ -348,6 +348,7 @@ impl TlsRegistration for Gateway {
             .method("POST")
             .uri("/v1/device-server")
             .header("host", "localhost")
+            .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap();
         assert_eq!(

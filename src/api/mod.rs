@@ -304,8 +304,9 @@ impl Api {
         created_id(credential.id)
     }
 
-    /// Reads a body of at most `limits.max_body_bytes`.
+    /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.
     async fn body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        wire::require_json(req.headers())?;
         let limit = self.max_body_bytes;
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => Ok(b.to_bytes()),

@@ -324,8 +324,12 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Answer {
+        let mut all = headers.to_vec();
+        if body.is_some() {
+            all.push(("content-type", "application/json"));
+        }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        send_raw(from, self.target(from), method, path, headers, body).await
+        send_raw(from, self.target(from), method, path, &all, body).await
     }
 
     pub async fn wait_ready(&self) {

@@ -38,6 +38,31 @@ impl UpstreamError {
     }
 }
 
+/// A request or connection the client got wrong: answered 400 or closed, never blamed
+/// on the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request body was malformed (a bad chunk) or ended early.
+    Body,
+    /// Refused before routing: a tunnel (`CONNECT`, authority-form target), a missing,
+    /// repeated or invalid `Host`.
+    Request,
+    /// The request head did not arrive within `server.header_read_timeout`.
+    HeaderTimeout,
+}
+
+impl ClientError {
+    const ALL: [ClientError; 3] = [Self::Body, Self::Request, Self::HeaderTimeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Request => "request",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
 /// Every operation label of `ipgate_api_requests_total` (the management API's routes,
 /// `src/api/route.rs`), so each series exists from the start.
 pub const API_OPERATIONS: [&str; 8] = [
@@ -98,6 +123,7 @@ pub struct Metrics {
     refresh: Vec<IntCounter>,
     pub refresh_duration: Histogram,
     pub api_requests: IntCounterVec,
+    client_errors: Vec<IntCounter>,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -162,6 +188,23 @@ impl Metrics {
         let refresh = RefreshResult::ALL
             .iter()
             .map(|k| refresh_vec.with_label_values(&[k.label()]))
+            .collect();
+        let client_errors_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_client_errors_total",
+                    "Requests and connections the client got wrong, by kind (body: a \
+                     malformed or cut-short request body; request: a tunnel or a bad Host, \
+                     answered 400; header_timeout: no complete request head in time).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
+        let client_errors = ClientError::ALL
+            .iter()
+            .map(|k| client_errors_vec.with_label_values(&[k.label()]))
             .collect();
         let histogram = |name: &str, help: &str| {
             register(
@@ -264,6 +307,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            client_errors,
             registry: r,
         }
         .touch_every_series()
@@ -281,6 +325,10 @@ impl Metrics {
             }
         }
         self
+    }
+
+    pub fn record_client_error(&self, kind: ClientError) {
+        self.client_errors[kind as usize].inc();
     }
 
     pub fn record_allow(&self) {
@@ -329,6 +377,12 @@ mod tests {
             "ipgate_tls_reloads_total{result=\"ok\"} 0".to_owned(),
             "ipgate_tls_reloads_total{result=\"error\"} 0".to_owned(),
         ];
+        for kind in ClientError::ALL {
+            want.push(format!(
+                "ipgate_client_errors_total{{kind=\"{}\"}} 0",
+                kind.label()
+            ));
+        }
         for operation in API_OPERATIONS {
             for class in API_CLASSES {
                 want.push(format!(

@@ -313,7 +313,11 @@ impl Api {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(BadInput::Invalid(format!("Request body is larger than {limit} bytes.")).into())
             }
-            Err(_) => Err(BadInput::Invalid("Request body could not be read.".into()).into()),
+            Err(_) => {
+                self.metrics
+                    .record_client_error(crate::metrics::ClientError::Body);
+                Err(BadInput::Invalid("Request body could not be read.".into()).into())
+            }
         }
     }
 

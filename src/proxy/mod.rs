@@ -9,6 +9,7 @@ pub mod client_ip;
 mod forward;
 mod listener;
 mod proxy_protocol;
+mod target;
 pub mod tls;
 
 pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
@@ -19,9 +20,9 @@ use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::api::Api;
 use crate::bunq;
 use crate::config::{AuthConfig, ClientIpConfig};
-use crate::metrics::{Metrics, UpstreamError};
+use crate::metrics::{ClientError, Metrics, UpstreamError};
 use bytes::Bytes;
-use forward::{Forwarding, Lane};
+use forward::{ForwardError, Forwarding, Lane};
 use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -140,6 +141,26 @@ impl Gateway {
         let peer = conn.peer;
         let client_ip = client_ip::resolve(peer, conn.peer_trusted, req.headers(), &self.client_ip);
 
+        if let Some(malformed) = target::check(&req) {
+            self.metrics.record_client_error(ClientError::Request);
+            tracing::debug!(
+                problem = malformed.label(),
+                client_ip = client_ip.map(tracing::field::display),
+                "request refused before routing"
+            );
+            let resp = closing(bunq::error(StatusCode::BAD_REQUEST, malformed.message()));
+            self.access_log.record(&Entry {
+                status: resp.status().as_u16(),
+                allowed: false,
+                reason: "bad_request",
+                credential_id: None,
+                client_ip,
+                peer,
+                latency_us: started.elapsed().as_micros() as u64,
+            });
+            return resp.map(Either::Right);
+        }
+
         if Api::owns(req.uri().path()) {
             let resp = self.api.handle(req, client_ip, &self.gate).await;
             return resp.map(Either::Right);
@@ -166,9 +187,17 @@ impl Gateway {
                 let upstream_started = Instant::now();
                 let resp = match self.upstream.forward(req, how, Some(&conn.lane)).await {
                     Ok(resp) => resp.map(Either::Left),
-                    Err(kind) => {
+                    Err(ForwardError::Upstream(kind)) => {
                         self.metrics.record_upstream_error(kind);
                         upstream_failure(kind).map(Either::Right)
+                    }
+                    Err(ForwardError::ClientBody) => {
+                        self.metrics.record_client_error(ClientError::Body);
+                        closing(bunq::error(
+                            StatusCode::BAD_REQUEST,
+                            "The request body is malformed or ended early.",
+                        ))
+                        .map(Either::Right)
                     }
                 };
                 self.metrics
@@ -190,6 +219,16 @@ impl Gateway {
         });
         resp
     }
+}
+
+/// Marks an answer as the connection's last: after a malformed request the rest of
+/// the stream cannot be trusted to be where the client meant it.
+fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {

@@ -129,6 +129,7 @@ pub async fn serve(
         grace: config.server.shutdown_grace,
         tls: acceptor,
         proxy_protocol: config.server.proxy_protocol,
+        max_connections: config.server.max_connections,
     };
     proxy::serve(public, gateway, options, accepting).await;
 

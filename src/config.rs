@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_STALENESS: &str = "0s";
 pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Beyond this a table entry per connection would cost more memory than it is worth.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +53,7 @@ pub struct RawServer {
     pub workers: usize,
     pub shutdown_grace: String,
     pub header_read_timeout: String,
+    pub max_connections: usize,
     pub proxy_protocol: bool,
     pub tls: Option<RawTls>,
 }
@@ -62,6 +66,7 @@ impl Default for RawServer {
             workers: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             proxy_protocol: false,
             tls: None,
         }
@@ -211,7 +216,12 @@ pub struct ServerConfig {
     /// Tokio worker threads; 0 = one per core.
     pub workers: usize,
     pub shutdown_grace: Duration,
+    /// For a PROXY header, a TLS handshake, and each request head (also the longest a
+    /// kept-alive connection may wait for its next request).
     pub header_read_timeout: Duration,
+    /// Client connections open at once; at the cap an idle one makes room, and with
+    /// none idle a new one is closed at accept.
+    pub max_connections: usize,
     /// Every connection starts with a PROXY protocol (v1 or v2) header from a
     /// trusted proxy, naming the client.
     pub proxy_protocol: bool,
@@ -326,12 +336,19 @@ impl Config {
                 "server.header_read_timeout",
                 &raw.server.header_read_timeout,
             ),
+            max_connections: raw.server.max_connections,
             proxy_protocol: raw.server.proxy_protocol,
             tls: raw.server.tls.map(|t| TlsConfig {
                 cert: base.join(t.cert),
                 key: base.join(t.key),
             }),
         };
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&server.max_connections) {
+            check.err(
+                "server.max_connections",
+                &format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            );
+        }
         if let Some(tls) = &server.tls {
             for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if !path.is_file() {
@@ -607,6 +624,16 @@ mod tests {
                 .server
                 .proxy_protocol
         );
+    }
+
+    #[test]
+    fn connection_limit() {
+        let c = Config::parse("", Path::new(".")).unwrap();
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+        let c = Config::parse("[server]\nmax_connections = 50\n", Path::new(".")).unwrap();
+        assert_eq!(c.server.max_connections, 50);
+        let e = Config::parse("[server]\nmax_connections = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("server.max_connections"), "{e}");
     }
 
     #[test]

@@ -124,6 +124,10 @@ pub struct Metrics {
     pub refresh_duration: Histogram,
     pub api_requests: IntCounterVec,
     client_errors: Vec<IntCounter>,
+    pub idle_closed: IntCounter,
+    pub connections_refused: IntCounter,
+    pub connections_evicted: IntCounter,
+    pub max_connections: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -206,6 +210,9 @@ impl Metrics {
             .iter()
             .map(|k| client_errors_vec.with_label_values(&[k.label()]))
             .collect();
+        let counter = |name: &str, help: &str| {
+            register(&r, IntCounter::new(name, help).expect("valid metric"))
+        };
         let histogram = |name: &str, help: &str| {
             register(
                 &r,
@@ -308,6 +315,25 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             client_errors,
+            idle_closed: counter(
+                "ipgate_idle_connections_closed_total",
+                "Kept-alive client connections closed after a request because no next \
+                 request head arrived within server.header_read_timeout.",
+            ),
+            connections_refused: counter(
+                "ipgate_connections_refused_total",
+                "Client connections closed at accept because server.max_connections were \
+                 open and none of them was idle.",
+            ),
+            connections_evicted: counter(
+                "ipgate_connections_evicted_total",
+                "Idle client connections closed to make room for a new one at \
+                 server.max_connections.",
+            ),
+            max_connections: int_gauge(
+                "ipgate_max_connections",
+                "The configured server.max_connections: the ceiling of ipgate_open_connections.",
+            ),
             registry: r,
         }
         .touch_every_series()

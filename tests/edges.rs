@@ -212,3 +212,43 @@ async fn several_forwarded_for_lines_become_one_chain() {
         Some(vec!["127.0.0.9".into()])
     );
 }
+
+#[tokio::test]
+async fn a_head_that_never_ends_is_closed_and_counted() {
+    let (_up, gw, key) = {
+        let upstream = Upstream::start().await;
+        let gw = Gateway::start_with_env(
+            &Settings::new(&upstream.url()).set("server.header_read_timeout", "\"300ms\""),
+            &[("RUST_LOG", "info,ipgate=debug")],
+        );
+        gw.wait_ready().await;
+        let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+        (upstream, gw, key)
+    };
+    let from = ip("127.0.0.2");
+    // Half a head: closed without an answer.
+    let raw = exchange(&gw, from, b"GET / HTTP/1.1\r\nhost: x\r\n", false).await;
+    assert!(!raw.contains(" 200 "), "{raw}");
+    gw.wait_metric("ipgate_client_errors_total{kind=\"header_timeout\"}", 1.0)
+        .await;
+    gw.wait_log("header read timeout").await;
+    // Nothing at all: closed as well.
+    exchange(&gw, from, b"", false).await;
+    gw.wait_metric("ipgate_client_errors_total{kind=\"header_timeout\"}", 2.0)
+        .await;
+
+    // A kept-alive connection that goes quiet after a request is closed too, and that
+    // is no client error.
+    let mut s = connect_from(from, gw.target(from)).await;
+    let request = format!("GET /once HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let raw = read_until_closed(&mut s).await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let idle = "ipgate_idle_connections_closed_total";
+    gw.wait_metric(idle, 1.0).await;
+    assert_eq!(
+        gw.metric("ipgate_client_errors_total{kind=\"header_timeout\"}")
+            .await,
+        2.0
+    );
+}

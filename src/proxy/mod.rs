@@ -6,6 +6,7 @@
 //! [`SnapshotCell`].
 
 pub mod client_ip;
+mod connections;
 mod forward;
 mod listener;
 mod proxy_protocol;

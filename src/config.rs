@@ -30,6 +30,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Beyond this a table entry per connection would cost more memory than it is worth.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +170,7 @@ impl Default for RawRefresh {
 pub struct RawLimits {
     pub max_ips_per_credential: usize,
     pub max_body_bytes: usize,
+    pub refusals_per_second: u32,
 }
 
 impl Default for RawLimits {
@@ -176,6 +178,7 @@ impl Default for RawLimits {
         Self {
             max_ips_per_credential: DEFAULT_MAX_IPS_PER_CREDENTIAL,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            refusals_per_second: DEFAULT_REFUSALS_PER_SECOND,
         }
     }
 }
@@ -282,6 +285,8 @@ pub struct RefreshConfig {
 pub struct LimitsConfig {
     pub max_ips_per_credential: usize,
     pub max_body_bytes: usize,
+    /// Refusals per client address and second before the rest are answered 429; 0 = off.
+    pub refusals_per_second: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -477,6 +482,7 @@ impl Config {
         let limits = LimitsConfig {
             max_ips_per_credential: raw.limits.max_ips_per_credential,
             max_body_bytes: raw.limits.max_body_bytes,
+            refusals_per_second: raw.limits.refusals_per_second,
         };
 
         let format = match raw.log.format.as_str() {
@@ -627,11 +633,17 @@ mod tests {
     }
 
     #[test]
-    fn connection_limit() {
+    fn connection_and_refusal_limits() {
         let c = Config::parse("", Path::new(".")).unwrap();
         assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
-        let c = Config::parse("[server]\nmax_connections = 50\n", Path::new(".")).unwrap();
+        assert_eq!(c.limits.refusals_per_second, DEFAULT_REFUSALS_PER_SECOND);
+        let c = Config::parse(
+            "[server]\nmax_connections = 50\n[limits]\nrefusals_per_second = 0\n",
+            Path::new("."),
+        )
+        .unwrap();
         assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.limits.refusals_per_second, 0);
         let e = Config::parse("[server]\nmax_connections = 0\n", Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("server.max_connections"), "{e}");
     }

@@ -128,6 +128,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub connections_evicted: IntCounter,
     pub max_connections: IntGauge,
+    pub refusals_limited: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -333,6 +334,11 @@ impl Metrics {
             max_connections: int_gauge(
                 "ipgate_max_connections",
                 "The configured server.max_connections: the ceiling of ipgate_open_connections.",
+            ),
+            refusals_limited: counter(
+                "ipgate_refusals_limited_total",
+                "Requests answered 429 because their client address was refused more than \
+                 limits.refusals_per_second times this second.",
             ),
             registry: r,
         }

@@ -1,19 +1,104 @@
-//! Limits that keep one client from crowding out the others: connections at once.
+//! Limits that keep one client from crowding out the others: refusals per address and
+//! second, and connections at once.
 
 mod common;
 
+use bytes::Bytes;
 use common::*;
-use http::StatusCode;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const UNKNOWN: &str = "ipg_0000000000000000000000000000000000000000000";
 
 async fn start(settings: impl FnOnce(Settings) -> Settings) -> (Upstream, Gateway) {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(&settings(Settings::new(&upstream.url())));
     gw.wait_ready().await;
     (upstream, gw)
+}
+
+/// A kept-alive HTTP/1.1 connection from `from`.
+async fn keep_alive(gw: &Gateway, from: IpAddr) -> SendRequest<Full<Bytes>> {
+    let stream = connect_from(from, gw.target(from)).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get_on(sender: &mut SendRequest<Full<Bytes>>, key: &str) -> Answer {
+    let req = Request::builder()
+        .uri("/limited")
+        .header("host", "x")
+        .header(KEY_HEADER, key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    collect(sender.send_request(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn an_address_flooding_refusals_is_limited_and_nobody_else() {
+    let (_up, gw) = start(|s| s.set("limits.refusals_per_second", "1")).await;
+    let (_, _, other) = gw.registered_key(&["127.0.0.2"]).await;
+    let (_, _, own) = gw.registered_key(&["127.0.0.3"]).await;
+    let flooder = ip("127.0.0.3");
+    let mut flood = keep_alive(&gw, flooder).await;
+
+    // Refused keys from one address, until it is limited (two refusals in a second).
+    let mut first = None;
+    for _ in 0..1000 {
+        let r = get_on(&mut flood, UNKNOWN).await;
+        match r.status {
+            StatusCode::FORBIDDEN => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                first = Some(r);
+                break;
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    let limited = first.expect("no refusal was ever limited");
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(limited.headers["content-type"], "application/json");
+    assert!(limited.json()["Error"][0]["error_description"].is_string());
+    gw.wait_metric("ipgate_refusals_limited_total", 1.0).await;
+
+    // Meanwhile allowed requests pass, from another address and from the flooding one
+    // (a client behind the same NAT), and are never answered 429.
+    let mut limited_between = 0;
+    for _ in 0..1000 {
+        let r = get_on(&mut flood, &own).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let r = gw.get(ip("127.0.0.2"), "/limited", Some(&other)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        // The refusal right after shows whether the limit was in force all along.
+        match get_on(&mut flood, UNKNOWN).await.status {
+            StatusCode::TOO_MANY_REQUESTS => limited_between += 1,
+            StatusCode::FORBIDDEN => {}
+            other => panic!("unexpected {other}"),
+        }
+        if limited_between >= 3 {
+            break;
+        }
+    }
+    assert!(
+        limited_between >= 3,
+        "the limit never held between allowed requests"
+    );
+    // A refusal from a third address is not limited by the flood.
+    assert_eq!(
+        gw.get(ip("127.0.0.4"), "/limited", Some(UNKNOWN))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
 }
 
 /// Waits until `ipgate_open_connections` is exactly `want`.

@@ -165,8 +165,8 @@ start_upstream() {
 	wait_status "http://$UPSTREAM_ADDR/" 200
 }
 
-# Starts a gateway with LIMIT refusals per second (0: off); sets GW_URL, GW_ADMIN,
-# GW_PID, GW_KEY (the allowed client's key, registered for ALLOWED_IP).
+# Starts a gateway with LIMIT refusals per second (0: off); sets GW_URL, GW_ADMIN and
+# GW_KEY (the allowed client's key, registered for ALLOWED_IP). The EXIT trap stops it.
 start_ipgate() { # NAME LIMIT
 	local name=$1 limit=$2 dir=$WORK/ipgate-$1 port admin user config
 	mkdir -p "$dir"
@@ -198,7 +198,6 @@ start_ipgate() { # NAME LIMIT
 	GW_KEY=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" key create --user "$user")
 	LOG_TO=$dir/log
 	start env -u RUST_LOG "$IPGATE_BIN" serve --config "$config"
-	GW_PID=$LAST_PID
 	GW_URL="http://127.0.0.1:$port/"
 	GW_ADMIN="http://127.0.0.1:$admin"
 	wait_status "$GW_ADMIN/readyz" 200

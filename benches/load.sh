@@ -414,7 +414,7 @@ conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
 writes = 0
 while True:
     for status in ("INACTIVE", "ACTIVE"):
-        conn.request("PUT", u.path, body='{"status":"%s"}' % status, headers={header: key})
+        conn.request("PUT", u.path, body='{"status":"%s"}' % status, headers={header: key, "Content-Type": "application/json"})
         answer = conn.getresponse()
         answer.read()
         if answer.status != 200:

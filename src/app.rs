@@ -12,7 +12,9 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
-use crate::proxy::{self, Gatekeeper, Gateway, ListenerOptions, Upstream, UpstreamSetupError};
+use crate::proxy::{
+    self, Gatekeeper, Gateway, ListenerOptions, RefusalLimiter, Upstream, UpstreamSetupError,
+};
 use crate::refresh::Refresher;
 use crate::store;
 use std::net::SocketAddr;
@@ -92,6 +94,7 @@ pub async fn serve(
         },
         tls: acceptor.is_some(),
         access_log,
+        refusals: RefusalLimiter::new(config.limits.refusals_per_second),
     });
     let admin_state = Arc::new(AdminState {
         cell,
@@ -139,6 +142,7 @@ pub async fn serve(
         grace: config.server.shutdown_grace,
         tls: acceptor,
         proxy_protocol: config.server.proxy_protocol,
+        max_connections: config.server.max_connections,
     };
     proxy::serve(public, gateway, options, accepting).await;
 

@@ -30,6 +30,10 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_STORE_POOL_SIZE: usize = 4;
 pub const DEFAULT_STORE_TIMEOUT: &str = "5s";
 pub const DEFAULT_KEEP_CHANGES: u64 = 100_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Beyond this a table entry per connection would cost more memory than it is worth.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +57,7 @@ pub struct RawServer {
     pub workers: usize,
     pub shutdown_grace: String,
     pub header_read_timeout: String,
+    pub max_connections: usize,
     pub proxy_protocol: bool,
     pub tls: Option<RawTls>,
 }
@@ -65,6 +70,7 @@ impl Default for RawServer {
             workers: 0,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE.into(),
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             proxy_protocol: false,
             tls: None,
         }
@@ -177,6 +183,7 @@ impl Default for RawRefresh {
 pub struct RawLimits {
     pub max_ips_per_credential: usize,
     pub max_body_bytes: usize,
+    pub refusals_per_second: u32,
 }
 
 impl Default for RawLimits {
@@ -184,6 +191,7 @@ impl Default for RawLimits {
         Self {
             max_ips_per_credential: DEFAULT_MAX_IPS_PER_CREDENTIAL,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            refusals_per_second: DEFAULT_REFUSALS_PER_SECOND,
         }
     }
 }
@@ -224,7 +232,12 @@ pub struct ServerConfig {
     /// Tokio worker threads; 0 = one per core.
     pub workers: usize,
     pub shutdown_grace: Duration,
+    /// For a PROXY header, a TLS handshake, and each request head (also the longest a
+    /// kept-alive connection may wait for its next request).
     pub header_read_timeout: Duration,
+    /// Client connections open at once; at the cap an idle one makes room, and with
+    /// none idle a new one is closed at accept.
+    pub max_connections: usize,
     /// Every connection starts with a PROXY protocol (v1 or v2) header from a
     /// trusted proxy, naming the client.
     pub proxy_protocol: bool,
@@ -335,6 +348,8 @@ pub struct RefreshConfig {
 pub struct LimitsConfig {
     pub max_ips_per_credential: usize,
     pub max_body_bytes: usize,
+    /// Refusals per client address and second before the rest are answered 429; 0 = off.
+    pub refusals_per_second: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -389,12 +404,19 @@ impl Config {
                 "server.header_read_timeout",
                 &raw.server.header_read_timeout,
             ),
+            max_connections: raw.server.max_connections,
             proxy_protocol: raw.server.proxy_protocol,
             tls: raw.server.tls.map(|t| TlsConfig {
                 cert: base.join(t.cert),
                 key: base.join(t.key),
             }),
         };
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&server.max_connections) {
+            check.err(
+                "server.max_connections",
+                &format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+            );
+        }
         if let Some(tls) = &server.tls {
             for (key, path) in [("server.tls.cert", &tls.cert), ("server.tls.key", &tls.key)] {
                 if !path.is_file() {
@@ -513,6 +535,7 @@ impl Config {
         let limits = LimitsConfig {
             max_ips_per_credential: raw.limits.max_ips_per_credential,
             max_body_bytes: raw.limits.max_body_bytes,
+            refusals_per_second: raw.limits.refusals_per_second,
         };
 
         let format = match raw.log.format.as_str() {
@@ -812,6 +835,22 @@ mod tests {
                 .server
                 .proxy_protocol
         );
+    }
+
+    #[test]
+    fn connection_and_refusal_limits() {
+        let c = Config::parse("", Path::new(".")).unwrap();
+        assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.limits.refusals_per_second, DEFAULT_REFUSALS_PER_SECOND);
+        let c = Config::parse(
+            "[server]\nmax_connections = 50\n[limits]\nrefusals_per_second = 0\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections, 50);
+        assert_eq!(c.limits.refusals_per_second, 0);
+        let e = Config::parse("[server]\nmax_connections = 0\n", Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("server.max_connections"), "{e}");
     }
 
     #[test]

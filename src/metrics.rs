@@ -44,6 +44,50 @@ impl UpstreamError {
     }
 }
 
+/// A request or connection the client got wrong: answered 400 or closed, never blamed
+/// on the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The request body was malformed (a bad chunk) or ended early.
+    Body,
+    /// Refused before routing: a tunnel (`CONNECT`, authority-form target), a missing,
+    /// repeated or invalid `Host`.
+    Request,
+    /// The request head did not arrive within `server.header_read_timeout`.
+    HeaderTimeout,
+}
+
+impl ClientError {
+    const ALL: [ClientError; 3] = [Self::Body, Self::Request, Self::HeaderTimeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Body => "body",
+            Self::Request => "request",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// Every operation label of `ipgate_api_requests_total` (the management API's routes,
+/// `src/api/route.rs`), so each series exists from the start.
+pub const API_OPERATIONS: [&str; 8] = [
+    "device_server",
+    "list_credentials",
+    "get_credential",
+    "list_ips",
+    "add_ip",
+    "get_ip",
+    "update_ip",
+    "not_found",
+];
+
+/// Status classes of `ipgate_api_requests_total`.
+pub const API_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
+
+/// Results of `ipgate_tls_reloads_total`.
+pub const TLS_RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
+
 /// Outcome of one poll of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshResult {
@@ -93,6 +137,12 @@ pub struct Metrics {
     resyncs: Vec<IntCounter>,
     pub change_propagation: Histogram,
     pub damaged_credentials: IntGauge,
+    client_errors: Vec<IntCounter>,
+    pub idle_closed: IntCounter,
+    pub connections_refused: IntCounter,
+    pub connections_evicted: IntCounter,
+    pub max_connections: IntGauge,
+    pub refusals_limited: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -176,6 +226,26 @@ impl Metrics {
             .iter()
             .map(|k| resyncs_vec.with_label_values(&[k.label()]))
             .collect();
+        let client_errors_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_client_errors_total",
+                    "Requests and connections the client got wrong, by kind (body: a \
+                     malformed or cut-short request body; request: a tunnel or a bad Host, \
+                     answered 400; header_timeout: no complete request head in time).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+        );
+        let client_errors = ClientError::ALL
+            .iter()
+            .map(|k| client_errors_vec.with_label_values(&[k.label()]))
+            .collect();
+        let counter = |name: &str, help: &str| {
+            register(&r, IntCounter::new(name, help).expect("valid metric"))
+        };
         let histogram = |name: &str, help: &str| {
             register(
                 &r,
@@ -306,8 +376,52 @@ impl Metrics {
                 "ipgate_store_damaged_credentials",
                 "Credentials refused because their stored record could not be read.",
             ),
+            client_errors,
+            idle_closed: counter(
+                "ipgate_idle_connections_closed_total",
+                "Kept-alive client connections closed after a request because no next \
+                 request head arrived within server.header_read_timeout.",
+            ),
+            connections_refused: counter(
+                "ipgate_connections_refused_total",
+                "Client connections closed at accept because server.max_connections were \
+                 open and none of them was idle.",
+            ),
+            connections_evicted: counter(
+                "ipgate_connections_evicted_total",
+                "Idle client connections closed to make room for a new one at \
+                 server.max_connections.",
+            ),
+            max_connections: int_gauge(
+                "ipgate_max_connections",
+                "The configured server.max_connections: the ceiling of ipgate_open_connections.",
+            ),
+            refusals_limited: counter(
+                "ipgate_refusals_limited_total",
+                "Requests answered 429 because their client address was refused more than \
+                 limits.refusals_per_second times this second.",
+            ),
             registry: r,
         }
+        .touch_every_series()
+    }
+
+    /// Creates every series of the labelled families that are not resolved to handles,
+    /// so a scrape shows each from the start (dashboards and tests never find a hole).
+    fn touch_every_series(self) -> Self {
+        for result in TLS_RELOAD_RESULTS {
+            self.tls_reloads.with_label_values(&[result]);
+        }
+        for operation in API_OPERATIONS {
+            for class in API_CLASSES {
+                self.api_requests.with_label_values(&[operation, class]);
+            }
+        }
+        self
+    }
+
+    pub fn record_client_error(&self, kind: ClientError) {
+        self.client_errors[kind as usize].inc();
     }
 
     pub fn record_allow(&self) {
@@ -352,6 +466,37 @@ pub type SharedMetrics = Arc<Metrics>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_labelled_series_exists_from_the_start() {
+        let text = Metrics::new().render(&SnapshotCell::new());
+        let mut want = vec![
+            "ipgate_tls_reloads_total{result=\"ok\"} 0".to_owned(),
+            "ipgate_tls_reloads_total{result=\"error\"} 0".to_owned(),
+        ];
+        for kind in ClientError::ALL {
+            want.push(format!(
+                "ipgate_client_errors_total{{kind=\"{}\"}} 0",
+                kind.label()
+            ));
+        }
+        for operation in API_OPERATIONS {
+            for class in API_CLASSES {
+                want.push(format!(
+                    "ipgate_api_requests_total{{operation=\"{operation}\",status=\"{class}\"}} 0"
+                ));
+            }
+        }
+        for reason in Reason::ALL {
+            want.push(format!(
+                "ipgate_requests_total{{decision=\"deny\",reason=\"{}\"}} 0",
+                reason.label()
+            ));
+        }
+        for sample in want {
+            assert!(text.contains(&sample), "{sample} missing from\n{text}");
+        }
+    }
 
     #[test]
     fn renders_the_contract_names() {

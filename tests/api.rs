@@ -74,7 +74,10 @@ impl<'g> Holder<'g> {
     }
 
     async fn raw_from(&self, from: IpAddr, method: Method, path: &str, body: &[u8]) -> Answer {
-        let headers = [(KEY_HEADER, self.key.as_str())];
+        let headers = [
+            (KEY_HEADER, self.key.as_str()),
+            ("content-type", "application/json"),
+        ];
         let body = Bytes::copy_from_slice(body);
         let r = send_raw(from, self.gw.target(from), method, path, &headers, body).await;
         assert_no_secret(&r, &self.key);
@@ -1049,6 +1052,71 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
         .await;
     created_id(&r);
     assert_eq!(holder.probe("127.0.0.5").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn writes_must_be_declared_json() {
+    let (_up, gw) = setup().await;
+    let holder = Holder::new(&gw, &["127.0.0.2"]).await;
+    let (item, _) = holder.stored_entry("127.0.0.2");
+    let before = holder.stored();
+    let from = ip("127.0.0.2");
+    let send = |method: Method, path: String, content_type: Option<&'static str>, body: &str| {
+        let mut headers = vec![(KEY_HEADER, holder.key.as_str())];
+        if let Some(t) = content_type {
+            headers.push(("content-type", t));
+        }
+        let body = Bytes::from(body.to_owned());
+        let to = gw.target(from);
+        async move { send_raw(from, to, method, &path, &headers, body).await }
+    };
+    let add = r#"{"ip":"127.0.0.5"}"#;
+    let put = r#"{"status":"INACTIVE"}"#;
+    for declared in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("application/jsonp"),
+        Some("application/json-patch+json"),
+        Some("multipart/form-data; boundary=x"),
+        Some(""),
+        None,
+    ] {
+        let r = send(Method::POST, holder.ips(), declared, add).await;
+        assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+        let r = send(Method::PUT, holder.entry(item), declared, put).await;
+        assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+        assert_eq!(holder.stored(), before, "after {declared:?}");
+    }
+    // Registration is a write too.
+    let (_, cred, key) = gw.new_key();
+    let body = json!({"description": "d", "secret": key}).to_string();
+    let r = send(
+        Method::POST,
+        "/v1/device-server".into(),
+        Some("text/plain"),
+        &body,
+    )
+    .await;
+    assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
+    assert_eq!(entries(&gw, cred)["ips"], json!([]));
+
+    // Parameters and case do not matter.
+    let r = send(
+        Method::POST,
+        holder.ips(),
+        Some("Application/JSON; charset=utf-8"),
+        add,
+    )
+    .await;
+    created_id(&r);
+    let r = send(
+        Method::PUT,
+        holder.entry(item),
+        Some("application/json"),
+        put,
+    )
+    .await;
+    created_id(&r);
 }
 
 #[tokio::test]

@@ -31,7 +31,6 @@ async fn sigterm_drains_the_request_in_flight() {
     });
     upstream.wait_received_beyond(before).await;
 
-    let signalled = Instant::now();
     signal(gw.pid(), "TERM");
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -61,55 +60,39 @@ async fn sigterm_drains_the_request_in_flight() {
         "the request in flight was cut"
     );
     assert_eq!(answer.json()["path"], "/slow");
+    // How soon it exits is the machine's business (wait_exit allows PATIENCE); that the
+    // drain ended by itself, not by the grace period, is what the log says.
     let status = gw.wait_exit();
     assert!(status.success(), "exit status {status:?}");
-    assert!(
-        signalled.elapsed() < Duration::from_secs(6),
-        "took {:?}",
-        signalled.elapsed()
-    );
     gw.wait_log("all connections drained").await;
 }
 
 #[tokio::test]
 async fn grace_period_bounds_the_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = Upstream::start().await;
     let mut gw =
         Gateway::start(&Settings::new(&upstream.url()).set("server.shutdown_grace", "\"300ms\""));
     gw.wait_ready().await;
     let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
-    let target = gw.target(ip("127.0.0.2"));
+    let from = ip("127.0.0.2");
     let before = upstream.received();
-    let slow = tokio::spawn(async move {
-        let stream = connect_from(ip("127.0.0.2"), target).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<
-            _,
-            http_body_util::Full<bytes::Bytes>,
-        >(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri("/slow")
-            .header("host", "x")
-            .header(KEY_HEADER, key)
-            .body(Default::default())
-            .unwrap();
-        sender.send_request(req).await
-    });
+    // A request whose body never comes: the upstream waits for it for ever, so only the
+    // grace period can end the drain (no race with a slow machine).
+    let mut s = connect_from(from, gw.target(from)).await;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: 10\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
     upstream.wait_received_beyond(before).await;
-    let signalled = Instant::now();
     signal(gw.pid(), "TERM");
     let status = gw.wait_exit();
     assert!(status.success(), "exit status {status:?}");
-    // The upstream takes 2 s; the gateway gave up after the 300 ms grace.
+    gw.wait_log("grace period over").await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await; // EOF or reset: the process is gone
     assert!(
-        signalled.elapsed() < Duration::from_millis(1800),
-        "took {:?}",
-        signalled.elapsed()
-    );
-    assert!(
-        slow.await.unwrap().is_err(),
+        !String::from_utf8_lossy(&out).contains(" 200 "),
         "the cut request should fail, not succeed"
     );
 }

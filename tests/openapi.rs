@@ -126,6 +126,12 @@ impl<'g> Checker<'g> {
             Body::Raw(b) => b.clone(),
         };
         let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        let declared = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !matches!(body, Body::None) && !declared {
+            headers.push(("content-type", "application/json"));
+        }
         if let Some(key) = key {
             headers.push((KEY_HEADER, key));
         }
@@ -425,6 +431,22 @@ async fn registration(check: &Checker<'_>, gw: &Gateway) -> Caller {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     let r = post("127.0.0.2", Body::Raw(b"{\"description\":".to_vec())).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // 415: a body not declared as JSON.
+    let r = check
+        .call_with(
+            "127.0.0.2",
+            Method::POST,
+            "/v1/device-server",
+            None,
+            &[("content-type", "text/plain")],
+            Body::Raw(
+                json!({"description": "d", "secret": key})
+                    .to_string()
+                    .into_bytes(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     // 403: the caller's address cannot be established.
     let r = check
@@ -516,6 +538,19 @@ async fn writing(check: &Checker<'_>, me: &Caller, bob: &Caller) -> u64 {
         let r = post(Body::Raw(raw)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST);
     }
+    // 415: a body not declared as JSON.
+    let plain = [("content-type", "text/plain")];
+    let r = check
+        .call_with(
+            me.from,
+            Method::POST,
+            &me.ips(),
+            key,
+            &plain,
+            Body::Raw(b"{\"ip\":\"127.0.0.8\"}".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // 403: the wildcard; another user.
     let r = post(Body::Valid(json!({"ip": "*"}))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -583,6 +618,17 @@ async fn writing(check: &Checker<'_>, me: &Caller, bob: &Caller) -> u64 {
     }
     let r = put(me.entry(parked), Body::Raw(b"[".to_vec())).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = check
+        .call_with(
+            me.from,
+            Method::PUT,
+            &me.entry(parked),
+            key,
+            &plain,
+            Body::Raw(b"{\"status\":\"ACTIVE\"}".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     // 403: the wildcard; another user. 404: a missing entry. 401: no key.
     let r = put(
         me.entry(parked),

@@ -2,18 +2,34 @@
 //!
 //! A plain key exists only in a request header or in the one answer that creates it;
 //! everything stored or compared is its [`KeyHash`]. [`ApiKey`]'s `Debug` is redacted
-//! so that a careless `?value` in a log line cannot leak it.
+//! so that a careless `?value` in a log line cannot leak it, and its memory is wiped
+//! when it is dropped, so a freed buffer does not keep the key around either.
 
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use zeroize::Zeroize;
 
 /// Every key starts with this, so secret scanners can recognise a leaked one.
 pub const KEY_PREFIX: &str = "ipg_";
 
-/// A plain API key. Never logged, never stored.
+/// A plain API key. Never logged, never stored; zeroed when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
+
+impl Drop for ApiKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Read straight from a request body (the device registration's `secret`), so the
+/// plain key never sits in a `String` whose `Debug` shows it.
+impl<'de> serde::Deserialize<'de> for ApiKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
 
 impl ApiKey {
     /// Wraps a key read from a request or freshly generated.
@@ -83,6 +99,13 @@ mod tests {
         let key = ApiKey::new("ipg_supersecret");
         assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
         assert!(!format!("{:?}", key.hash()).contains("supersecret"));
+    }
+
+    #[test]
+    fn deserialized_keys_are_redacted_too() {
+        let key: ApiKey = serde_json::from_str("\"ipg_supersecret\"").unwrap();
+        assert_eq!(key.expose(), "ipg_supersecret");
+        assert_eq!(format!("{key:?}"), "ApiKey(<redacted>)");
     }
 
     #[test]

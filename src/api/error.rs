@@ -45,6 +45,10 @@ impl ApiError {
     pub(super) fn into_response(self) -> Answer {
         match self {
             ApiError::Input(BadInput::Invalid(msg)) => bunq::error(StatusCode::BAD_REQUEST, &msg),
+            ApiError::Input(BadInput::NotJson) => bunq::error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Send the body as JSON, with Content-Type: application/json.",
+            ),
             ApiError::Input(BadInput::Wildcard) => bunq::error(
                 StatusCode::FORBIDDEN,
                 "The wildcard \"*\" can only be set by an operator.",

@@ -21,7 +21,7 @@ mod error;
 mod route;
 mod wire;
 
-use crate::acl::{Decision, Identity, KeyHash};
+use crate::acl::{Decision, Identity};
 use crate::bunq;
 use crate::metrics::Metrics;
 use crate::proxy::Gatekeeper;
@@ -281,7 +281,7 @@ impl Api {
         if reg.description.len() > 1024 {
             return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
         }
-        let key = KeyHash::of(reg.secret.as_bytes());
+        let key = reg.secret.hash();
         let change = Change::Register {
             description: reg.description,
             ips,
@@ -302,15 +302,20 @@ impl Api {
         created_id(credential)
     }
 
-    /// Reads a body of at most `limits.max_body_bytes`.
+    /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.
     async fn body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+        wire::require_json(req.headers())?;
         let limit = self.max_body_bytes;
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => Ok(b.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 Err(BadInput::Invalid(format!("Request body is larger than {limit} bytes.")).into())
             }
-            Err(_) => Err(BadInput::Invalid("Request body could not be read.".into()).into()),
+            Err(_) => {
+                self.metrics
+                    .record_client_error(crate::metrics::ClientError::Body);
+                Err(BadInput::Invalid("Request body could not be read.".into()).into())
+            }
         }
     }
 

@@ -115,4 +115,25 @@ mod tests {
             "GET, POST"
         );
     }
+
+    #[test]
+    fn every_operation_label_is_registered_up_front() {
+        let ids = "/v1/user/3/credential-password-ip";
+        for path in [
+            "/v1/device-server".to_owned(),
+            ids.to_owned(),
+            format!("{ids}/4"),
+            format!("{ids}/4/ip"),
+            format!("{ids}/4/ip/5"),
+            "/v1/nothing".to_owned(),
+        ] {
+            for method in [Method::GET, Method::POST, Method::PUT] {
+                let label = Route::parse(&path).operation(&method);
+                assert!(
+                    crate::metrics::API_OPERATIONS.contains(&label),
+                    "{label} is not in metrics::API_OPERATIONS"
+                );
+            }
+        }
+    }
 }

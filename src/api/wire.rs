@@ -3,7 +3,7 @@
 //! Parsing is strict: unknown fields, a CIDR where an address belongs, `*`, an unknown
 //! status are each refused with a message that says what to send instead.
 
-use crate::acl::normalize;
+use crate::acl::{normalize, ApiKey};
 use crate::store::{Credential, IpStatus, Page, PermittedIp, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -19,6 +19,8 @@ pub enum BadInput {
     Invalid(String),
     /// 403: the wildcard is the operator's alone.
     Wildcard,
+    /// 415: a write whose body is not declared `application/json`.
+    NotJson,
 }
 
 fn invalid(msg: impl Into<String>) -> BadInput {
@@ -29,7 +31,8 @@ fn invalid(msg: impl Into<String>) -> BadInput {
 #[serde(deny_unknown_fields)]
 pub struct DeviceServerBody {
     pub description: String,
-    pub secret: String,
+    /// Redacted in `Debug`, wiped when the body is dropped.
+    pub secret: ApiKey,
     #[serde(default)]
     pub permitted_ips: Vec<String>,
 }
@@ -46,6 +49,32 @@ pub struct NewIpBody {
 pub struct UpdateIpBody {
     pub ip: Option<String>,
     pub status: Option<String>,
+}
+
+/// A write's body must be declared `application/json`: any case, parameters allowed,
+/// but a `charset` only if it is UTF-8 (RFC 8259). Another type, several
+/// `Content-Type` lines, or none at all is refused before the body is read: a strict
+/// API does not guess what a client meant to send.
+pub fn require_json(headers: &http::HeaderMap) -> Result<(), BadInput> {
+    let mut declared = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (declared.next(), declared.next()) else {
+        return Err(BadInput::NotJson);
+    };
+    let mut parts = value.to_str().map_err(|_| BadInput::NotJson)?.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(BadInput::NotJson);
+    }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
+        {
+            return Err(BadInput::NotJson);
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, BadInput> {
@@ -277,6 +306,50 @@ mod tests {
         assert_eq!(v["older_url"], Value::Null);
         assert_eq!(v["newer_url"], "/b?count=2&newer_id=2");
         assert_eq!(v["future_url"], Value::Null);
+    }
+
+    #[test]
+    fn writes_are_declared_json() {
+        let with = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::CONTENT_TYPE, v.parse().unwrap());
+            }
+            require_json(&h)
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+            "application/json ; foo=bar",
+        ] {
+            assert_eq!(with(&[ok]), Ok(()), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonp",
+            "application/json-patch+json",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=iso-8859-1",
+            "",
+        ] {
+            assert_eq!(with(&[bad]), Err(BadInput::NotJson), "{bad}");
+        }
+        assert_eq!(with(&[]), Err(BadInput::NotJson));
+        assert_eq!(
+            with(&["application/json", "text/plain"]),
+            Err(BadInput::NotJson)
+        );
+    }
+
+    #[test]
+    fn a_parsed_registration_never_shows_its_secret() {
+        let body = br#"{"description":"d","secret":"ipg_supersecretvalue","permitted_ips":[]}"#;
+        let reg: DeviceServerBody = parse_json(body).unwrap();
+        let shown = format!("{reg:?} {reg:#?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

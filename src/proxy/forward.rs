@@ -7,10 +7,11 @@
 use crate::acl::Identity;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamError;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -19,7 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -41,10 +44,81 @@ pub enum UpstreamSetupError {
     Roots(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Why an allowed request got no answer from the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardError {
+    /// The upstream failed: 502 or 504, counted as the upstream's.
+    Upstream(UpstreamError),
+    /// The client's own request body broke on the way (a malformed chunk, a body cut
+    /// short): the client's fault, answered 400.
+    ClientBody,
+}
+
+impl From<UpstreamError> for ForwardError {
+    fn from(kind: UpstreamError) -> Self {
+        ForwardError::Upstream(kind)
+    }
+}
+
+/// The client's request body on its way up. It streams untouched; its only job is to
+/// mark an error as the client's, so that a send that fails because of it can be
+/// told from an upstream failure by walking the error's sources.
+pub struct ClientBody(Incoming);
+
+/// The client's request body failed while it was being sent upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body is malformed or ended early")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        Pin::new(&mut self.0)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|r| r.map_err(ClientBodyError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// True when `error` (or anything it was caused by) is the client's body failing.
+fn caused_by_client(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Sorts a failed exchange: the client's broken body is logged at debug (the client's
+/// problem, answered 400); anything else is the upstream's, and a warning.
+fn classify(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) -> ForwardError {
+    if caused_by_client(error) {
+        tracing::debug!(%error, cause = crate::refresh::error_chain(error), "client request body failed");
+        return ForwardError::ClientBody;
+    }
+    log_failure(kind, error);
+    ForwardError::Upstream(kind)
+}
+
 /// The one upstream: a pooled client, and for a plain `http` upstream the address
 /// that per-connection lanes dial.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     scheme: Scheme,
     authority: Authority,
     /// `host:port` for lanes; `None` for an https upstream (lanes are plain TCP).
@@ -57,16 +131,16 @@ pub struct Upstream {
 /// HTTP/1 connection come one at a time, so the lock is never contended: it only
 /// makes the slot shareable with the request future.
 #[derive(Default)]
-pub struct Lane(std::sync::Mutex<Option<http1::SendRequest<Incoming>>>);
+pub struct Lane(std::sync::Mutex<Option<http1::SendRequest<ClientBody>>>);
 
 impl Lane {
     /// The connection, if it is still open.
-    fn take(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn take(&self) -> Option<http1::SendRequest<ClientBody>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         slot.take().filter(|s| !s.is_closed())
     }
 
-    fn put(&self, sender: http1::SendRequest<Incoming>) {
+    fn put(&self, sender: http1::SendRequest<ClientBody>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
     }
 }
@@ -127,10 +201,11 @@ impl Upstream {
     /// downstream streams and https upstreams use the shared pool.
     pub async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         how: Forwarding<'_>,
         lane: Option<&Lane>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut req = req.map(ClientBody);
         let lane = lane.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
         self.rewrite(&mut req, &how, lane.is_none())?;
         let answer = match lane {
@@ -143,14 +218,13 @@ impl Upstream {
                         } else {
                             UpstreamError::Protocol
                         };
-                        log_failure(kind, &error);
-                        kind
+                        classify(kind, &error)
                     })
                 })
                 .await
             }
         };
-        let mut resp = answer.map_err(|_| UpstreamError::Timeout)??;
+        let mut resp = answer.map_err(|_| ForwardError::Upstream(UpstreamError::Timeout))??;
         strip_headers(resp.headers_mut(), false);
         Ok(resp)
     }
@@ -160,8 +234,8 @@ impl Upstream {
     async fn send_on(
         &self,
         lane: &Lane,
-        req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         let (mut sender, reused) = match lane.take() {
             Some(sender) => (sender, true),
             None => (self.open_lane().await?, false),
@@ -184,17 +258,13 @@ impl Upstream {
                     lane.put(sender);
                     Ok(resp)
                 }
-                Err(error) => {
-                    log_failure(UpstreamError::Protocol, &error);
-                    Err(UpstreamError::Protocol)
-                }
+                Err(error) => Err(classify(UpstreamError::Protocol, &error)),
             };
         }
-        log_failure(UpstreamError::Protocol, failure.error());
-        Err(UpstreamError::Protocol)
+        Err(classify(UpstreamError::Protocol, failure.error()))
     }
 
-    async fn open_lane(&self) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    async fn open_lane(&self) -> Result<http1::SendRequest<ClientBody>, UpstreamError> {
         let host = self.direct.as_deref().unwrap_or_default();
         let connect = async {
             let stream = TcpStream::connect(host).await?;
@@ -230,7 +300,7 @@ impl Upstream {
     /// origin-form (path and query), as any HTTP/1.1 client to a server does.
     fn rewrite(
         &self,
-        req: &mut Request<Incoming>,
+        req: &mut Request<ClientBody>,
         how: &Forwarding<'_>,
         absolute: bool,
     ) -> Result<(), UpstreamError> {
@@ -267,19 +337,12 @@ impl Upstream {
             headers.remove(name);
         }
 
-        let peer = how.peer.clone();
-        match headers.get(&X_FORWARDED_FOR) {
-            Some(existing) if how.via_trusted_proxy => {
-                let mut chain = existing.as_bytes().to_vec();
-                chain.extend_from_slice(b", ");
-                chain.extend_from_slice(peer.as_bytes());
-                let value = HeaderValue::from_bytes(&chain).map_err(|_| UpstreamError::Protocol)?;
-                headers.insert(X_FORWARDED_FOR, value);
-            }
-            _ => {
-                headers.insert(X_FORWARDED_FOR, peer);
-            }
-        }
+        let chain = if how.via_trusted_proxy {
+            forwarded_chain(headers, how.peer)?
+        } else {
+            how.peer.clone()
+        };
+        headers.insert(X_FORWARDED_FOR, chain);
         if !(how.via_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
             let proto = if how.tls { "https" } else { "http" };
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -295,6 +358,23 @@ impl Upstream {
         headers.insert(CLIENT_IP, client_ip);
         Ok(())
     }
+}
+
+/// The `X-Forwarded-For` a trusted proxy's request goes on with: every line it came
+/// with, in order, joined into one list (as `client_ip::resolve` read them), and the
+/// proxy itself appended.
+fn forwarded_chain(headers: &HeaderMap, peer: &HeaderValue) -> Result<HeaderValue, UpstreamError> {
+    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if lines.peek().is_none() {
+        return Ok(peer.clone());
+    }
+    let mut chain = Vec::with_capacity(64);
+    for line in lines {
+        chain.extend_from_slice(line.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(peer.as_bytes());
+    HeaderValue::from_bytes(&chain).map_err(|_| UpstreamError::Protocol)
 }
 
 /// TLS towards an `https` upstream: the configured CA file, or the system's roots.
@@ -411,6 +491,19 @@ mod tests {
         strip_headers(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_joins_the_chain() {
+        let peer = HeaderValue::from_static("10.0.0.5");
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_chain(&h, &peer).unwrap(), "10.0.0.5");
+        h.append(X_FORWARDED_FOR, "1.1.1.1, 2.2.2.2".parse().unwrap());
+        h.append(X_FORWARDED_FOR, "3.3.3.3".parse().unwrap());
+        assert_eq!(
+            forwarded_chain(&h, &peer).unwrap(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.5"
+        );
     }
 
     #[test]

@@ -1,17 +1,29 @@
-//! Accepting connections on the public listener (plain or TLS) and draining them on
-//! shutdown.
+//! Accepting connections on the public listener (plain or TLS), keeping them within
+//! `server.max_connections`, closing the ones that send no request head in time, and
+//! draining them on shutdown.
+//!
+//! Deadlines: a PROXY header and a TLS handshake each within `header_read_timeout`;
+//! then the first request head within it (this module's timer: hyper-util's protocol
+//! sniffing has none), and every later head within it too (hyper's own timer, which
+//! also runs while a kept-alive connection waits for its next request, so an idle
+//! HTTP/1 connection is closed after that long).
 
+use super::connections::{Admission, ConnectionTable, Seat};
 use super::proxy_protocol::read_header;
 use super::{ClientConn, Gateway};
 use crate::acl::normalize;
+use crate::metrics::ClientError;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -22,6 +34,10 @@ use tracing::Instrument;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 256;
+/// At most one warning per this long about connections refused at the cap.
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Descriptors beside the connections: listeners, the store, logs.
+const SPARE_FILES: u64 = 64;
 
 /// How the public listener serves.
 pub struct ListenerOptions {
@@ -32,6 +48,50 @@ pub struct ListenerOptions {
     pub tls: Option<TlsAcceptor>,
     /// Read a PROXY protocol header first (from trusted proxies only).
     pub proxy_protocol: bool,
+    /// Client connections open at once, at most.
+    pub max_connections: usize,
+}
+
+/// The warning about refused connections, at most once per `REFUSED_WARNING_EVERY`,
+/// with how many were refused in between. Owned by the accept loop.
+#[derive(Default)]
+struct RefusedWarning {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusedWarning {
+    fn refused(&mut self, max: usize) {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < REFUSED_WARNING_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            refused = self.since,
+            max_connections = max,
+            "connections refused: server.max_connections are open and none is idle"
+        );
+        self.last = Some(Instant::now());
+        self.since = 0;
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every connection is a
+/// descriptor (one with a request forwarded holds a second, its upstream lane).
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + SPARE_FILES => tracing::warn!(
+            limit,
+            max_connections,
+            "the open file limit cannot hold server.max_connections connections; raise \
+             the hard limit (LimitNOFILE=, ulimit -Hn) or lower server.max_connections"
+        ),
+        Ok(limit) => tracing::info!(limit, max_connections, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open file limit"),
+    }
 }
 
 /// Serves until `shutdown` fires, then stops accepting and waits up to `grace` for
@@ -56,6 +116,13 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    raise_open_file_limit(options.max_connections);
+    let table = ConnectionTable::new(options.max_connections);
+    gateway
+        .metrics
+        .max_connections
+        .set(options.max_connections as i64);
+    let mut refused = RefusedWarning::default();
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,6 +137,20 @@ pub async fn serve(
                 }
             },
         };
+        // Before any other work: a connection over the cap costs an accept and a close.
+        let seat = match table.admit() {
+            Admission::Free(seat) => seat,
+            Admission::Evicted(seat) => {
+                gateway.metrics.connections_evicted.inc();
+                seat
+            }
+            Admission::Full => {
+                drop(stream);
+                gateway.metrics.connections_refused.inc();
+                refused.refused(options.max_connections);
+                continue;
+            }
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
@@ -83,45 +164,25 @@ pub async fn serve(
         let handshake_timeout = options.header_read_timeout;
         tokio::spawn(
             async move {
-                let mut stream = stream;
-                let peer_ip = if proxy_protocol {
-                    match client_from_proxy_header(
-                        &mut stream,
-                        peer_ip,
-                        &gateway,
-                        handshake_timeout,
-                    )
-                    .await
-                    {
-                        Some(ip) => ip,
-                        None => {
-                            gateway.metrics.proxy_header_failures.inc();
-                            return;
-                        }
-                    }
-                } else {
-                    peer_ip
-                };
+                let seat = Arc::new(seat);
                 gateway.metrics.open_connections.inc();
-                match tls {
-                    None => serve_connection(&builder, stream, &gateway, peer_ip, watcher).await,
-                    Some(acceptor) => {
-                        let handshake =
-                            tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
-                        match handshake {
-                            Ok(Ok(stream)) => {
-                                serve_connection(&builder, stream, &gateway, peer_ip, watcher).await
-                            }
-                            Ok(Err(error)) => {
-                                gateway.metrics.tls_handshake_failures.inc();
-                                tracing::debug!(%error, "TLS handshake failed");
-                            }
-                            Err(_) => {
-                                gateway.metrics.tls_handshake_failures.inc();
-                                tracing::debug!("TLS handshake timed out");
-                            }
-                        }
+                let work = serve_client(
+                    stream,
+                    peer_ip,
+                    proxy_protocol,
+                    tls,
+                    handshake_timeout,
+                    &gateway,
+                    &builder,
+                    watcher,
+                    &seat,
+                );
+                tokio::select! {
+                    biased;
+                    () = seat.evicted() => {
+                        tracing::debug!("idle connection closed to make room for a new one");
                     }
+                    () = work => {}
                 }
                 gateway.metrics.open_connections.dec();
             }
@@ -137,6 +198,73 @@ pub async fn serve(
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(options.grace) => tracing::warn!("grace period over; closing remaining connections"),
+    }
+}
+
+/// One client connection from accept to close: PROXY header, TLS, HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn serve_client(
+    stream: tokio::net::TcpStream,
+    peer_ip: IpAddr,
+    proxy_protocol: bool,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    gateway: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    seat: &Arc<Seat>,
+) {
+    let mut stream = stream;
+    let peer_ip = if proxy_protocol {
+        match client_from_proxy_header(&mut stream, peer_ip, gateway, handshake_timeout).await {
+            Some(ip) => ip,
+            None => {
+                gateway.metrics.proxy_header_failures.inc();
+                return;
+            }
+        }
+    } else {
+        peer_ip
+    };
+    let head_timeout = handshake_timeout;
+    match tls {
+        None => {
+            serve_connection(
+                builder,
+                stream,
+                gateway,
+                peer_ip,
+                watcher,
+                seat,
+                head_timeout,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(
+                        builder,
+                        stream,
+                        gateway,
+                        peer_ip,
+                        watcher,
+                        seat,
+                        head_timeout,
+                    )
+                    .await
+                }
+                Ok(Err(error)) => {
+                    gateway.metrics.tls_handshake_failures.inc();
+                    tracing::debug!(%error, "TLS handshake failed");
+                }
+                Err(_) => {
+                    gateway.metrics.tls_handshake_failures.inc();
+                    tracing::debug!("TLS handshake timed out");
+                }
+            }
+        }
     }
 }
 
@@ -171,17 +299,89 @@ async fn serve_connection<I>(
     gateway: &Arc<Gateway>,
     peer: IpAddr,
     watcher: Watcher,
+    seat: &Arc<Seat>,
+    head_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(ClientConn::new(peer, &gateway.client_ip));
     let service = service_fn(|req| {
+        // Busy from the head's arrival until the response has been sent or dropped.
+        seat.request_started();
+        let busy = InFlight(Arc::clone(seat));
         let gateway = Arc::clone(gateway);
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(gateway.handle(req, &conn).await) }
+        async move {
+            let resp = gateway.handle(req, &conn).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+        }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(conn).await {
-        tracing::debug!(error = %error, "connection ended with an error");
+    let served = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    tokio::select! {
+        result = served => {
+            let Err(error) = result else { return };
+            let timed_out = error
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout);
+            if !timed_out {
+                tracing::debug!(error = %error, "connection ended with an error");
+            } else if seat.idle_after_requests() {
+                gateway.metrics.idle_closed.inc();
+                tracing::debug!("idle kept-alive connection closed");
+            } else {
+                gateway.metrics.record_client_error(ClientError::HeaderTimeout);
+                tracing::debug!("header read timeout: connection closed");
+            }
+        }
+        () = first_head_deadline(seat, head_timeout) => {
+            gateway.metrics.record_client_error(ClientError::HeaderTimeout);
+            tracing::debug!("header read timeout: no request head in time, connection closed");
+        }
+    }
+}
+
+/// Fires `timeout` after it is first polled unless a request has started by then.
+/// hyper-util reads the first bytes (HTTP/1 or HTTP/2?) without a deadline, and HTTP/2
+/// has no header timer at all: this bounds both for the first request.
+async fn first_head_deadline(seat: &Seat, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if !seat.never_used() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Marks a request finished when dropped.
+struct InFlight(Arc<Seat>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// A response body that keeps its connection counted busy until hyper drops it, that
+/// is, until it has been written out or abandoned.
+struct Tracked<B> {
+    body: B,
+    _busy: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }

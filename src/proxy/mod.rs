@@ -6,22 +6,26 @@
 //! [`SnapshotCell`].
 
 pub mod client_ip;
+mod connections;
 mod forward;
 mod listener;
 mod proxy_protocol;
+mod refusal_limit;
+mod target;
 pub mod tls;
 
 pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};
 pub use listener::{serve, ListenerOptions};
+pub use refusal_limit::RefusalLimiter;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::api::Api;
 use crate::bunq;
 use crate::config::{AuthConfig, ClientIpConfig};
-use crate::metrics::{Metrics, UpstreamError};
+use crate::metrics::{ClientError, Metrics, UpstreamError};
 use bytes::Bytes;
-use forward::{Forwarding, Lane};
+use forward::{ForwardError, Forwarding, Lane};
 use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -43,7 +47,16 @@ pub struct Gateway {
     /// The public listener speaks TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
     pub access_log: AccessLog,
+    /// Answers an address's refusals past `limits.refusals_per_second` with 429.
+    pub refusals: RefusalLimiter,
 }
+
+/// Longest key that is hashed at all. Keys are 47 bytes; a longer one is unknown
+/// without the cost of hashing up to a whole 64 KiB header.
+const MAX_KEY_BYTES: usize = 256;
+
+/// Stands for every over-long key: no key hashes to all zeros, so it is never found.
+const TOO_LONG: KeyHash = KeyHash([0; 32]);
 
 /// The key from the configured header. Several copies, an unreadable value or an empty
 /// one count as no key: ambiguity is refused, not resolved.
@@ -100,7 +113,13 @@ impl Gatekeeper {
     /// One snapshot load, one SHA-256, one lookup. The snapshot is released before
     /// returning, so no request holds it across an await.
     pub fn check(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Decision {
-        let key = credential_key(headers, &self.auth).map(|k| KeyHash::of(k.as_bytes()));
+        let key = credential_key(headers, &self.auth).map(|k| {
+            if k.len() > MAX_KEY_BYTES {
+                TOO_LONG
+            } else {
+                KeyHash::of(k.as_bytes())
+            }
+        });
         let snapshot = self.cell.load();
         decide(
             snapshot.as_deref(),
@@ -140,6 +159,26 @@ impl Gateway {
         let peer = conn.peer;
         let client_ip = client_ip::resolve(peer, conn.peer_trusted, req.headers(), &self.client_ip);
 
+        if let Some(malformed) = target::check(&req) {
+            self.metrics.record_client_error(ClientError::Request);
+            tracing::debug!(
+                problem = malformed.label(),
+                client_ip = client_ip.map(tracing::field::display),
+                "request refused before routing"
+            );
+            let resp = closing(bunq::error(StatusCode::BAD_REQUEST, malformed.message()));
+            self.access_log.record(&Entry {
+                status: resp.status().as_u16(),
+                allowed: false,
+                reason: "bad_request",
+                credential_id: None,
+                client_ip,
+                peer,
+                latency_us: started.elapsed().as_micros() as u64,
+            });
+            return resp.map(Either::Right);
+        }
+
         if Api::owns(req.uri().path()) {
             let resp = self.api.handle(req, client_ip, &self.gate).await;
             return resp.map(Either::Right);
@@ -150,6 +189,14 @@ impl Gateway {
         let (resp, reason, identity) = match decision {
             Decision::Deny(reason, known) => {
                 self.metrics.record_deny(reason);
+                // 503s are the gateway's own state, not the client's doing.
+                if reason.status() != 503 && self.refusals.over_limit(client_ip.unwrap_or(peer)) {
+                    self.metrics.refusals_limited.inc();
+                    // Counted, not logged line by line: a flood must not become a log
+                    // flood. Held first (a tarpit), so it cannot come back at once.
+                    self.refusals.hold().await;
+                    return limited().map(Either::Right);
+                }
                 (refusal(reason).map(Either::Right), reason.label(), known)
             }
             Decision::Allow(identity) => {
@@ -166,9 +213,17 @@ impl Gateway {
                 let upstream_started = Instant::now();
                 let resp = match self.upstream.forward(req, how, Some(&conn.lane)).await {
                     Ok(resp) => resp.map(Either::Left),
-                    Err(kind) => {
+                    Err(ForwardError::Upstream(kind)) => {
                         self.metrics.record_upstream_error(kind);
                         upstream_failure(kind).map(Either::Right)
+                    }
+                    Err(ForwardError::ClientBody) => {
+                        self.metrics.record_client_error(ClientError::Body);
+                        closing(bunq::error(
+                            StatusCode::BAD_REQUEST,
+                            "The request body is malformed or ended early.",
+                        ))
+                        .map(Either::Right)
                     }
                 };
                 self.metrics
@@ -190,6 +245,29 @@ impl Gateway {
         });
         resp
     }
+}
+
+/// The answer to a refusal past the address's limit: fixed, and as cheap as any.
+fn limited() -> Response<Full<Bytes>> {
+    let mut resp = bunq::static_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::static_error_body!("Too many refused requests from this address; try again later."),
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp
+}
+
+/// Marks an answer as the connection's last: after a malformed request the rest of
+/// the stream cannot be trusted to be where the client meant it.
+fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {

@@ -327,8 +327,15 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<Value>,
     ) -> Answer {
+        let mut all = headers.to_vec();
+        let declared = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !declared {
+            all.push(("content-type", "application/json"));
+        }
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        send_raw(from, self.target(from), method, path, headers, body).await
+        send_raw(from, self.target(from), method, path, &all, body).await
     }
 
     pub async fn wait_ready(&self) {
@@ -413,11 +420,25 @@ impl Gateway {
     }
 
     /// The value of one sample line in `/metrics`, e.g. `ipgate_refresh_total{result="error"}`.
+    /// Every series should exist from the start, but a busy machine may scrape before
+    /// the gateway got round to something: a missing sample is waited for (PATIENCE),
+    /// not a failure at once.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let (_, text) = self.admin_get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{sample} not in metrics:\n{text}"))
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (_, text) = self.admin_get("/metrics").await;
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()));
+            if let Some(value) = value {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} not in metrics:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -91,6 +91,7 @@ pub async fn serve(
             metrics: Arc::clone(&metrics),
             max_ips: config.limits.max_ips_per_credential,
             max_body_bytes: config.limits.max_body_bytes,
+            store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
         },
         tls: acceptor.is_some(),
         access_log,

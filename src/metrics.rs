@@ -69,6 +69,29 @@ impl ClientError {
     }
 }
 
+/// How a device registration ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    Registered,
+    /// The store refused it (not pending, window passed, limits).
+    Refused,
+    /// The key is in no snapshot, even after one more look at the store: refused
+    /// without touching the store's write lock. Many of these: someone guessing keys.
+    UnknownKey,
+}
+
+impl Registration {
+    const ALL: [Registration; 3] = [Self::Registered, Self::Refused, Self::UnknownKey];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Refused => "refused",
+            Self::UnknownKey => "unknown_key",
+        }
+    }
+}
+
 /// Every operation label of `ipgate_api_requests_total` (the management API's routes,
 /// `src/api/route.rs`), so each series exists from the start.
 pub const API_OPERATIONS: [&str; 8] = [
@@ -137,6 +160,7 @@ pub struct Metrics {
     resyncs: Vec<IntCounter>,
     pub change_propagation: Histogram,
     pub damaged_credentials: IntGauge,
+    registrations: Vec<IntCounter>,
     client_errors: Vec<IntCounter>,
     pub idle_closed: IntCounter,
     pub connections_refused: IntCounter,
@@ -246,6 +270,22 @@ impl Metrics {
         let counter = |name: &str, help: &str| {
             register(&r, IntCounter::new(name, help).expect("valid metric"))
         };
+        let registrations_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_device_registrations_total",
+                    "POST /v1/device-server by result (registered; refused by the store; \
+                     unknown_key: refused from the snapshot, without a store write).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let registrations = Registration::ALL
+            .iter()
+            .map(|k| registrations_vec.with_label_values(&[k.label()]))
+            .collect();
         let histogram = |name: &str, help: &str| {
             register(
                 &r,
@@ -376,6 +416,7 @@ impl Metrics {
                 "ipgate_store_damaged_credentials",
                 "Credentials refused because their stored record could not be read.",
             ),
+            registrations,
             client_errors,
             idle_closed: counter(
                 "ipgate_idle_connections_closed_total",
@@ -437,6 +478,10 @@ impl Metrics {
 
     pub fn record_upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    pub fn record_registration(&self, result: Registration) {
+        self.registrations[result as usize].inc();
     }
 
     pub fn record_resync(&self, reason: ResyncReason) {

@@ -254,3 +254,73 @@ fn would_block(s: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!(s.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
+
+/// 2,000 registrations with made-up secrets, 64 at a time, from many addresses. None of
+/// them reaches the store's write lock; meanwhile a real registration, a holder's API
+/// write, allowed traffic and the poller all go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_storm_stalls_nothing() {
+    let (_up, gw) = start(|s| s.set("refresh.interval", "\"100ms\"")).await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let holder = ApiPaths { user, cred };
+    let (_, _, pending_key) = gw.new_key();
+    let polls = gw
+        .metric("ipgate_refresh_total{result=\"unchanged\"}")
+        .await;
+
+    let gw = std::sync::Arc::new(gw);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+    let mut storm = Vec::new();
+    for i in 0..2000u32 {
+        let permit = std::sync::Arc::clone(&slots).acquire_owned().await.unwrap();
+        let storming = std::sync::Arc::clone(&gw);
+        storm.push(tokio::spawn(async move {
+            let from = ip(&format!("127.0.1.{}", i % 200 + 1));
+            let secret = format!("ipg_storm{i:038}");
+            let body = serde_json::json!({"description": "x", "secret": secret});
+            let r = storming.register_device(from, body).await;
+            drop(permit);
+            r.status
+        }));
+        if i == 1000 {
+            // Halfway: everything else still works.
+            let body = serde_json::json!({"description": "real", "secret": pending_key});
+            let r = gw.register_device(ip("127.0.0.3"), body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let r = gw
+                .send(
+                    ip("127.0.0.2"),
+                    http::Method::POST,
+                    &holder.ips(),
+                    &[(KEY_HEADER, &key)],
+                    Some(serde_json::json!({"ip": "127.0.0.4"})),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(
+                gw.get(ip("127.0.0.4"), "/", Some(&key)).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    for s in storm {
+        assert_eq!(s.await.unwrap(), StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(
+        gw.metric("ipgate_device_registrations_total{result=\"unknown_key\"}")
+            .await,
+        2000.0,
+        "every made-up secret was refused before the store's write lock"
+    );
+    assert_eq!(
+        gw.metric("ipgate_device_registrations_total{result=\"registered\"}")
+            .await,
+        2.0
+    );
+    gw.wait_until_allowed(ip("127.0.0.3"), &pending_key).await;
+    assert!(
+        gw.metric("ipgate_refresh_total{result=\"unchanged\"}")
+            .await
+            > polls
+    );
+}

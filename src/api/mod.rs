@@ -21,11 +21,14 @@ mod error;
 mod route;
 mod wire;
 
+use crate::acl::{CredentialState, NEVER};
 use crate::acl::{Decision, Identity};
 use crate::bunq;
 use crate::metrics::Metrics;
+use crate::metrics::Registration;
 use crate::proxy::Gatekeeper;
 use crate::refresh::Refresher;
+use crate::store::rules::REGISTRATION_REFUSED;
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
@@ -35,6 +38,7 @@ use hyper::body::Incoming;
 use route::Route;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use wire::BadInput;
 
 pub struct Api {
@@ -43,6 +47,52 @@ pub struct Api {
     pub metrics: Arc<Metrics>,
     pub max_ips: usize,
     pub max_body_bytes: usize,
+    /// Store calls the API may have in flight at once: [`API_STORE_SLOTS`].
+    pub store_slots: tokio::sync::Semaphore,
+}
+
+/// Concurrent store calls from the management API; the poller never waits for one.
+pub const API_STORE_SLOTS: usize = 8;
+/// How long an API call waits for a store slot before answering 503.
+const STORE_SLOT_WAIT: Duration = Duration::from_secs(5);
+/// Registrations with keys the snapshot does not know share one look at the store per
+/// this much time.
+const REGISTRATION_RECHECK: Duration = Duration::from_millis(100);
+
+/// What the snapshot says of a key offered for registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bindable {
+    Pending,
+    /// Known, and not pending (or past its window): registered, revoked or expired.
+    Bound,
+    Unknown,
+    NoSnapshot,
+}
+
+impl Bindable {
+    fn of(gate: &Gatekeeper, key: &crate::acl::KeyHash) -> Self {
+        let snapshot = gate.cell.load();
+        let Some(snapshot) = snapshot.as_ref() else {
+            return Bindable::NoSnapshot;
+        };
+        match snapshot.get(key) {
+            None => Bindable::Unknown,
+            Some(c)
+                if c.state == CredentialState::PendingFirstUse
+                    && (c.expires_at == NEVER || crate::proxy::unix_now() < c.expires_at) =>
+            {
+                Bindable::Pending
+            }
+            Some(_) => Bindable::Bound,
+        }
+    }
+
+    fn result(self) -> Registration {
+        match self {
+            Bindable::Unknown => Registration::UnknownKey,
+            _ => Registration::Refused,
+        }
+    }
 }
 
 impl Api {
@@ -105,10 +155,11 @@ impl Api {
             return Err(ApiError::MethodNotAllowed(allowed));
         }
         if route == Route::DeviceServer {
-            return self.register(req, client_ip).await;
+            return self.register(req, client_ip, gate).await;
         }
 
         let identity = self.authenticate(gate, &req, client_ip)?;
+        let _slot = self.store_slot().await?;
         let caller_ip = client_ip.ok_or(ApiError::Refused(crate::acl::Reason::ClientIpUnknown))?;
         let actor = Actor::credential(identity.credential_id, caller_ip);
         let query = req.uri().query().map(str::to_owned);
@@ -273,7 +324,13 @@ impl Api {
         }
     }
 
-    async fn register(&self, req: Request<Incoming>, client_ip: Option<IpAddr>) -> ApiResult {
+    async fn register(
+        &self,
+        req: Request<Incoming>,
+        client_ip: Option<IpAddr>,
+        gate: &Gatekeeper,
+    ) -> ApiResult {
+        let arrived = std::time::Instant::now();
         let caller = client_ip.ok_or(ApiError::Refused(crate::acl::Reason::ClientIpUnknown))?;
         let body = self.body(req).await?;
         let reg: wire::DeviceServerBody = wire::parse_json(&body)?;
@@ -282,6 +339,32 @@ impl Api {
             return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
         }
         let key = reg.secret.hash();
+        // Only a key the snapshot knows as pending reaches the store's write lock. One it
+        // does not know may be newer than the last poll: look once more, in a poll begun
+        // after this request arrived and shared with every other such registration, then
+        // refuse. A storm of made-up secrets costs the store one read per
+        // REGISTRATION_RECHECK at most.
+        let mut bindable = Bindable::of(gate, &key);
+        if bindable == Bindable::Unknown {
+            if let Err(error) = self
+                .refresher
+                .refresh_since(arrived, REGISTRATION_RECHECK)
+                .await
+            {
+                tracing::warn!(%error, "registration: the store could not be asked about a new key");
+            }
+            bindable = Bindable::of(gate, &key);
+        }
+        match bindable {
+            Bindable::Pending => {}
+            Bindable::NoSnapshot => {
+                return Err(ApiError::Refused(crate::acl::Reason::NoSnapshot));
+            }
+            Bindable::Unknown | Bindable::Bound => {
+                self.metrics.record_registration(bindable.result());
+                return Err(BadInput::Invalid(REGISTRATION_REFUSED.into()).into());
+            }
+        }
         let change = Change::Register {
             description: reg.description,
             ips,
@@ -292,14 +375,37 @@ impl Api {
             who: "device-server".into(),
             ip: Some(caller),
         };
-        let committed = self
+        let _slot = self.store_slot().await?;
+        let committed = match self
             .store
             .change(Target::Key(key), change, self.max_ips, &actor)
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, crate::store::StoreError::Rejected(_)) {
+                    self.metrics.record_registration(Registration::Refused);
+                }
+                return Err(e.into());
+            }
+        };
+        self.metrics.record_registration(Registration::Registered);
         let credential = committed.value.credential.id;
         tracing::info!(credential_id = credential, caller = %caller, "device registered");
         self.enforce(committed.version).await?;
         created_id(credential)
+    }
+
+    /// A turn at the store for one API call. The API gets a fixed number at once, so a
+    /// crowd of API calls cannot take every connection or blocking thread from the
+    /// poller; a call that waits too long is answered 503.
+    async fn store_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        match tokio::time::timeout(STORE_SLOT_WAIT, self.store_slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::Store(crate::store::StoreError::Unavailable(
+                "every store slot of the management API stayed busy".into(),
+            ))),
+        }
     }
 
     /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.

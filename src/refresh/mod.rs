@@ -28,6 +28,8 @@ pub struct Refresher {
     /// Where the published snapshot stands (`None` before the first load). Held for a
     /// whole step, so steps never interleave and changes apply once, in order.
     position: tokio::sync::Mutex<Option<Position>>,
+    /// When the last step (poll, catch-up or load) began.
+    step_began: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Refresher {
@@ -37,6 +39,7 @@ impl Refresher {
             cell,
             metrics,
             position: tokio::sync::Mutex::new(None),
+            step_began: std::sync::Mutex::new(None),
         }
     }
 
@@ -62,6 +65,30 @@ impl Refresher {
         }
     }
 
+    /// Makes sure a poll has started since `arrived` (a caller asking about something
+    /// newer than the snapshot, such as a key created a moment ago). Callers that crowd
+    /// in share polls: each waits until `spacing` after the last one began, and a poll
+    /// that began after it arrived serves it. A storm of such callers costs the store
+    /// at most one extra read per `spacing`.
+    pub async fn refresh_since(
+        &self,
+        arrived: Instant,
+        spacing: Duration,
+    ) -> Result<(), StoreError> {
+        if let Some(last) = self.last_step_began() {
+            tokio::time::sleep_until((last + spacing).into()).await;
+        }
+        let mut position = self.position.lock().await;
+        if position.is_some() && self.last_step_began().is_some_and(|t| t >= arrived) {
+            return Ok(());
+        }
+        self.step(&mut position).await.map(drop)
+    }
+
+    fn last_step_began(&self) -> Option<Instant> {
+        *self.step_began.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The position of the published snapshot.
     pub async fn position(&self) -> Option<Position> {
         *self.position.lock().await
@@ -69,6 +96,7 @@ impl Refresher {
 
     async fn step(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
         let started = Instant::now();
+        *self.step_began.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
         let result = self.step_inner(position).await;
         self.metrics
             .refresh_duration

@@ -346,13 +346,11 @@ impl Api {
         // REGISTRATION_RECHECK at most.
         let mut bindable = Bindable::of(gate, &key);
         if bindable == Bindable::Unknown {
-            if let Err(error) = self
-                .refresher
+            // The store cannot say whether the key exists: try again later, not "no".
+            self.refresher
                 .refresh_since(arrived, REGISTRATION_RECHECK)
                 .await
-            {
-                tracing::warn!(%error, "registration: the store could not be asked about a new key");
-            }
+                .map_err(ApiError::Store)?;
             bindable = Bindable::of(gate, &key);
         }
         match bindable {

@@ -187,6 +187,7 @@ mod tests {
             state,
             expires_at: NEVER,
             wildcard: false,
+            shadow: false,
             active_ips: IpSet::new(ips.iter().map(|s| ip(s))),
         }
     }

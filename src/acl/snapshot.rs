@@ -39,6 +39,9 @@ pub struct SnapshotCredential {
     pub expires_at: i64,
     /// Set by an operator only: every address is admitted.
     pub wildcard: bool,
+    /// Shadow mode: a usable key from an address that is not ACTIVE is forwarded and
+    /// reported instead of refused. Unknown, revoked, expired and pending keys are not.
+    pub shadow: bool,
     /// ACTIVE entries only; INACTIVE ones never reach the snapshot.
     pub active_ips: IpSet,
 }
@@ -53,6 +56,7 @@ impl SnapshotCredential {
             state: CredentialState::Damaged,
             expires_at: NEVER,
             wildcard: false,
+            shadow: false,
             active_ips: IpSet::default(),
         }
     }
@@ -267,6 +271,7 @@ mod tests {
             state: CredentialState::Active,
             expires_at: NEVER,
             wildcard: false,
+            shadow: false,
             active_ips: IpSet::new(ips.iter().map(|s| s.parse().unwrap())),
         }
     }

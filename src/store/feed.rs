@@ -9,7 +9,7 @@
 //! restored backup or a failover that lost commits reuses version numbers with other
 //! stamps, and that forces a full load instead of a silently stale snapshot.
 
-use super::model::{CredentialStatus, Timestamp};
+use super::model::{CredentialStatus, Mode, Timestamp};
 use crate::acl::{CredentialState, IpSet, KeyHash, Snapshot, SnapshotCredential, NEVER};
 use std::net::IpAddr;
 
@@ -149,6 +149,7 @@ pub struct StoredCredential {
     pub key: Vec<u8>,
     pub status: String,
     pub wildcard: bool,
+    pub mode: String,
     /// Unix microseconds.
     pub expiry: Option<i64>,
     /// Its ACTIVE entries' addresses.
@@ -174,6 +175,10 @@ impl StoredCredential {
             Ok(CredentialStatus::Revoked) => CredentialState::Revoked,
             Err(e) => return damaged(e),
         };
+        let shadow = match self.mode.parse::<Mode>() {
+            Ok(mode) => mode == Mode::Shadow,
+            Err(e) => return damaged(e),
+        };
         let mut ips = Vec::with_capacity(self.ips.len());
         for text in &self.ips {
             match text.parse::<IpAddr>() {
@@ -189,6 +194,7 @@ impl StoredCredential {
                 state,
                 expires_at: self.expiry.map_or(NEVER, |t| Timestamp(t).unix_seconds()),
                 wildcard: self.wildcard,
+                shadow,
                 active_ips: IpSet::new(ips),
             },
         )
@@ -245,6 +251,7 @@ mod tests {
             key: vec![7; 32],
             status: "ACTIVE".into(),
             wildcard: false,
+            mode: "enforce".into(),
             expiry: None,
             ips: vec!["10.0.0.1".into(), "::ffff:10.0.0.2".into()],
         }
@@ -281,6 +288,13 @@ mod tests {
                 "key",
                 StoredCredential {
                     key: vec![1; 31],
+                    ..stored()
+                },
+            ),
+            (
+                "mode",
+                StoredCredential {
+                    mode: "audit".into(),
                     ..stored()
                 },
             ),

@@ -9,6 +9,7 @@
 //! it reads snapshots the poller builds.
 
 mod feed;
+pub mod insight;
 mod model;
 mod postgres;
 pub mod rules;
@@ -17,8 +18,9 @@ mod sqlite;
 pub use feed::{
     continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
 };
+pub use insight::{RefusedReport, Sighting, Suggestion, UnusedReport, UsageBatch};
 pub use model::{
-    Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Page, PermittedIp,
+    Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Mode, Page, PermittedIp,
     Timestamp, Usage, User,
 };
 pub use postgres::PostgresStore;
@@ -121,6 +123,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// ACTIVE entries per credential (of one user, or all), by credential id.
     async fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>>;
+
+    /// Adds one gateway's counts of what it saw to every gateway's (see [`insight`]).
+    /// Not a change to any credential: no version, no audit row.
+    async fn record_usage(&self, batch: UsageBatch) -> Result<()>;
+    /// Refused addresses of valid keys, of one credential or all, most recent first.
+    async fn refused(&self, credential_id: Option<u64>) -> Result<RefusedReport>;
+    /// ACTIVE entries and ACTIVE credentials with no allowed request since `since`
+    /// (entries and credentials created since then are not counted as unused).
+    async fn unused(&self, since: Timestamp, user_id: Option<u64>) -> Result<UnusedReport>;
+    /// Every address a credential was used from, allowed or refused, busiest first.
+    async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>>;
 }
 
 /// Opens the configured store. Nothing is created or connected until the first call.

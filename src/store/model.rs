@@ -93,7 +93,7 @@ macro_rules! wire_enum {
                 match s {
                     $($text => Ok($name::$variant),)+
                     other => Err(format!(
-                        "unknown status {other:?}, expected one of: {}",
+                        "unknown value {other:?}, expected one of: {}",
                         [$($text),+].join(", ")
                     )),
                 }
@@ -125,6 +125,13 @@ wire_enum!(IpStatus {
     Inactive => "INACTIVE",
 });
 
+// How a credential's whitelist is applied: `shadow` forwards a valid key from an
+// address that is not ACTIVE (counted and logged) instead of refusing it.
+wire_enum!(Mode {
+    Enforce => "enforce",
+    Shadow => "shadow",
+});
+
 /// The device that bound a credential at registration.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Device {
@@ -145,6 +152,8 @@ pub struct Credential {
     /// Operator-set: every address is admitted.
     pub wildcard: bool,
     pub permitted_device: Option<Device>,
+    /// Enforce (the default) or shadow; not part of bunq's object.
+    pub mode: Mode,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -155,6 +164,11 @@ pub struct PermittedIp {
     pub status: IpStatus,
     pub created: Timestamp,
     pub updated: Timestamp,
+    /// The last allowed request from this address, over every gateway (flushed once a
+    /// minute); `None` when never used.
+    pub last_seen: Option<Timestamp>,
+    /// Allowed requests from this address, over every gateway.
+    pub requests: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -255,6 +269,7 @@ mod tests {
     fn statuses_round_trip() {
         assert_eq!("INACTIVE".parse::<IpStatus>(), Ok(IpStatus::Inactive));
         assert!("inactive".parse::<IpStatus>().is_err());
+        assert_eq!("shadow".parse::<Mode>(), Ok(Mode::Shadow));
         assert_eq!(
             CredentialStatus::PendingFirstUse.as_str(),
             "PENDING_FIRST_USE"

@@ -6,7 +6,9 @@
 //! describes. Nothing here does I/O, so both backends agree by construction and the
 //! rules are tested without a database.
 
-use super::model::{Actor, Credential, CredentialStatus, Device, IpStatus, PermittedIp, Timestamp};
+use super::model::{
+    Actor, Credential, CredentialStatus, Device, IpStatus, Mode, PermittedIp, Timestamp,
+};
 use super::StoreError;
 use crate::acl::{normalize, KeyHash};
 use serde_json::Value;
@@ -35,6 +37,8 @@ pub enum Change {
     Revoke,
     /// Set or clear the operator-only "*".
     Wildcard(bool),
+    /// Enforce the whitelist, or only report what it would refuse (operator only).
+    Mode(Mode),
     /// Binds a pending key: `ips` (normalised, de-duplicated, never empty) become
     /// ACTIVE entries and the credential becomes ACTIVE.
     Register {
@@ -83,6 +87,7 @@ pub struct CredentialUpdate {
     pub wildcard: bool,
     pub expiry: Option<Timestamp>,
     pub device: Option<Device>,
+    pub mode: Mode,
 }
 
 /// The rows one change writes. An empty plan changes nothing: no row, no audit entry,
@@ -119,6 +124,7 @@ pub fn plan(
         wildcard: c.wildcard,
         expiry: c.expiry_time,
         device: c.permitted_device.clone(),
+        mode: c.mode,
     };
     let mut plan = Plan::default();
     match change {
@@ -146,6 +152,15 @@ pub fn plan(
             if c.wildcard != *on {
                 plan.credential = Some(CredentialUpdate {
                     wildcard: *on,
+                    ..update()
+                });
+            }
+        }
+        Change::Mode(mode) => {
+            plan.action = "credential.mode";
+            if c.mode != *mode {
+                plan.credential = Some(CredentialUpdate {
+                    mode: *mode,
                     ..update()
                 });
             }
@@ -179,12 +194,12 @@ pub fn plan(
             )?;
             plan.credential = Some(CredentialUpdate {
                 status: CredentialStatus::Active,
-                wildcard: c.wildcard,
                 expiry: None,
                 device: Some(Device {
                     description: description.clone(),
                     ip: normalize(*caller),
                 }),
+                ..update()
             });
         }
         Change::AddIp { ip, status } => {
@@ -243,7 +258,9 @@ pub fn audit_values(
     after: &Record,
 ) -> (Option<Value>, Option<Value>) {
     match change {
-        Change::Revoke | Change::Wildcard(_) => (json(&before.credential), json(&after.credential)),
+        Change::Revoke | Change::Wildcard(_) | Change::Mode(_) => {
+            (json(&before.credential), json(&after.credential))
+        }
         Change::Register { ips, .. } => {
             let mut after_json = json(&after.credential);
             if let Some(Value::Object(m)) = after_json.as_mut() {
@@ -314,6 +331,7 @@ mod tests {
                 description: None,
                 wildcard: false,
                 permitted_device: None,
+                mode: Mode::Enforce,
             },
             entries: entries
                 .iter()
@@ -325,6 +343,8 @@ mod tests {
                     status: *s,
                     created: Timestamp(0),
                     updated: Timestamp(0),
+                    last_seen: None,
+                    requests: 0,
                 })
                 .collect(),
         }
@@ -401,6 +421,7 @@ mod tests {
             Change::Revoke,
             Change::Wildcard(false),
             Change::SetIpStatus { item: 1, status: A },
+            Change::Mode(Mode::Enforce),
         ] {
             assert!(
                 plan(&change, &r, Timestamp(0), 5).unwrap().is_empty(),

@@ -7,6 +7,7 @@
 //! run in one `REPEATABLE READ` transaction, so a delta is one consistent view. The
 //! schema is created or migrated on first use, under an advisory lock.
 
+mod insight;
 mod rows;
 mod schema;
 mod tls;
@@ -15,6 +16,7 @@ use super::feed::{continuation, CredentialChange, Delta, Feed, Position};
 use super::model::*;
 use super::rules::{self, Change, Changed, Target};
 use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
+use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::acl::SnapshotBuilder;
 use crate::config::PostgresConfig;
 use async_trait::async_trait;
@@ -419,7 +421,7 @@ impl Store for PostgresStore {
         self.within(self.config.timeout, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
-            let q = page.sql(IP_COLUMNS, "permitted_ips", "credential_id = $1", '$');
+            let q = page.sql(IP_COLUMNS, "entries", "credential_id = $1", '$');
             query_page(&tx, q, Some(credential_id as i64), ip_from_row).await
         })
         .await
@@ -431,7 +433,7 @@ impl Store for PostgresStore {
             let row = client
                 .query_opt(
                     &format!(
-                        "SELECT {IP_COLUMNS} FROM permitted_ips WHERE id = $1 AND credential_id = $2"
+                        "SELECT {IP_COLUMNS} FROM entries WHERE id = $1 AND credential_id = $2"
                     ),
                     &[&(item_id as i64), &(credential_id as i64)],
                 )
@@ -484,6 +486,44 @@ impl Store for PostgresStore {
                     })
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn record_usage(&self, batch: UsageBatch) -> Result<()> {
+        self.within(self.config.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            insight::record(&tx, &batch).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn refused(&self, credential_id: Option<u64>) -> Result<RefusedReport> {
+        self.within(self.config.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            insight::refused(&tx, credential_id).await
+        })
+        .await
+    }
+
+    async fn unused(&self, since: Timestamp, user_id: Option<u64>) -> Result<UnusedReport> {
+        self.within(self.config.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            insight::unused(&tx, since, user_id).await
+        })
+        .await
+    }
+
+    async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>> {
+        self.within(self.config.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            insight::suggest(&tx, credential_id).await
         })
         .await
     }

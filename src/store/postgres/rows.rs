@@ -15,9 +15,11 @@ pub(super) const CHANNEL: &str = "ipgate_changes";
 
 pub(super) const CREDENTIAL_COLUMNS: &str =
     "id, user_id, status, wildcard, description, created, updated, \
-     expiry, device_description, device_ip";
+     expiry, device_description, device_ip, mode";
 
-pub(super) const IP_COLUMNS: &str = "id, credential_id, ip, status, created, updated";
+/// An entry's columns, read from the `entries` view (the entry and its usage).
+pub(super) const IP_COLUMNS: &str =
+    "id, credential_id, ip, status, created, updated, last_seen, requests";
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -30,12 +32,12 @@ pub(super) fn col<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i).map_err(StoreError::unavailable)
 }
 
-fn id(v: i64) -> u64 {
+pub(super) fn id(v: i64) -> u64 {
     v as u64
 }
 
 /// A stored text that must parse; one that does not is a damaged store.
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
     s.parse()
         .map_err(|_| StoreError::Unavailable(format!("stored {what} {s:?} does not parse").into()))
 }
@@ -44,6 +46,7 @@ pub(super) fn credential_from_row(row: &Row) -> Result<Credential> {
     let status: String = col(row, 2)?;
     let device_description: Option<String> = col(row, 8)?;
     let device_ip: Option<String> = col(row, 9)?;
+    let mode: String = col(row, 10)?;
     Ok(Credential {
         id: id(col(row, 0)?),
         user_id: id(col(row, 1)?),
@@ -60,6 +63,7 @@ pub(super) fn credential_from_row(row: &Row) -> Result<Credential> {
             }),
             _ => None,
         },
+        mode: parse("mode", &mode)?,
     })
 }
 
@@ -73,6 +77,8 @@ pub(super) fn ip_from_row(row: &Row) -> Result<PermittedIp> {
         status: parse("status", &status)?,
         created: Timestamp(col(row, 4)?),
         updated: Timestamp(col(row, 5)?),
+        last_seen: col::<Option<i64>>(row, 6)?.map(Timestamp),
+        requests: col::<i64>(row, 7)? as u64,
     })
 }
 
@@ -161,7 +167,7 @@ pub(super) async fn stored_credentials(
     mut each: impl FnMut(StoredCredential),
 ) -> Result<()> {
     let sql = format!(
-        "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, p.ip \
+        "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, c.mode, p.ip \
          FROM credentials c \
          LEFT JOIN permitted_ips p ON p.credential_id = c.id AND p.status = 'ACTIVE' \
          {} ORDER BY c.id",
@@ -191,10 +197,11 @@ pub(super) async fn stored_credentials(
                 status: col(&row, 3)?,
                 wildcard: col(&row, 4)?,
                 expiry: col(&row, 5)?,
+                mode: col(&row, 6)?,
                 ips: Vec::new(),
             });
         }
-        if let (Some(ip), Some(c)) = (col::<Option<String>>(&row, 6)?, current.as_mut()) {
+        if let (Some(ip), Some(c)) = (col::<Option<String>>(&row, 7)?, current.as_mut()) {
             c.ips.push(ip);
         }
     }
@@ -291,7 +298,7 @@ pub(super) async fn read_record(tx: &Transaction<'_>, credential: u64) -> Result
 
 async fn entries(tx: &Transaction<'_>, credential: u64) -> Result<Vec<PermittedIp>> {
     tx.query(
-        &format!("SELECT {IP_COLUMNS} FROM permitted_ips WHERE credential_id = $1 ORDER BY id"),
+        &format!("SELECT {IP_COLUMNS} FROM entries WHERE credential_id = $1 ORDER BY id"),
         &[&(credential as i64)],
     )
     .await?
@@ -311,7 +318,7 @@ pub(super) async fn apply(
     if let Some(c) = &plan.credential {
         tx.execute(
             "UPDATE credentials SET status = $2, wildcard = $3, expiry = $4, \
-             device_description = $5, device_ip = $6, updated = $7 WHERE id = $1",
+             device_description = $5, device_ip = $6, updated = $7, mode = $8 WHERE id = $1",
             &[
                 &credential,
                 &c.status.as_str(),
@@ -320,6 +327,7 @@ pub(super) async fn apply(
                 &c.device.as_ref().map(|d| d.description.as_str()),
                 &c.device.as_ref().map(|d| d.ip.to_string()),
                 &now.0,
+                &c.mode.as_str(),
             ],
         )
         .await?;

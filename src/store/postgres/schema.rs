@@ -64,4 +64,33 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX change_log_by_version ON change_log (version);
     ",
+    // 2: shadow mode, and what the gateways saw (usage per address, refused addresses).
+    "
+    ALTER TABLE credentials ADD COLUMN mode TEXT NOT NULL DEFAULT 'enforce';
+    CREATE TABLE ip_usage (
+        credential_id BIGINT NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      BIGINT NOT NULL,
+        first_seen    BIGINT NOT NULL,
+        last_seen     BIGINT NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    CREATE TABLE refused_ips (
+        credential_id BIGINT NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      BIGINT NOT NULL,
+        first_seen    BIGINT NOT NULL,
+        last_seen     BIGINT NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    CREATE TABLE refused_dropped (
+        credential_id BIGINT PRIMARY KEY,
+        dropped       BIGINT NOT NULL
+    );
+    CREATE VIEW entries AS
+        SELECT p.id, p.credential_id, p.ip, p.status, p.created, p.updated,
+               u.last_seen, COALESCE(u.requests, 0) AS requests
+        FROM permitted_ips p
+        LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
+    ",
 ];

@@ -7,6 +7,7 @@
 //! write durable before the call returns. Write transactions are `IMMEDIATE`: one
 //! writer at a time across processes, so versions advance in commit order.
 
+mod insight;
 mod rows;
 mod schema;
 
@@ -14,6 +15,7 @@ use super::feed::{continuation, CredentialChange, Delta, Feed, Position};
 use super::model::*;
 use super::rules::{self, Change, Changed, Target};
 use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
+use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::acl::SnapshotBuilder;
 use crate::config::SqliteConfig;
 use async_trait::async_trait;
@@ -385,7 +387,7 @@ impl Store for SqliteStore {
     async fn ips(&self, credential_id: u64, page: Page) -> Result<Vec<PermittedIp>> {
         self.blocking(move |s| {
             s.read(|tx| {
-                let q = page.sql(IP_COLUMNS, "permitted_ips", "credential_id = ?1", '?');
+                let q = page.sql(IP_COLUMNS, "entries", "credential_id = ?1", '?');
                 query_page(tx, q, Some(credential_id), ip_from_row)
             })
         })
@@ -458,5 +460,25 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn record_usage(&self, batch: UsageBatch) -> Result<()> {
+        self.blocking(move |s| s.write(|tx| insight::record(tx, &batch)))
+            .await
+    }
+
+    async fn refused(&self, credential_id: Option<u64>) -> Result<RefusedReport> {
+        self.blocking(move |s| s.read(|tx| insight::refused(tx, credential_id)))
+            .await
+    }
+
+    async fn unused(&self, since: Timestamp, user_id: Option<u64>) -> Result<UnusedReport> {
+        self.blocking(move |s| s.read(|tx| insight::unused(tx, since, user_id)))
+            .await
+    }
+
+    async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>> {
+        self.blocking(move |s| s.read(|tx| insight::suggest(tx, credential_id)))
+            .await
     }
 }

@@ -11,12 +11,13 @@ use rusqlite::{params, params_from_iter, OptionalExtension, Row, Transaction};
 
 pub(super) const CREDENTIAL_COLUMNS: &str =
     "id, user_id, status, wildcard, description, created, updated, \
-     expiry, device_description, device_ip";
+     expiry, device_description, device_ip, mode";
 
 pub(super) fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential> {
     let status: String = row.get(2)?;
     let device_description: Option<String> = row.get(8)?;
     let device_ip: Option<String> = row.get(9)?;
+    let mode: String = row.get(10)?;
     Ok(Credential {
         id: row.get(0)?,
         user_id: row.get(1)?,
@@ -33,10 +34,13 @@ pub(super) fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential>
             }),
             _ => None,
         },
+        mode: parse_column(10, &mode)?,
     })
 }
 
-pub(super) const IP_COLUMNS: &str = "id, credential_id, ip, status, created, updated";
+/// An entry's columns, read from the `entries` view (the entry and its usage).
+pub(super) const IP_COLUMNS: &str =
+    "id, credential_id, ip, status, created, updated, last_seen, requests";
 
 pub(super) fn ip_from_row(row: &Row<'_>) -> rusqlite::Result<PermittedIp> {
     let ip: String = row.get(2)?;
@@ -48,6 +52,8 @@ pub(super) fn ip_from_row(row: &Row<'_>) -> rusqlite::Result<PermittedIp> {
         status: parse_column(3, &status)?,
         created: Timestamp(row.get(4)?),
         updated: Timestamp(row.get(5)?),
+        last_seen: row.get::<_, Option<i64>>(6)?.map(Timestamp),
+        requests: row.get(7)?,
     })
 }
 
@@ -155,7 +161,7 @@ pub(super) fn stored_credentials(
         None => String::new(),
     };
     let sql = format!(
-        "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, p.ip \
+        "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, c.mode, p.ip \
          FROM credentials c \
          LEFT JOIN permitted_ips p ON p.credential_id = c.id AND p.status = 'ACTIVE' \
          {filter} ORDER BY c.id"
@@ -180,10 +186,11 @@ pub(super) fn stored_credentials(
                 status: loose_text(row.get_ref_unwrap(3)),
                 wildcard: damaged_int(4).is_some_and(|w| w != 0),
                 expiry: damaged_int(5),
+                mode: loose_text(row.get_ref_unwrap(6)),
                 ips: Vec::new(),
             });
         }
-        let ip = row.get_ref_unwrap(6);
+        let ip = row.get_ref_unwrap(7);
         if let (false, Some(c)) = (matches!(ip, ValueRef::Null), current.as_mut()) {
             c.ips.push(loose_text(ip));
         }
@@ -245,7 +252,7 @@ pub(super) fn credential_id_by_key(tx: &Transaction<'_>, key: &[u8]) -> Result<O
 pub(super) fn read_record(tx: &Transaction<'_>, id: u64) -> Result<Record> {
     let credential = get_credential(tx, id)?;
     let mut stmt = tx.prepare(&format!(
-        "SELECT {IP_COLUMNS} FROM permitted_ips WHERE credential_id = ?1 ORDER BY id"
+        "SELECT {IP_COLUMNS} FROM entries WHERE credential_id = ?1 ORDER BY id"
     ))?;
     let entries = stmt
         .query_map([id], ip_from_row)?
@@ -261,7 +268,7 @@ pub(super) fn apply(tx: &Transaction<'_>, id: u64, plan: &Plan, now: Timestamp) 
     if let Some(c) = &plan.credential {
         tx.execute(
             "UPDATE credentials SET status = ?2, wildcard = ?3, expiry = ?4, \
-             device_description = ?5, device_ip = ?6, updated = ?7 WHERE id = ?1",
+             device_description = ?5, device_ip = ?6, updated = ?7, mode = ?8 WHERE id = ?1",
             params![
                 id,
                 c.status.as_str(),
@@ -269,7 +276,8 @@ pub(super) fn apply(tx: &Transaction<'_>, id: u64, plan: &Plan, now: Timestamp) 
                 c.expiry.map(|t| t.0),
                 c.device.as_ref().map(|d| d.description.as_str()),
                 c.device.as_ref().map(|d| d.ip.to_string()),
-                now.0
+                now.0,
+                c.mode.as_str(),
             ],
         )?;
     }
@@ -295,7 +303,7 @@ pub(super) fn get_ip(
     item_id: u64,
 ) -> Result<PermittedIp> {
     tx.query_row(
-        &format!("SELECT {IP_COLUMNS} FROM permitted_ips WHERE id = ?1 AND credential_id = ?2"),
+        &format!("SELECT {IP_COLUMNS} FROM entries WHERE id = ?1 AND credential_id = ?2"),
         [item_id, credential_id],
         ip_from_row,
     )

@@ -66,4 +66,33 @@ pub(super) const MIGRATIONS: &[&str] = &[
         SELECT 'pruned_through', value FROM meta WHERE name = 'change_version';
     INSERT INTO meta (name, value) VALUES ('store_id', {store_id});
     ",
+    // 3: shadow mode, and what the gateways saw (usage per address, refused addresses).
+    "
+    ALTER TABLE credentials ADD COLUMN mode TEXT NOT NULL DEFAULT 'enforce';
+    CREATE TABLE ip_usage (
+        credential_id INTEGER NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      INTEGER NOT NULL,
+        first_seen    INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    CREATE TABLE refused_ips (
+        credential_id INTEGER NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      INTEGER NOT NULL,
+        first_seen    INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    CREATE TABLE refused_dropped (
+        credential_id INTEGER PRIMARY KEY,
+        dropped       INTEGER NOT NULL
+    );
+    CREATE VIEW entries AS
+        SELECT p.id, p.credential_id, p.ip, p.status, p.created, p.updated,
+               u.last_seen, COALESCE(u.requests, 0) AS requests
+        FROM permitted_ips p
+        LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
+    ",
 ];

@@ -10,9 +10,11 @@ use ipgate::acl::{CredentialState, KeyHash, Snapshot, SnapshotCell, SnapshotCred
 use ipgate::config::{Config, StoreConfig};
 use ipgate::metrics::Metrics;
 use ipgate::refresh::Refresher;
+use ipgate::store::insight::REFUSED_KEPT;
 use ipgate::store::{
-    self, Actor, Change, Committed, CredentialChange, CredentialStatus, Feed, IpStatus,
-    NewCredential, Page, Position, ResyncReason, Store, StoreError, Target, Timestamp,
+    self, Actor, Change, Committed, CredentialChange, CredentialStatus, Feed, IpStatus, Mode,
+    NewCredential, Page, Position, ResyncReason, Sighting, Store, StoreError, Target, Timestamp,
+    UsageBatch,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -147,6 +149,10 @@ conformance!(
     concurrent_first_starts_migrate_once,
     a_newer_schema_is_refused_and_untouched,
     a_revocation_by_another_process_is_never_skipped,
+    shadow_mode_is_a_change_like_any_other,
+    usage_from_every_gateway_adds_up,
+    refused_addresses_are_bounded_per_credential,
+    reports_of_unused_entries_and_suggestions,
 );
 
 // ---- helpers ---------------------------------------------------------------------
@@ -935,6 +941,187 @@ async fn a_revocation_by_another_process_is_never_skipped(t: TestStore) {
     );
 }
 
+async fn shadow_mode_is_a_change_like_any_other(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, key) = active(s, u, 1, &["10.0.0.1"]).await;
+    let at = s.load().await.unwrap().position;
+    assert_eq!(s.credential(id).await.unwrap().mode, Mode::Enforce);
+    let done = change(s, id, Change::Mode(Mode::Shadow)).await.unwrap();
+    assert_eq!(done.value.credential.mode, Mode::Shadow);
+    assert_eq!(done.version, at.version + 1);
+    let Feed::Changes(delta) = s.changes_since(at).await.unwrap() else {
+        panic!("a change");
+    };
+    let CredentialChange::Readable(k, c) = &delta.changed[0] else {
+        panic!("readable");
+    };
+    assert_eq!((*k, c.shadow), (key, true));
+    let audit = s.audit(Some(id), Page::first(1)).await.unwrap();
+    assert_eq!(audit[0].action, "credential.mode");
+    assert_eq!(audit[0].before.as_ref().unwrap()["mode"], "enforce");
+    assert_eq!(audit[0].after.as_ref().unwrap()["mode"], "shadow");
+    // Twice is nothing new.
+    assert_eq!(
+        change(s, id, Change::Mode(Mode::Shadow))
+            .await
+            .unwrap()
+            .version,
+        done.version
+    );
+    assert!(s.load().await.unwrap().snapshot.get(&key).unwrap().shadow);
+}
+
+fn seen(credential: u64, addr: &str, requests: u64, first: i64, last: i64) -> Sighting {
+    Sighting {
+        credential_id: credential,
+        ip: ip(addr),
+        requests,
+        first_seen: Timestamp(first),
+        last_seen: Timestamp(last),
+    }
+}
+
+async fn usage_from_every_gateway_adds_up(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, _) = active(s, u, 1, &["10.0.0.1", "10.0.0.2"]).await;
+    let before = version(s).await;
+    let other = t.another();
+    let one = UsageBatch {
+        allowed: vec![seen(id, "10.0.0.1", 5, 100, 200)],
+        refused: vec![],
+    };
+    let two = UsageBatch {
+        allowed: vec![
+            seen(id, "10.0.0.1", 7, 50, 150),
+            seen(id, "10.9.9.9", 1, 60, 60),
+        ],
+        refused: vec![],
+    };
+    s.record_usage(one).await.unwrap();
+    other.record_usage(two).await.unwrap();
+    assert_eq!(version(s).await, before, "usage is not a change");
+    let entries = s.ips(id, Page::all()).await.unwrap();
+    let used = entries.iter().find(|e| e.ip == ip("10.0.0.1")).unwrap();
+    assert_eq!((used.requests, used.last_seen), (12, Some(Timestamp(200))));
+    let idle = entries.iter().find(|e| e.ip == ip("10.0.0.2")).unwrap();
+    assert_eq!((idle.requests, idle.last_seen), (0, None));
+    assert_eq!(s.ip(id, used.id).await.unwrap().requests, 12);
+}
+
+async fn refused_addresses_are_bounded_per_credential(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, _) = active(s, u, 1, &["10.0.0.1"]).await;
+    let (quiet, _) = active(s, u, 2, &["10.0.0.1"]).await;
+    let first = UsageBatch {
+        allowed: vec![],
+        refused: vec![seen(id, "203.0.113.1", 3, 10, 20)],
+    };
+    s.record_usage(first).await.unwrap();
+    // An attacker rotating through addresses, in two flushes.
+    for round in 0..2i64 {
+        let refused = (0..200u32)
+            .map(|i| {
+                seen(
+                    id,
+                    &format!("198.51.{}.{}", round, i),
+                    1,
+                    1000 + round,
+                    1000 + round,
+                )
+            })
+            .collect();
+        t.another()
+            .record_usage(UsageBatch {
+                allowed: vec![],
+                refused,
+            })
+            .await
+            .unwrap();
+    }
+    let report = s.refused(Some(id)).await.unwrap();
+    assert_eq!(report.addresses.len(), REFUSED_KEPT);
+    assert_eq!(report.truncated.len(), 1);
+    assert_eq!(report.truncated[0].dropped, 401 - REFUSED_KEPT as u64);
+    // The most recent are kept: the first address and the oldest round went first.
+    assert!(report
+        .addresses
+        .iter()
+        .all(|a| a.last_seen == Timestamp(1001) || a.last_seen == Timestamp(1000)));
+    assert!(!report.addresses.iter().any(|a| a.ip == ip("203.0.113.1")));
+    assert!(s.refused(Some(quiet)).await.unwrap().addresses.is_empty());
+    assert!(matches!(
+        s.refused(Some(9999)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.refused(None).await.unwrap().addresses.len(), REFUSED_KEPT);
+}
+
+async fn reports_of_unused_entries_and_suggestions(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let other = user(s).await;
+    let (id, _) = active(s, u, 1, &["10.0.0.1", "10.0.0.2"]).await;
+    let (idle, _) = active(s, u, 2, &["10.0.0.1"]).await;
+    let (theirs, _) = active(s, other, 3, &["10.0.0.1"]).await;
+    let now = Timestamp::now();
+    s.record_usage(UsageBatch {
+        allowed: vec![
+            seen(id, "10.0.0.1", 9, now.0, now.0),
+            seen(theirs, "10.0.0.1", 1, now.0, now.0),
+        ],
+        refused: vec![seen(id, "192.0.2.7", 4, now.0 - 10, now.0 - 5)],
+    })
+    .await
+    .unwrap();
+    // Nothing is unused yet: everything was created or used after a day ago.
+    let day_ago = Timestamp(now.0 - 86_400_000_000);
+    let r = s.unused(day_ago, None).await.unwrap();
+    assert!(r.entries.is_empty() && r.credentials.is_empty(), "{r:?}");
+    // From a second in the future, what has not been used since.
+    let later = Timestamp(now.0 + 1_000_000);
+    let r = s.unused(later, Some(u)).await.unwrap();
+    let ips: Vec<(u64, IpAddr)> = r.entries.iter().map(|e| (e.credential_id, e.ip)).collect();
+    assert!(ips.contains(&(id, ip("10.0.0.1"))) && ips.contains(&(id, ip("10.0.0.2"))));
+    assert!(ips.contains(&(idle, ip("10.0.0.1"))));
+    assert!(!ips.iter().any(|(c, _)| *c == theirs), "another user's");
+    let never = r.entries.iter().find(|e| e.ip == ip("10.0.0.2")).unwrap();
+    assert_eq!((never.last_seen, never.requests), (None, 0));
+    let creds: Vec<u64> = r.credentials.iter().map(|c| c.credential_id).collect();
+    assert_eq!(creds, [id, idle]);
+    assert!(matches!(
+        s.unused(later, Some(999)).await,
+        Err(StoreError::NotFound("user"))
+    ));
+
+    let suggested = s.suggest(id).await.unwrap();
+    assert_eq!(suggested.len(), 2);
+    assert_eq!(suggested[0].ip, ip("10.0.0.1"));
+    assert_eq!(
+        (
+            suggested[0].allowed,
+            suggested[0].refused,
+            suggested[0].listed
+        ),
+        (9, 0, Some(IpStatus::Active))
+    );
+    assert_eq!(suggested[1].ip, ip("192.0.2.7"));
+    assert_eq!(
+        (
+            suggested[1].allowed,
+            suggested[1].refused,
+            suggested[1].listed
+        ),
+        (0, 4, None)
+    );
+    assert!(matches!(
+        s.suggest(9999).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
 // ---- random interleavings --------------------------------------------------------
 
 #[derive(Clone, Debug)]
@@ -948,8 +1135,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..4usize, 0..6u8).prop_map(|(c, k)| Op::Api(c, k)),
-        (0..4usize, 0..6u8).prop_map(|(c, k)| Op::Other(c, k)),
+        (0..4usize, 0..7u8).prop_map(|(c, k)| Op::Api(c, k)),
+        (0..4usize, 0..7u8).prop_map(|(c, k)| Op::Other(c, k)),
         Just(Op::Poll),
     ]
 }
@@ -972,6 +1159,11 @@ fn random_change(k: u8, n: usize) -> Change {
         },
         3 => Change::Wildcard(n % 2 == 0),
         4 => Change::Revoke,
+        5 => Change::Mode(if n % 2 == 0 {
+            Mode::Shadow
+        } else {
+            Mode::Enforce
+        }),
         _ => add("10.0.0.1"),
     }
 }

@@ -17,8 +17,10 @@
 //! is read back into this gateway's snapshot) before the answer is sent.
 
 mod error;
-mod route;
-mod wire;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod route;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod wire;
 
 use crate::acl::{Decision, Identity, KeyHash};
 use crate::bunq;

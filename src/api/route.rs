@@ -4,7 +4,7 @@ use http::Method;
 
 /// A parsed route: which operation, on which ids.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Route {
+pub enum Route {
     DeviceServer,
     Credentials {
         user: u64,
@@ -26,7 +26,7 @@ pub(super) enum Route {
 }
 
 impl Route {
-    pub(super) fn parse(path: &str) -> Route {
+    pub fn parse(path: &str) -> Route {
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let id = |s: &str| s.parse::<u64>().ok();
         match parts.as_slice() {

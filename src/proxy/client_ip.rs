@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
 /// More hops than this in one chain is refused rather than walked.
-const MAX_HOPS: usize = 32;
+#[doc(hidden)] // public for the fuzz targets only
+pub const MAX_HOPS: usize = 32;
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))

@@ -8,7 +8,8 @@
 pub mod client_ip;
 mod forward;
 mod listener;
-mod proxy_protocol;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod proxy_protocol;
 pub mod tls;
 
 pub use forward::{Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID, USER_ID};

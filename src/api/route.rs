@@ -27,6 +27,11 @@ pub enum Route {
 
 impl Route {
     pub fn parse(path: &str) -> Route {
+        // What precedes the first `/` is not a segment; without this, "x/v1/…" would
+        // route although `Api::owns` sends it upstream.
+        if !path.starts_with('/') {
+            return Route::NotFound;
+        }
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let id = |s: &str| s.parse::<u64>().ok();
         match parts.as_slice() {
@@ -114,5 +119,20 @@ mod tests {
             Route::parse("/v1/user/3/credential-password-ip/4/ip").allowed(),
             "GET, POST"
         );
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/api_route.rs`): a path that does not start
+    /// with `/` routed as though it did, while `Api::owns` turned it away.
+    #[test]
+    fn fuzz_regression_path_without_leading_slash() {
+        for path in [
+            "}/v1/device-server",
+            "x/v1/user/3/credential-password-ip",
+            "v1/device-server",
+            "",
+        ] {
+            assert_eq!(Route::parse(path), Route::NotFound, "{path:?}");
+            assert!(!crate::api::Api::owns(path), "{path:?}");
+        }
     }
 }

@@ -614,4 +614,102 @@ mod tests {
         let c = Config::parse("[auth]\nheader = \"Authorization\"\n", Path::new(".")).unwrap();
         assert!(c.auth.bearer);
     }
+    // The fuzz targets' properties (fuzz/src/lib.rs `check_config`), always on.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [(&str, &[&str]); 8] = [
+            (
+                "server",
+                &[
+                    "listen",
+                    "admin_listen",
+                    "workers",
+                    "shutdown_grace",
+                    "header_read_timeout",
+                    "proxy_protocol",
+                ],
+            ),
+            ("upstream", &["url", "connect_timeout", "timeout"]),
+            ("auth", &["header", "registration_window", "forward_key"]),
+            ("client_ip", &["trusted_proxies", "header"]),
+            ("store", &["url"]),
+            ("refresh", &["interval", "max_staleness"]),
+            ("limits", &["max_ips_per_credential", "max_body_bytes"]),
+            ("log", &["format", "level"]),
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            let text = prop_oneof![
+                prop::sample::select(vec![
+                    "0s",
+                    "1s",
+                    "4h",
+                    "1y",
+                    "127.0.0.1:0",
+                    "[::1]:80",
+                    "http://h:1",
+                    "ftp://x",
+                    "sqlite://x.db",
+                    "sqlite://",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "Authorization",
+                    "forwarded",
+                    "json",
+                    "plain",
+                    "info",
+                    "bad header",
+                    "",
+                ])
+                .prop_map(String::from),
+                "[ -~]{0,12}",
+            ];
+            prop_oneof![
+                text.clone().prop_map(|t| format!("{t:?}")),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                prop::collection::vec(text, 0..3).prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        fn file() -> impl Strategy<Value = String> {
+            let setting = (0..KEYS.len(), any::<prop::sample::Index>(), value());
+            prop::collection::vec(setting, 0..8).prop_map(|settings| {
+                settings
+                    .into_iter()
+                    .map(|(s, k, v)| {
+                        let (section, keys) = KEYS[s];
+                        format!("[{section}]\n{} = {v}\n", k.get(keys))
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn refusals_say_why_and_name_their_key(text in prop_oneof![file(), "[ -~\n]{0,80}"]) {
+                match Config::parse(&text, Path::new("/nonexistent")) {
+                    Ok(c) => {
+                        prop_assert!(!c.refresh.interval.is_zero());
+                        prop_assert!(c.limits.max_ips_per_credential >= 1);
+                        prop_assert!(!c.server.proxy_protocol || !c.client_ip.trusted_proxies.is_empty());
+                    }
+                    Err(e) => {
+                        prop_assert!(!e.0.is_empty());
+                        prop_assert!(e.0.iter().all(|m| !m.trim().is_empty()));
+                        if toml::from_str::<RawConfig>(&text).is_ok() {
+                            for m in &e.0 {
+                                let key = m.split(':').next().unwrap_or("");
+                                prop_assert!(KEYS.iter().any(|(s, _)| key.starts_with(&format!("{s}."))), "{}", m);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -135,4 +135,78 @@ mod tests {
             assert!(!crate::api::Api::owns(path), "{path:?}");
         }
     }
+    // The fuzz target's routing properties (fuzz/fuzz_targets/api_route.rs), always on.
+    mod props {
+        use super::*;
+        use crate::api::Api;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "v1",
+                    "user",
+                    "credential-password-ip",
+                    "ip",
+                    "device-server",
+                    "",
+                    "+1",
+                    "01",
+                ])
+                .prop_map(String::from),
+                any::<u64>().prop_map(|n| n.to_string()),
+                "[ -~]{0,6}",
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (
+                "[ -~]{0,2}",
+                prop::collection::vec(segment(), 0..7),
+                0usize..3,
+            )
+                .prop_map(|(prefix, segments, trailing)| {
+                    let mut p = prefix;
+                    for s in segments {
+                        p.push('/');
+                        p.push_str(&s);
+                    }
+                    p + &"/".repeat(trailing)
+                })
+        }
+
+        fn canonical(route: &Route) -> Option<String> {
+            let cpi = "credential-password-ip";
+            Some(match route {
+                Route::DeviceServer => "/v1/device-server".into(),
+                Route::Credentials { user } => format!("/v1/user/{user}/{cpi}"),
+                Route::Credential { user, credential } => {
+                    format!("/v1/user/{user}/{cpi}/{credential}")
+                }
+                Route::Ips { user, credential } => format!("/v1/user/{user}/{cpi}/{credential}/ip"),
+                Route::Ip {
+                    user,
+                    credential,
+                    item,
+                } => format!("/v1/user/{user}/{cpi}/{credential}/ip/{item}"),
+                Route::NotFound => return None,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn routed_paths_are_owned_and_ids_round_trip(path in path()) {
+                let route = Route::parse(&path);
+                if !Api::owns(&path) {
+                    prop_assert_eq!(&route, &Route::NotFound);
+                }
+                if let Some(canon) = canonical(&route) {
+                    prop_assert!(Api::owns(&canon));
+                    prop_assert_eq!(Route::parse(&canon), route);
+                }
+            }
+        }
+    }
 }

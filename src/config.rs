@@ -27,6 +27,9 @@ pub const DEFAULT_MAX_STALENESS: &str = "0s";
 pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// No duration may be longer: past it some cannot be added to the clock (hyper's
+/// request-head deadline, the poller's backoff, a new key's expiry time) and panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -525,15 +528,22 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, key: &str, s: &str) -> Duration {
-        humantime::parse_duration(s).unwrap_or_else(|e| {
-            self.err(key, &format!("{s:?}: {e}"));
-            Duration::ZERO
-        })
+        match humantime::parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => {
+                self.err(key, &format!("{s:?} is longer than 100 years"));
+                Duration::ZERO
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(key, &format!("{s:?}: {e}"));
+                Duration::ZERO
+            }
+        }
     }
 
     fn positive_duration(&mut self, key: &str, s: &str) -> Duration {
         let d = self.duration(key, s);
-        if d.is_zero() && humantime::parse_duration(s).is_ok() {
+        if d.is_zero() && humantime::parse_duration(s).is_ok_and(|p| p.is_zero()) {
             self.err(key, "must be greater than zero");
         }
         d
@@ -647,6 +657,7 @@ mod tests {
                     "1s",
                     "4h",
                     "1y",
+                    "18446744073709551615s",
                     "127.0.0.1:0",
                     "[::1]:80",
                     "http://h:1",
@@ -695,6 +706,9 @@ mod tests {
                 match Config::parse(&text, Path::new("/nonexistent")) {
                     Ok(c) => {
                         prop_assert!(!c.refresh.interval.is_zero());
+                        prop_assert!(c.server.header_read_timeout <= MAX_DURATION);
+                        prop_assert!(c.refresh.interval <= MAX_DURATION);
+                        prop_assert!(c.auth.registration_window <= MAX_DURATION);
                         prop_assert!(c.limits.max_ips_per_credential >= 1);
                         prop_assert!(!c.server.proxy_protocol || !c.client_ip.trusted_proxies.is_empty());
                     }
@@ -711,5 +725,34 @@ mod tests {
                 }
             }
         }
+    }
+    /// Found by fuzzing (`fuzz/fuzz_targets/config_keys.rs`): durations too long to add
+    /// to the clock were accepted, and then hyper panicked on every connection
+    /// (`server.header_read_timeout`), the poller on its first backoff
+    /// (`refresh.interval`) and key creation on showing the expiry time
+    /// (`auth.registration_window`).
+    #[test]
+    fn fuzz_regression_durations_too_long_for_a_deadline() {
+        let text = "[server]\nshutdown_grace = \"18446744073709551615s\"\n";
+        let e = Config::parse(text, Path::new(".")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(e.0[0].starts_with("server.shutdown_grace"), "{e}");
+        for (section, key) in [
+            ("server", "header_read_timeout"),
+            ("refresh", "interval"),
+            ("auth", "registration_window"),
+            ("upstream", "timeout"),
+        ] {
+            let text = format!("[{section}]\n{key} = \"101y\"\n");
+            let e = Config::parse(&text, Path::new(".")).unwrap_err();
+            assert_eq!(
+                e.0,
+                [format!(
+                    "{section}.{key}: \"101y\" is longer than 100 years"
+                )]
+            );
+        }
+        let ok = "[auth]\nregistration_window = \"99y\"\n";
+        Config::parse(ok, Path::new(".")).unwrap();
     }
 }

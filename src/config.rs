@@ -624,6 +624,7 @@ mod tests {
         let c = Config::parse("[auth]\nheader = \"Authorization\"\n", Path::new(".")).unwrap();
         assert!(c.auth.bearer);
     }
+
     // The fuzz targets' properties (fuzz/src/lib.rs `check_config`), always on.
     mod props {
         use super::*;
@@ -726,6 +727,7 @@ mod tests {
             }
         }
     }
+
     /// Found by fuzzing (`fuzz/fuzz_targets/config_keys.rs`): durations too long to add
     /// to the clock were accepted, and then hyper panicked on every connection
     /// (`server.header_read_timeout`), the poller on its first backoff

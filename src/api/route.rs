@@ -135,6 +135,7 @@ mod tests {
             assert!(!crate::api::Api::owns(path), "{path:?}");
         }
     }
+
     // The fuzz target's routing properties (fuzz/fuzz_targets/api_route.rs), always on.
     mod props {
         use super::*;

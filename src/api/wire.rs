@@ -286,6 +286,7 @@ mod tests {
         let b: NewIpBody = parse_json(br#"{"ip":"1.2.3.4"}"#).unwrap();
         assert_eq!(b.status, None);
     }
+
     // The fuzz target's parsing properties (fuzz/fuzz_targets/api_route.rs), always on.
     mod props {
         use super::*;

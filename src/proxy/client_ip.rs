@@ -201,6 +201,7 @@ mod tests {
             Some(ip("10.0.0.1"))
         );
     }
+
     // The fuzz target's properties (fuzz/fuzz_targets/client_ip.rs), as cheap
     // always-on property tests.
     mod props {

@@ -34,6 +34,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Beyond this a table entry per connection would cost more memory than it is worth.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
+/// No duration may be longer: past it some cannot be added to the clock (hyper's
+/// request-head deadline, the poller's backoff, a new key's expiry time) and panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
 /// The file exactly as written.
 #[derive(Debug, Default, Deserialize)]
@@ -751,15 +754,22 @@ impl Checker<'_> {
     }
 
     fn duration(&mut self, key: &str, s: &str) -> Duration {
-        humantime::parse_duration(s).unwrap_or_else(|e| {
-            self.err(key, &format!("{s:?}: {e}"));
-            Duration::ZERO
-        })
+        match humantime::parse_duration(s) {
+            Ok(d) if d > MAX_DURATION => {
+                self.err(key, &format!("{s:?} is longer than 100 years"));
+                Duration::ZERO
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(key, &format!("{s:?}: {e}"));
+                Duration::ZERO
+            }
+        }
     }
 
     fn positive_duration(&mut self, key: &str, s: &str) -> Duration {
         let d = self.duration(key, s);
-        if d.is_zero() && humantime::parse_duration(s).is_ok() {
+        if d.is_zero() && humantime::parse_duration(s).is_ok_and(|p| p.is_zero()) {
             self.err(key, "must be greater than zero");
         }
         d
@@ -916,5 +926,137 @@ mod tests {
             assert!(e.contains("store.url"), "{e}");
             assert!(!e.contains("s3cret"), "{e}");
         }
+    }
+    // The fuzz targets' properties (fuzz/src/lib.rs `check_config`), always on.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        const KEYS: [(&str, &[&str]); 8] = [
+            (
+                "server",
+                &[
+                    "listen",
+                    "admin_listen",
+                    "workers",
+                    "shutdown_grace",
+                    "header_read_timeout",
+                    "proxy_protocol",
+                ],
+            ),
+            ("upstream", &["url", "connect_timeout", "timeout"]),
+            ("auth", &["header", "registration_window", "forward_key"]),
+            ("client_ip", &["trusted_proxies", "header"]),
+            ("store", &["url"]),
+            ("refresh", &["interval", "max_staleness"]),
+            ("limits", &["max_ips_per_credential", "max_body_bytes"]),
+            ("log", &["format", "level"]),
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            let text = prop_oneof![
+                prop::sample::select(vec![
+                    "0s",
+                    "1s",
+                    "4h",
+                    "1y",
+                    "18446744073709551615s",
+                    "127.0.0.1:0",
+                    "[::1]:80",
+                    "http://h:1",
+                    "ftp://x",
+                    "sqlite://x.db",
+                    "sqlite://",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "Authorization",
+                    "forwarded",
+                    "json",
+                    "plain",
+                    "info",
+                    "bad header",
+                    "",
+                ])
+                .prop_map(String::from),
+                "[ -~]{0,12}",
+            ];
+            prop_oneof![
+                text.clone().prop_map(|t| format!("{t:?}")),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                prop::collection::vec(text, 0..3).prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        fn file() -> impl Strategy<Value = String> {
+            let setting = (0..KEYS.len(), any::<prop::sample::Index>(), value());
+            prop::collection::vec(setting, 0..8).prop_map(|settings| {
+                settings
+                    .into_iter()
+                    .map(|(s, k, v)| {
+                        let (section, keys) = KEYS[s];
+                        format!("[{section}]\n{} = {v}\n", k.get(keys))
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn refusals_say_why_and_name_their_key(text in prop_oneof![file(), "[ -~\n]{0,80}"]) {
+                match Config::parse(&text, Path::new("/nonexistent")) {
+                    Ok(c) => {
+                        prop_assert!(!c.refresh.interval.is_zero());
+                        prop_assert!(c.server.header_read_timeout <= MAX_DURATION);
+                        prop_assert!(c.refresh.interval <= MAX_DURATION);
+                        prop_assert!(c.auth.registration_window <= MAX_DURATION);
+                        prop_assert!(c.limits.max_ips_per_credential >= 1);
+                        prop_assert!(!c.server.proxy_protocol || !c.client_ip.trusted_proxies.is_empty());
+                    }
+                    Err(e) => {
+                        prop_assert!(!e.0.is_empty());
+                        prop_assert!(e.0.iter().all(|m| !m.trim().is_empty()));
+                        if toml::from_str::<RawConfig>(&text).is_ok() {
+                            for m in &e.0 {
+                                let key = m.split(':').next().unwrap_or("");
+                                prop_assert!(KEYS.iter().any(|(s, _)| key.starts_with(&format!("{s}."))), "{}", m);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/config_keys.rs`): durations too long to add
+    /// to the clock were accepted, and then hyper panicked on every connection
+    /// (`server.header_read_timeout`), the poller on its first backoff
+    /// (`refresh.interval`) and key creation on showing the expiry time
+    /// (`auth.registration_window`).
+    #[test]
+    fn fuzz_regression_durations_too_long_for_a_deadline() {
+        let text = "[server]\nshutdown_grace = \"18446744073709551615s\"\n";
+        let e = Config::parse(text, Path::new(".")).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(e.0[0].starts_with("server.shutdown_grace"), "{e}");
+        for (section, key) in [
+            ("server", "header_read_timeout"),
+            ("refresh", "interval"),
+            ("auth", "registration_window"),
+            ("upstream", "timeout"),
+        ] {
+            let text = format!("[{section}]\n{key} = \"101y\"\n");
+            let e = Config::parse(&text, Path::new(".")).unwrap_err();
+            assert_eq!(
+                e.0,
+                [format!(
+                    "{section}.{key}: \"101y\" is longer than 100 years"
+                )]
+            );
+        }
+        let ok = "[auth]\nregistration_window = \"99y\"\n";
+        Config::parse(ok, Path::new(".")).unwrap();
     }
 }

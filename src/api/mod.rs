@@ -18,8 +18,10 @@
 //! before the answer is sent.
 
 mod error;
-mod route;
-mod wire;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod route;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod wire;
 
 use crate::acl::{CredentialState, NEVER};
 use crate::acl::{Decision, Identity};

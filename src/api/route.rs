@@ -4,7 +4,7 @@ use http::Method;
 
 /// A parsed route: which operation, on which ids.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Route {
+pub enum Route {
     DeviceServer,
     Credentials {
         user: u64,
@@ -26,7 +26,12 @@ pub(super) enum Route {
 }
 
 impl Route {
-    pub(super) fn parse(path: &str) -> Route {
+    pub fn parse(path: &str) -> Route {
+        // What precedes the first `/` is not a segment; without this, "x/v1/…" would
+        // route although `Api::owns` sends it upstream.
+        if !path.starts_with('/') {
+            return Route::NotFound;
+        }
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         let id = |s: &str| s.parse::<u64>().ok();
         match parts.as_slice() {
@@ -133,6 +138,96 @@ mod tests {
                     crate::metrics::API_OPERATIONS.contains(&label),
                     "{label} is not in metrics::API_OPERATIONS"
                 );
+            }
+        }
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/api_route.rs`): a path that does not start
+    /// with `/` routed as though it did, while `Api::owns` turned it away.
+    #[test]
+    fn fuzz_regression_path_without_leading_slash() {
+        for path in [
+            "}/v1/device-server",
+            "x/v1/user/3/credential-password-ip",
+            "v1/device-server",
+            "",
+        ] {
+            assert_eq!(Route::parse(path), Route::NotFound, "{path:?}");
+            assert!(!crate::api::Api::owns(path), "{path:?}");
+        }
+    }
+
+    // The fuzz target's routing properties (fuzz/fuzz_targets/api_route.rs), always on.
+    mod props {
+        use super::*;
+        use crate::api::Api;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "v1",
+                    "user",
+                    "credential-password-ip",
+                    "ip",
+                    "device-server",
+                    "",
+                    "+1",
+                    "01",
+                ])
+                .prop_map(String::from),
+                any::<u64>().prop_map(|n| n.to_string()),
+                "[ -~]{0,6}",
+            ]
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            (
+                "[ -~]{0,2}",
+                prop::collection::vec(segment(), 0..7),
+                0usize..3,
+            )
+                .prop_map(|(prefix, segments, trailing)| {
+                    let mut p = prefix;
+                    for s in segments {
+                        p.push('/');
+                        p.push_str(&s);
+                    }
+                    p + &"/".repeat(trailing)
+                })
+        }
+
+        fn canonical(route: &Route) -> Option<String> {
+            let cpi = "credential-password-ip";
+            Some(match route {
+                Route::DeviceServer => "/v1/device-server".into(),
+                Route::Credentials { user } => format!("/v1/user/{user}/{cpi}"),
+                Route::Credential { user, credential } => {
+                    format!("/v1/user/{user}/{cpi}/{credential}")
+                }
+                Route::Ips { user, credential } => format!("/v1/user/{user}/{cpi}/{credential}/ip"),
+                Route::Ip {
+                    user,
+                    credential,
+                    item,
+                } => format!("/v1/user/{user}/{cpi}/{credential}/ip/{item}"),
+                Route::NotFound => return None,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn routed_paths_are_owned_and_ids_round_trip(path in path()) {
+                let route = Route::parse(&path);
+                if !Api::owns(&path) {
+                    prop_assert_eq!(&route, &Route::NotFound);
+                }
+                if let Some(canon) = canonical(&route) {
+                    prop_assert!(Api::owns(&canon));
+                    prop_assert_eq!(Route::parse(&canon), route);
+                }
             }
         }
     }

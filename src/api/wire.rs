@@ -359,4 +359,117 @@ mod tests {
         let b: NewIpBody = parse_json(br#"{"ip":"1.2.3.4"}"#).unwrap();
         assert_eq!(b.status, None);
     }
+
+    // The fuzz target's parsing properties (fuzz/fuzz_targets/api_route.rs), always on.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::Ipv4Addr;
+
+        fn any_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
+                any::<[u8; 4]>().prop_map(|b| IpAddr::V6(Ipv4Addr::from(b).to_ipv6_mapped())),
+            ]
+        }
+
+        /// An address as a client may spell it, or text that is none.
+        fn ip_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (any_ip(), any::<bool>()).prop_map(|(ip, upper)| {
+                    let s = format!(" {ip} ");
+                    if upper {
+                        s.to_uppercase()
+                    } else {
+                        s
+                    }
+                }),
+                (any_ip(), 0u8..=128).prop_map(|(ip, p)| format!("{ip}/{p}")),
+                Just("*".to_string()),
+                "[ -~]{0,16}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn addresses_are_normalised_and_round_trip(text in ip_text()) {
+                match parse_ip(&text) {
+                    Ok(ip) => {
+                        prop_assert_eq!(ip, normalize(ip));
+                        prop_assert_eq!(normalize(text.trim().parse::<IpAddr>().unwrap()), ip);
+                        prop_assert_eq!(parse_ip(&ip.to_string()), Ok(ip));
+                    }
+                    Err(BadInput::Wildcard) => prop_assert_eq!(text.trim(), "*"),
+                    Err(BadInput::Invalid(m)) => prop_assert!(!m.is_empty()),
+                    Err(BadInput::NotJson) => prop_assert!(false, "an address is never a media type"),
+                }
+            }
+
+            #[test]
+            fn registration_binds_each_listed_address_once(
+                listed in prop::collection::vec(ip_text(), 0..6),
+                caller in any_ip(),
+            ) {
+                let caller = normalize(caller);
+                match registration_ips(&listed, caller) {
+                    Ok(ips) => {
+                        prop_assert!(!ips.is_empty());
+                        for (i, ip) in ips.iter().enumerate() {
+                            prop_assert!(!ips[..i].contains(ip));
+                            prop_assert_eq!(*ip, normalize(*ip));
+                            prop_assert!(*ip == caller || listed.iter().any(|t| parse_ip(t) == Ok(*ip)));
+                        }
+                    }
+                    Err(_) => prop_assert!(listed.iter().any(|t| t.trim() != "*" && parse_ip(t).is_err())),
+                }
+            }
+
+            #[test]
+            fn pages_are_bounded_and_round_trip(
+                query in prop_oneof![
+                    "[a-z_=&0-9]{0,40}",
+                    (0u64..300, any::<Option<u64>>(), any::<Option<u64>>()).prop_map(|(c, o, n)| {
+                        let mut q = format!("count={c}");
+                        if let Some(o) = o { q += &format!("&older_id={o}"); }
+                        if let Some(n) = n { q += &format!("&newer_id={n}"); }
+                        q
+                    }),
+                ],
+            ) {
+                if let Ok(p) = parse_page(Some(&query)) {
+                    prop_assert!((1..=MAX_COUNT).contains(&p.count));
+                    prop_assert!(p.older_id.is_none() || p.newer_id.is_none());
+                    let mut q = format!("count={}", p.count);
+                    if let Some(o) = p.older_id { q += &format!("&older_id={o}"); }
+                    if let Some(n) = p.newer_id { q += &format!("&newer_id={n}"); }
+                    let again = parse_page(Some(&q)).unwrap();
+                    prop_assert_eq!((again.count, again.older_id, again.newer_id), (p.count, p.older_id, p.newer_id));
+                }
+            }
+
+            #[test]
+            fn bodies_never_panic_and_say_why(body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                (ip_text(), prop::option::of("[A-Z]{0,9}")).prop_map(|(ip, status)| {
+                    serde_json::to_vec(&json!({ "ip": ip, "status": status })).unwrap()
+                }),
+            ]) {
+                for refused in [
+                    parse_json::<NewIpBody>(&body).err(),
+                    parse_json::<UpdateIpBody>(&body).err(),
+                    parse_json::<DeviceServerBody>(&body).err(),
+                ].into_iter().flatten() {
+                    prop_assert!(matches!(refused, BadInput::Invalid(m) if m.starts_with("Malformed")));
+                }
+                if let Ok(b) = parse_json::<NewIpBody>(&body) {
+                    if let Some(s) = b.status {
+                        prop_assert!(parse_status(&s).map(|st| st.as_str() == s).unwrap_or(true));
+                    }
+                }
+            }
+        }
+    }
 }

@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
 /// More hops than this in one chain is refused rather than walked.
-const MAX_HOPS: usize = 32;
+#[doc(hidden)] // public for the fuzz targets only
+pub const MAX_HOPS: usize = 32;
 
 pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
@@ -199,5 +200,141 @@ mod tests {
             resolve_from_peer(ip("10.0.0.1"), &h, &c),
             Some(ip("10.0.0.1"))
         );
+    }
+
+    // The fuzz target's properties (fuzz/fuzz_targets/client_ip.rs), as cheap
+    // always-on property tests.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::Ipv4Addr;
+
+        fn any_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
+                any::<[u8; 4]>().prop_map(|b| IpAddr::V6(Ipv4Addr::from(b).to_ipv6_mapped())),
+                // A few addresses often, so that hops and trusted networks meet.
+                prop::sample::select(vec![
+                    "10.0.0.1",
+                    "10.9.9.9",
+                    "192.0.2.7",
+                    "::1",
+                    "2001:db8::1"
+                ])
+                .prop_map(ip),
+            ]
+        }
+
+        fn spell(ip: IpAddr, port: Option<u16>, forwarded: bool) -> String {
+            let node = match (ip, port) {
+                (ip, None) => ip.to_string(),
+                (IpAddr::V4(v4), Some(p)) => format!("{v4}:{p}"),
+                (IpAddr::V6(v6), Some(p)) => format!("[{v6}]:{p}"),
+            };
+            if forwarded {
+                format!("for=\"{node}\"")
+            } else {
+                node
+            }
+        }
+
+        fn hop(forwarded: bool) -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => (any_ip(), any::<Option<u16>>()).prop_map(move |(ip, port)| spell(ip, port, forwarded)),
+                1 => "[ -~]{0,12}",
+            ]
+        }
+
+        fn nets() -> impl Strategy<Value = Vec<IpNet>> {
+            prop::collection::vec((any_ip(), 0u8..=128), 0..4).prop_map(|v| {
+                v.into_iter()
+                    .map(|(a, p)| {
+                        let a = normalize(a);
+                        let max = if a.is_ipv4() { 32 } else { 128 };
+                        IpNet::new(a, p.min(max)).unwrap().trunc()
+                    })
+                    .collect()
+            })
+        }
+
+        fn setup() -> impl Strategy<Value = (bool, IpAddr, Vec<IpNet>, Vec<String>)> {
+            any::<bool>().prop_flat_map(|forwarded| {
+                let line = prop::collection::vec(hop(forwarded), 1..5).prop_map(|h| h.join(","));
+                (
+                    Just(forwarded),
+                    any_ip(),
+                    nets(),
+                    prop::collection::vec(line, 0..4),
+                )
+            })
+        }
+
+        fn header_of(forwarded: bool) -> (ForwardedHeader, &'static str) {
+            if forwarded {
+                (ForwardedHeader::Forwarded, "forwarded")
+            } else {
+                (ForwardedHeader::XForwardedFor, "x-forwarded-for")
+            }
+        }
+
+        /// Whether `ip` is spelled somewhere in `lines` (the only other place a client
+        /// address may come from than the peer).
+        fn written_in(ip: IpAddr, lines: &[String]) -> bool {
+            lines.iter().any(|l| {
+                l.split(|c: char| !(c.is_ascii_hexdigit() || c == ':' || c == '.'))
+                    .any(|run| {
+                        (0..run.len()).any(|i| {
+                            (i + 2..=run.len().min(i + 45)).any(|j| {
+                                run[i..j]
+                                    .parse::<IpAddr>()
+                                    .is_ok_and(|f| normalize(f) == ip)
+                            })
+                        })
+                    })
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn only_the_peer_or_a_written_address((forwarded, peer, nets, lines) in setup()) {
+                let peer = normalize(peer);
+                let (kind, name) = header_of(forwarded);
+                let c = ClientIpConfig { trusted_proxies: nets, header: kind };
+                let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+                let trusted = is_trusted(peer, &c.trusted_proxies);
+                let got = resolve(peer, trusted, &headers(name, &refs), &c);
+                if !trusted || lines.is_empty() {
+                    prop_assert_eq!(got, Some(peer));
+                }
+                if let Some(found) = got {
+                    prop_assert_eq!(found, normalize(found));
+                    prop_assert!(found == peer || written_in(found, &lines));
+                }
+            }
+
+            #[test]
+            fn the_rightmost_untrusted_hop_decides(
+                (forwarded, peer, nets, lines) in setup(),
+                last in any_ip(),
+                port in any::<Option<u16>>(),
+            ) {
+                let peer = normalize(peer);
+                let (kind, name) = header_of(forwarded);
+                let mut nets = nets;
+                nets.push(IpNet::from(peer));
+                let c = ClientIpConfig { trusted_proxies: nets, header: kind };
+                let x = normalize(last);
+                prop_assume!(!is_trusted(x, &c.trusted_proxies));
+                let mut all = lines.clone();
+                all.push(spell(last, port, forwarded));
+                let hops: usize = all.iter().map(|l| l.matches(',').count() + 1).sum();
+                let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+                let got = resolve(peer, true, &headers(name, &refs), &c);
+                prop_assert_eq!(got, (hops <= MAX_HOPS).then_some(x));
+            }
+        }
     }
 }

@@ -9,7 +9,8 @@ pub mod client_ip;
 mod connections;
 mod forward;
 mod listener;
-mod proxy_protocol;
+#[doc(hidden)] // public for the fuzz targets only
+pub mod proxy_protocol;
 mod refusal_limit;
 mod target;
 pub mod tls;

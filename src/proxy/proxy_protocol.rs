@@ -106,3 +106,124 @@ async fn read_v1_line(stream: &mut TcpStream, head: &[u8]) -> Result<Vec<u8>, Pr
     }
     Ok(line)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// `read_header` over `bytes` sent on a loopback connection, and what it left unread.
+    fn read(bytes: &[u8]) -> (Result<Option<IpAddr>, ProxyHeaderError>, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            client.write_all(bytes).await.unwrap();
+            client.shutdown().await.unwrap();
+            let result = read_header(&mut server).await;
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.unwrap();
+            (result, rest)
+        })
+    }
+
+    fn v2(command: u8, family: u8, body: &[u8]) -> Vec<u8> {
+        let mut h = V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x20 | command, family]);
+        h.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        h.extend_from_slice(body);
+        h
+    }
+
+    /// A well-formed header of either version and the client it names.
+    fn header() -> impl Strategy<Value = (Vec<u8>, Option<IpAddr>)> {
+        let v4 = (
+            any::<[u8; 4]>(),
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            any::<u16>(),
+        );
+        let v6 = (
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            any::<u16>(),
+        );
+        let tlvs = prop::collection::vec(any::<u8>(), 0..64).prop_map(|v| {
+            // One NOOP TLV carrying the bytes.
+            let mut t = vec![0x04];
+            t.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            t.extend_from_slice(&v);
+            t
+        });
+        prop_oneof![
+            v4.prop_map(|(s, d, sp, dp)| {
+                let (s, d) = (Ipv4Addr::from(s), Ipv4Addr::from(d));
+                let line = format!("PROXY TCP4 {s} {d} {sp} {dp}\r\n");
+                (line.into_bytes(), Some(IpAddr::V4(s)))
+            }),
+            v6.prop_map(|(s, d, sp, dp)| {
+                let (s, d) = (Ipv6Addr::from(s), Ipv6Addr::from(d));
+                let line = format!("PROXY TCP6 {s} {d} {sp} {dp}\r\n");
+                (line.into_bytes(), Some(IpAddr::V6(s)))
+            }),
+            Just((b"PROXY UNKNOWN\r\n".to_vec(), None)),
+            (v4, tlvs.clone()).prop_map(|((s, d, sp, dp), t)| {
+                let mut body = [s, d].concat();
+                body.extend_from_slice(&sp.to_be_bytes());
+                body.extend_from_slice(&dp.to_be_bytes());
+                body.extend_from_slice(&t);
+                (v2(1, 0x11, &body), Some(IpAddr::from(s)))
+            }),
+            (v6, tlvs).prop_map(|((s, d, sp, dp), t)| {
+                let mut body = [s, d].concat();
+                body.extend_from_slice(&sp.to_be_bytes());
+                body.extend_from_slice(&dp.to_be_bytes());
+                body.extend_from_slice(&t);
+                (v2(1, 0x21, &body), Some(IpAddr::from(s)))
+            }),
+            Just((v2(0, 0, &[]), None)),
+        ]
+    }
+
+    /// Bytes that look like the start of a header more often than chance would.
+    fn noise() -> impl Strategy<Value = Vec<u8>> {
+        let start = prop::sample::select(vec![&b""[..], b"PROXY ", b"PROXY TCP4 ", &V2_SIGNATURE]);
+        (start, prop::collection::vec(any::<u8>(), 0..700))
+            .prop_map(|(s, tail)| [s, &tail].concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn a_header_is_read_exactly(
+            (head, client) in header(),
+            tail in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let (result, rest) = read(&[&head[..], &tail].concat());
+            prop_assert_eq!(result.unwrap(), client);
+            prop_assert_eq!(rest, tail, "bytes after the header must stay for HTTP");
+        }
+
+        #[test]
+        fn anything_else_is_read_boundedly(bytes in noise()) {
+            let (_, rest) = read(&bytes);
+            let consumed = bytes.len() - rest.len();
+            prop_assert_eq!(&bytes[consumed..], &rest[..]);
+            prop_assert!(consumed <= 16 + MAX_V2_PAYLOAD);
+            if !bytes.starts_with(&V2_SIGNATURE) {
+                prop_assert!(consumed <= MAX_V1_LINE);
+            }
+        }
+    }
+}

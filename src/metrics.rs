@@ -161,6 +161,9 @@ pub struct Metrics {
     pub change_propagation: Histogram,
     pub damaged_credentials: IntGauge,
     registrations: Vec<IntCounter>,
+    pub usage_flushes: IntCounterVec,
+    pub usage_rows: IntCounter,
+    pub usage_dropped: IntCounter,
     client_errors: Vec<IntCounter>,
     pub idle_closed: IntCounter,
     pub connections_refused: IntCounter,
@@ -417,6 +420,33 @@ impl Metrics {
                 "Credentials refused because their stored record could not be read.",
             ),
             registrations,
+            usage_flushes: {
+                let v = register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "ipgate_usage_flushes_total",
+                            "Writes of per-address usage and refused addresses to the store, \
+                             by result (ok, error: kept for the next one).",
+                        ),
+                        &["result"],
+                    )
+                    .expect("valid metric"),
+                );
+                for result in ["ok", "error"] {
+                    v.with_label_values(&[result]);
+                }
+                v
+            },
+            usage_rows: counter(
+                "ipgate_usage_rows_total",
+                "Per-address usage and refused-address rows written to the store.",
+            ),
+            usage_dropped: counter(
+                "ipgate_usage_dropped_total",
+                "Sightings not kept: a worker's table was full between two flushes, or the \
+                 store stayed down too long.",
+            ),
             client_errors,
             idle_closed: counter(
                 "ipgate_idle_connections_closed_total",

@@ -6,7 +6,8 @@ use super::super::insight::*;
 use super::super::model::Timestamp;
 use super::super::{Result, StoreError};
 use super::rows::{col, id, parse};
-use tokio_postgres::Transaction;
+use super::rows::{execute, query, query_one, query_opt};
+use deadpool_postgres::Transaction;
 
 /// Adds one batch: sums, earliest first and latest last sighting; then keeps the
 /// `REFUSED_KEPT` most recent refused addresses of each credential it touched.
@@ -25,7 +26,7 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
         let requests: Vec<i64> = rows.iter().map(|s| s.requests as i64).collect();
         let first: Vec<i64> = rows.iter().map(|s| s.first_seen.0).collect();
         let last: Vec<i64> = rows.iter().map(|s| s.last_seen.0).collect();
-        tx.execute(
+        execute(tx,
             &format!(
                 "INSERT INTO {table} (credential_id, ip, requests, first_seen, last_seen) \
                  SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::BIGINT[]) \
@@ -47,7 +48,8 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
     touched.dedup();
     for credential in touched {
         let kept: i64 = col(
-            &tx.query_one(
+            &query_one(
+                tx,
                 "SELECT COUNT(*) FROM refused_ips WHERE credential_id = $1",
                 &[&credential],
             )
@@ -57,15 +59,16 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
         if kept as usize <= REFUSED_KEPT {
             continue;
         }
-        let dropped = tx
-            .execute(
-                "DELETE FROM refused_ips WHERE credential_id = $1 AND ip NOT IN \
+        let dropped = execute(
+            tx,
+            "DELETE FROM refused_ips WHERE credential_id = $1 AND ip NOT IN \
                  (SELECT ip FROM refused_ips WHERE credential_id = $1 \
                   ORDER BY last_seen DESC, requests DESC LIMIT $2)",
-                &[&credential, &(REFUSED_KEPT as i64)],
-            )
-            .await?;
-        tx.execute(
+            &[&credential, &(REFUSED_KEPT as i64)],
+        )
+        .await?;
+        execute(
+            tx,
             "INSERT INTO refused_dropped (credential_id, dropped) VALUES ($1, $2) \
              ON CONFLICT (credential_id) DO UPDATE SET \
                dropped = refused_dropped.dropped + EXCLUDED.dropped",
@@ -77,13 +80,13 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
 }
 
 async fn exists(tx: &Transaction<'_>, table: &str, row: u64) -> Result<bool> {
-    Ok(tx
-        .query_opt(
-            &format!("SELECT 1 FROM {table} WHERE id = $1"),
-            &[&(row as i64)],
-        )
-        .await?
-        .is_some())
+    Ok(query_opt(
+        tx,
+        &format!("SELECT 1 FROM {table} WHERE id = $1"),
+        &[&(row as i64)],
+    )
+    .await?
+    .is_some())
 }
 
 fn timestamp(v: Option<i64>) -> Option<Timestamp> {
@@ -100,15 +103,15 @@ pub(super) async fn refused(
         }
     }
     let credential = credential.map(|c| c as i64);
-    let rows = tx
-        .query(
-            "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen \
+    let rows = query(
+        tx,
+        "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen \
              FROM refused_ips r JOIN credentials c ON c.id = r.credential_id \
              WHERE $1::BIGINT IS NULL OR r.credential_id = $1 \
              ORDER BY r.credential_id, r.last_seen DESC, r.ip",
-            &[&credential],
-        )
-        .await?;
+        &[&credential],
+    )
+    .await?;
     let mut addresses = Vec::with_capacity(rows.len());
     for r in &rows {
         let ip: String = col(r, 2)?;
@@ -121,13 +124,13 @@ pub(super) async fn refused(
             last_seen: Timestamp(col(r, 5)?),
         });
     }
-    let rows = tx
-        .query(
-            "SELECT credential_id, dropped FROM refused_dropped \
+    let rows = query(
+        tx,
+        "SELECT credential_id, dropped FROM refused_dropped \
              WHERE $1::BIGINT IS NULL OR credential_id = $1 ORDER BY credential_id",
-            &[&credential],
-        )
-        .await?;
+        &[&credential],
+    )
+    .await?;
     let truncated = rows
         .iter()
         .map(|r| {
@@ -154,9 +157,9 @@ pub(super) async fn unused(
         }
     }
     let user = user.map(|u| u as i64);
-    let rows = tx
-        .query(
-            "SELECT p.credential_id, c.user_id, p.id, p.ip, p.created, u.last_seen, \
+    let rows = query(
+        tx,
+        "SELECT p.credential_id, c.user_id, p.id, p.ip, p.created, u.last_seen, \
                     COALESCE(u.requests, 0) \
              FROM permitted_ips p \
              JOIN credentials c ON c.id = p.credential_id \
@@ -165,9 +168,9 @@ pub(super) async fn unused(
                AND COALESCE(u.last_seen, p.created) < $1 \
                AND ($2::BIGINT IS NULL OR c.user_id = $2) \
              ORDER BY p.credential_id, p.id",
-            &[&since.0, &user],
-        )
-        .await?;
+        &[&since.0, &user],
+    )
+    .await?;
     let mut entries = Vec::with_capacity(rows.len());
     for r in &rows {
         let ip: String = col(r, 3)?;
@@ -181,17 +184,17 @@ pub(super) async fn unused(
             requests: col::<i64>(r, 6)? as u64,
         });
     }
-    let rows = tx
-        .query(
-            "SELECT c.id, c.user_id, c.status, c.created, MAX(u.last_seen) \
+    let rows = query(
+        tx,
+        "SELECT c.id, c.user_id, c.status, c.created, MAX(u.last_seen) \
              FROM credentials c LEFT JOIN ip_usage u ON u.credential_id = c.id \
              WHERE c.status = 'ACTIVE' AND ($2::BIGINT IS NULL OR c.user_id = $2) \
              GROUP BY c.id \
              HAVING COALESCE(MAX(u.last_seen), c.created) < $1 \
              ORDER BY c.id",
-            &[&since.0, &user],
-        )
-        .await?;
+        &[&since.0, &user],
+    )
+    .await?;
     let mut credentials = Vec::with_capacity(rows.len());
     for r in &rows {
         let status: String = col(r, 2)?;
@@ -213,9 +216,9 @@ pub(super) async fn suggest(tx: &Transaction<'_>, credential: u64) -> Result<Vec
     if !exists(tx, "credentials", credential).await? {
         return Err(StoreError::NotFound("credential"));
     }
-    let rows = tx
-        .query(
-            "SELECT a.ip, SUM(a.allowed)::BIGINT, SUM(a.refused)::BIGINT, MAX(a.last_seen), \
+    let rows = query(
+        tx,
+        "SELECT a.ip, SUM(a.allowed)::BIGINT, SUM(a.refused)::BIGINT, MAX(a.last_seen), \
                     (SELECT p.status FROM permitted_ips p \
                      WHERE p.credential_id = $1 AND p.ip = a.ip) \
              FROM (SELECT ip, requests AS allowed, 0::BIGINT AS refused, last_seen \
@@ -225,9 +228,9 @@ pub(super) async fn suggest(tx: &Transaction<'_>, credential: u64) -> Result<Vec
                    WHERE credential_id = $1) a \
              GROUP BY a.ip \
              ORDER BY SUM(a.allowed) + SUM(a.refused) DESC, a.ip",
-            &[&(credential as i64)],
-        )
-        .await?;
+        &[&(credential as i64)],
+    )
+    .await?;
     rows.iter()
         .map(|r| {
             let ip: String = col(r, 0)?;

@@ -35,6 +35,13 @@ use tokio_util::sync::CancellationToken;
 /// timeout meant for one small call.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Where the store stands, and the stamp it has for the caller's version ($1).
+const PROBE: &str = "SELECT \
+    (SELECT value FROM meta WHERE name = 'store_id'), \
+    (SELECT value FROM meta WHERE name = 'change_version'), \
+    (SELECT value FROM meta WHERE name = 'pruned_through'), \
+    (SELECT stamp FROM change_log WHERE version = $1 LIMIT 1)";
+
 /// Longest pause between attempts to re-establish the LISTEN connection.
 const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -143,6 +150,25 @@ impl PostgresStore {
 
     async fn changes_since_now(&self, at: Position) -> Result<Feed> {
         let mut client = self.client().await?;
+        // Most polls find nothing new: one prepared statement, one round trip, one
+        // consistent view, no transaction to open and close.
+        let probe = client.prepare_cached(PROBE).await?;
+        let row = client.query_one(&probe, &[&(at.version as i64)]).await?;
+        let (store_id, version, pruned): (Option<i64>, Option<i64>, Option<i64>) =
+            (col(&row, 0)?, col(&row, 1)?, col(&row, 2)?);
+        let (Some(store_id), Some(version)) = (store_id, version) else {
+            return Err(StoreError::Unavailable(
+                "the store's meta table lacks its identity or version".into(),
+            ));
+        };
+        let stamp = if at.version == 0 { None } else { col(&row, 3)? };
+        let pruned = pruned.unwrap_or(0) as u64;
+        if let Some(reason) = continuation(&at, store_id, version as u64, pruned, stamp) {
+            return Ok(Feed::Resync(reason));
+        }
+        if version as u64 == at.version {
+            return Ok(Feed::Unchanged);
+        }
         let tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)

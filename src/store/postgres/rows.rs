@@ -6,9 +6,10 @@ use super::super::feed::StoredCredential;
 use super::super::model::*;
 use super::super::rules::{Plan, Record};
 use super::super::{random_stamp, Result, StoreError};
+use deadpool_postgres::Transaction;
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Row, Transaction};
+use tokio_postgres::Row;
 
 /// The channel every write notifies on commit, with the new version as payload.
 pub(super) const CHANNEL: &str = "ipgate_changes";
@@ -25,6 +26,45 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         StoreError::unavailable(e)
     }
+}
+
+// Every statement is prepared once per connection (deadpool's statement cache): a
+// query by text alone costs a second round trip to prepare it, every time.
+
+pub(super) async fn query(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query(&statement, params).await?)
+}
+
+pub(super) async fn query_one(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query_one(&statement, params).await?)
+}
+
+pub(super) async fn query_opt(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.query_opt(&statement, params).await?)
+}
+
+pub(super) async fn execute(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64> {
+    let statement = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&statement, params).await?)
 }
 
 /// One column, or an error naming it: a schema that is not ours must not panic.
@@ -99,7 +139,7 @@ pub(super) fn audit_from_row(row: &Row) -> Result<AuditEntry> {
 /// Identity, version, and the newest version whose history was pruned.
 pub(super) async fn read_meta(tx: &Transaction<'_>) -> Result<(i64, u64, u64)> {
     let (mut store_id, mut version, mut pruned) = (None, None, 0);
-    for row in tx.query("SELECT name, value FROM meta", &[]).await? {
+    for row in query(tx, "SELECT name, value FROM meta", &[]).await? {
         let name: String = col(&row, 0)?;
         let value: i64 = col(&row, 1)?;
         match name.as_str() {
@@ -118,12 +158,12 @@ pub(super) async fn read_meta(tx: &Transaction<'_>) -> Result<(i64, u64, u64)> {
 }
 
 pub(super) async fn stamp_at(tx: &Transaction<'_>, version: u64) -> Result<Option<i64>> {
-    let row = tx
-        .query_opt(
-            "SELECT stamp FROM change_log WHERE version = $1 LIMIT 1",
-            &[&(version as i64)],
-        )
-        .await?;
+    let row = query_opt(
+        tx,
+        "SELECT stamp FROM change_log WHERE version = $1 LIMIT 1",
+        &[&(version as i64)],
+    )
+    .await?;
     row.map(|r| col(&r, 0)).transpose()
 }
 
@@ -133,13 +173,13 @@ pub(super) async fn changes_after(
     tx: &Transaction<'_>,
     after: u64,
 ) -> Result<(Vec<Timestamp>, Vec<i64>, Option<i64>)> {
-    let rows = tx
-        .query(
-            "SELECT version, credential_id, committed_at, stamp FROM change_log \
+    let rows = query(
+        tx,
+        "SELECT version, credential_id, committed_at, stamp FROM change_log \
              WHERE version > $1 ORDER BY version",
-            &[&(after as i64)],
-        )
-        .await?;
+        &[&(after as i64)],
+    )
+    .await?;
     let (mut committed, mut ids, mut last) = (Vec::new(), Vec::new(), None);
     let mut previous = after as i64;
     for row in &rows {
@@ -181,7 +221,8 @@ pub(super) async fn stored_credentials(
         Some(ids) => vec![ids],
         None => Vec::new(),
     };
-    let rows = tx.query_raw(sql.as_str(), params).await?;
+    let statement = tx.prepare_cached(&sql).await?;
+    let rows = tx.query_raw(&statement, params).await?;
     pin_mut!(rows);
     let mut current: Option<StoredCredential> = None;
     while let Some(row) = rows.try_next().await? {
@@ -215,14 +256,15 @@ pub(super) async fn stored_credentials(
 /// listeners, in the caller's transaction. The counter row is updated last: its lock
 /// is what puts versions in commit order, so it is held only until the commit.
 pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u64) -> Result<u64> {
-    let row = tx
-        .query_one(
-            "UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value",
-            &[],
-        )
-        .await?;
+    let row = query_one(
+        tx,
+        "UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value",
+        &[],
+    )
+    .await?;
     let version: i64 = col(&row, 0)?;
-    tx.execute(
+    execute(
+        tx,
         "INSERT INTO change_log (version, credential_id, stamp, committed_at) \
          VALUES ($1, $2, $3, $4)",
         &[
@@ -236,15 +278,21 @@ pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u6
     let version = version as u64;
     if version % 64 == 0 && version > keep {
         let through = (version - keep) as i64;
-        tx.execute("DELETE FROM change_log WHERE version <= $1", &[&through])
-            .await?;
-        tx.execute(
+        execute(
+            tx,
+            "DELETE FROM change_log WHERE version <= $1",
+            &[&through],
+        )
+        .await?;
+        execute(
+            tx,
             "UPDATE meta SET value = GREATEST(value, $1) WHERE name = 'pruned_through'",
             &[&through],
         )
         .await?;
     }
-    tx.execute(
+    execute(
+        tx,
         "SELECT pg_notify($1, $2)",
         &[&CHANNEL, &version.to_string()],
     )
@@ -253,33 +301,36 @@ pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u6
 }
 
 pub(super) async fn get_credential(tx: &Transaction<'_>, credential: u64) -> Result<Credential> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1"),
-            &[&(credential as i64)],
-        )
-        .await?
-        .ok_or(StoreError::NotFound("credential"))?;
+    let row = query_opt(
+        tx,
+        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1"),
+        &[&(credential as i64)],
+    )
+    .await?
+    .ok_or(StoreError::NotFound("credential"))?;
     credential_from_row(&row)
 }
 
 pub(super) async fn credential_id_by_key(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<u64>> {
-    let row = tx
-        .query_opt("SELECT id FROM credentials WHERE key_hash = $1", &[&key])
-        .await?;
+    let row = query_opt(
+        tx,
+        "SELECT id FROM credentials WHERE key_hash = $1",
+        &[&key],
+    )
+    .await?;
     row.map(|r| col::<i64>(&r, 0).map(id)).transpose()
 }
 
 /// A credential and all its entries, with the credential's row locked until commit:
 /// two changes to one credential (two adds racing for the last free slot) take turns.
 pub(super) async fn lock_record(tx: &Transaction<'_>, credential: u64) -> Result<Record> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1 FOR UPDATE"),
-            &[&(credential as i64)],
-        )
-        .await?
-        .ok_or(StoreError::NotFound("credential"))?;
+    let row = query_opt(
+        tx,
+        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1 FOR UPDATE"),
+        &[&(credential as i64)],
+    )
+    .await?
+    .ok_or(StoreError::NotFound("credential"))?;
     let credential = credential_from_row(&row)?;
     Ok(Record {
         entries: entries(tx, credential.id).await?,
@@ -297,7 +348,8 @@ pub(super) async fn read_record(tx: &Transaction<'_>, credential: u64) -> Result
 }
 
 async fn entries(tx: &Transaction<'_>, credential: u64) -> Result<Vec<PermittedIp>> {
-    tx.query(
+    query(
+        tx,
         &format!("SELECT {IP_COLUMNS} FROM entries WHERE credential_id = $1 ORDER BY id"),
         &[&(credential as i64)],
     )
@@ -316,7 +368,8 @@ pub(super) async fn apply(
 ) -> Result<()> {
     let credential = credential as i64;
     if let Some(c) = &plan.credential {
-        tx.execute(
+        execute(
+            tx,
             "UPDATE credentials SET status = $2, wildcard = $3, expiry = $4, \
              device_description = $5, device_ip = $6, updated = $7, mode = $8 WHERE id = $1",
             &[
@@ -333,7 +386,8 @@ pub(super) async fn apply(
         .await?;
     }
     for (ip, status) in &plan.insert {
-        tx.execute(
+        execute(
+            tx,
             "INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
              VALUES ($1, $2, $3, $4, $4)",
             &[&credential, &ip.to_string(), &status.as_str(), &now.0],
@@ -341,7 +395,7 @@ pub(super) async fn apply(
         .await?;
     }
     for (item, status) in &plan.update {
-        tx.execute(
+        execute(tx,
             "UPDATE permitted_ips SET status = $3, updated = $4 WHERE id = $1 AND credential_id = $2",
             &[&(*item as i64), &credential, &status.as_str(), &now.0],
         )
@@ -358,7 +412,8 @@ pub(super) async fn audit(
     before: Option<serde_json::Value>,
     after: Option<serde_json::Value>,
 ) -> Result<()> {
-    tx.execute(
+    execute(
+        tx,
         "INSERT INTO audit_log (at, actor, actor_ip, credential_id, action, before, after) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
@@ -384,8 +439,8 @@ pub(super) async fn query_page<T>(
 ) -> Result<Vec<T>> {
     let cursor = cursor.map(|c| c as i64);
     let rows = match cursor {
-        Some(c) => tx.query(&sql, &[&first, &c]).await?,
-        None => tx.query(&sql, &[&first]).await?,
+        Some(c) => query(tx, &sql, &[&first, &c]).await?,
+        None => query(tx, &sql, &[&first]).await?,
     };
     rows.iter().map(map).collect()
 }

@@ -386,15 +386,15 @@ async fn real_gateways(pg: &Postgres, notify: bool) {
         "127.0.0.2",
         "POST",
         "/v1/device-server",
-        &[],
+        &[("content-type", "application/json")],
         &body,
     )
     .await;
     assert_eq!(status, 200);
-    let item = admin(&["ip", "list", &cred.to_string()]).to_string();
-    let entry = serde_json::from_str::<serde_json::Value>(&item).unwrap()["ips"]
-        .as_array()
-        .unwrap()
+    let listed = admin(&["ip", "list", &cred.to_string()]);
+    // `ip list --json` is an array of entries (older versions: an object with "ips").
+    let entries = listed.as_array().or(listed["ips"].as_array()).unwrap();
+    let entry = entries
         .iter()
         .find(|e| e["ip"] == "127.0.0.3")
         .unwrap()["id"]
@@ -675,7 +675,7 @@ async fn writes(pg: &Postgres) {
                 "127.0.0.2",
                 "POST",
                 "/v1/device-server",
-                &[],
+                &[("content-type", "application/json")],
                 &body
             )
             .await

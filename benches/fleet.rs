@@ -22,7 +22,7 @@ mod pg;
 use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
 use ipgate::config::{Config, StoreConfig};
 use ipgate::metrics::Metrics;
-use ipgate::refresh::Refresher;
+use ipgate::refresh::{Refresher, MIN_HINT_SPACING};
 use ipgate::store::{self, Actor, Change, IpStatus, NewCredential, Store, Target, Timestamp};
 use pg::Postgres;
 use std::collections::BTreeMap;
@@ -171,6 +171,7 @@ async fn poller(
         };
         let mut last = None;
         loop {
+            let polled = Instant::now();
             if refresher.refresh().await.is_ok() {
                 let v = task_cell.load().as_ref().map(|s| s.version());
                 if v > last {
@@ -181,16 +182,20 @@ async fn poller(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(INTERVAL) => {}
-                _ = wait(&hints) => {}
+                _ = wait(&hints, polled) => {}
             }
         }
     });
     cell
 }
 
-async fn wait(hints: &Option<Arc<Notify>>) {
+/// A hint, then the spacing `Refresher::run` keeps between hinted polls.
+async fn wait(hints: &Option<Arc<Notify>>, polled: Instant) {
     match hints {
-        Some(n) => n.notified().await,
+        Some(n) => {
+            n.notified().await;
+            tokio::time::sleep_until((polled + MIN_HINT_SPACING).into()).await;
+        }
         None => std::future::pending().await,
     }
 }
@@ -394,10 +399,7 @@ async fn real_gateways(pg: &Postgres, notify: bool) {
     let listed = admin(&["ip", "list", &cred.to_string()]);
     // `ip list --json` is an array of entries (older versions: an object with "ips").
     let entries = listed.as_array().or(listed["ips"].as_array()).unwrap();
-    let entry = entries
-        .iter()
-        .find(|e| e["ip"] == "127.0.0.3")
-        .unwrap()["id"]
+    let entry = entries.iter().find(|e| e["ip"] == "127.0.0.3").unwrap()["id"]
         .as_u64()
         .unwrap();
     let path = format!("/v1/user/{user}/credential-password-ip/{cred}/ip/{entry}");
@@ -623,13 +625,20 @@ async fn cpu(pg: &Postgres) {
     }
 }
 
-/// Writes/s through one real gateway's API, 8 clients, with 100 pollers attached.
+/// Writes/s through one real gateway's API, 8 clients, with no other gateway, and with
+/// 100 pollers attached polling only and with notify.
 async fn writes(pg: &Postgres) {
+    for (pollers, notify) in [(0, false), (100, false), (100, true)] {
+        writes_with(pg, pollers, notify).await;
+    }
+}
+
+async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
     let db = pg.database();
     let stop = CancellationToken::new();
     // The schema must exist before 100 pollers race to make it: one load first.
     open(pg, &db, 1).load().await.unwrap();
-    let _pollers = start_pollers(pg, &db, 100, true, &stop).await;
+    let _pollers = start_pollers(pg, &db, pollers, notify, &stop).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gw.toml");
     std::fs::write(
@@ -688,6 +697,7 @@ async fn writes(pg: &Postgres) {
         ));
     }
     let window = Duration::from_secs(15);
+    let cpu_ticks = pg_ticks(pg);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (c, (path, key)) in clients.into_iter().enumerate() {
@@ -724,8 +734,11 @@ async fn writes(pg: &Postgres) {
     }
     let secs = started.elapsed().as_secs_f64();
     stop.cancel();
+    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / secs * 100.0;
     println!(
-        "API writes through one gateway, 8 clients, 100 pollers attached (notify): {:.0} writes/s ({ok} ok, {failed} refused, {secs:.1} s)",
+        "API writes through one gateway, 8 clients, {pollers} pollers attached ({}): {:.0} writes/s \
+         ({ok} ok, {failed} refused, {secs:.1} s); PostgreSQL CPU {cpu:.0}% of a core",
+        if notify { "notify" } else { "poll only" },
         ok as f64 / secs
     );
 }
@@ -826,7 +839,8 @@ fn fill(pg: &Postgres, db: &str, n: u64) {
     for i in 1..=n {
         let key = KeyHash::of(&i.to_le_bytes());
         let hex: String = key.0.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(c, "{i},1,\\\\x{hex},ACTIVE,f,{now},{now}").unwrap();
+        // bytea in hex: a single backslash, then x (CSV does not escape it).
+        writeln!(c, "{i},1,\\x{hex},ACTIVE,f,{now},{now}").unwrap();
         for j in 0..2u64 {
             let a = 0x0a00_0000u32 + ((i * 2 + j) as u32 & 0x00ff_ffff);
             writeln!(p, "{i},{},ACTIVE,{now},{now}", std::net::Ipv4Addr::from(a)).unwrap();

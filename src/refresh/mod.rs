@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// Polls woken by the store's hints start at least this far apart.
+pub const MIN_HINT_SPACING: Duration = Duration::from_millis(50);
+
 /// Backoff after failures grows to this many intervals at most.
 const MAX_BACKOFF_INTERVALS: u32 = 10;
 
@@ -221,6 +224,7 @@ impl Refresher {
     ) {
         let mut failures: u32 = 0;
         loop {
+            let polled = Instant::now();
             let delay = match self.refresh().await {
                 Ok(_) => {
                     if failures > 0 {
@@ -258,7 +262,13 @@ impl Refresher {
                 match &hints {
                     // After a failure the backoff stands: a hint means the store is
                     // back, but a flapping one must not be polled in a tight loop.
-                    Some(notify) if failures == 0 => notify.notified().await,
+                    Some(notify) if failures == 0 => {
+                        notify.notified().await;
+                        // Under a stream of writes every commit is a hint: polls are
+                        // spaced so that one read picks up many commits, and a fleet's
+                        // reads grow with its size, not with the write rate.
+                        tokio::time::sleep_until((polled + MIN_HINT_SPACING).into()).await;
+                    }
                     _ => std::future::pending().await,
                 }
             };

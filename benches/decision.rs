@@ -29,7 +29,7 @@ use ipgate::acl::{
     SnapshotCredential,
 };
 use ipgate::config::AuthConfig;
-use ipgate::proxy::{credential_key, unix_now, Gatekeeper};
+use ipgate::gate::{credential_key, unix_now, Gatekeeper};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;

@@ -10,11 +10,10 @@ use crate::acl::SnapshotCell;
 use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
 use crate::config::Config;
+use crate::gate::Gatekeeper;
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
-use crate::proxy::{
-    self, Gatekeeper, Gateway, ListenerOptions, RefusalLimiter, Upstream, UpstreamSetupError,
-};
+use crate::proxy::{self, Gateway, ListenerOptions, RefusalLimiter, Upstream, UpstreamSetupError};
 use crate::refresh::Refresher;
 use crate::store;
 use std::net::SocketAddr;
@@ -192,7 +191,7 @@ async fn reload_on_sighup(
                 metrics.tls_reloads.with_label_values(&["error"]).inc();
                 tracing::error!(
                     %error,
-                    cause = crate::refresh::error_chain(&error),
+                    cause = crate::logging::error_chain(&error),
                     "TLS reload failed; still serving the previous certificate"
                 );
             }

@@ -20,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod bunq;
 pub mod config;
+pub mod gate;
 pub mod logging;
 pub mod metrics;
 pub mod operator;

@@ -46,3 +46,34 @@ pub fn init(config: &LogConfig) -> (WorkerGuard, AccessLog) {
     }
     (guard, access)
 }
+
+/// The `source()` chain of an error, without the error itself: `cause: its cause: …`,
+/// for a log line (or the last words of `main`) that says why.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut next = error.source();
+    while let Some(e) = next {
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_names_every_cause() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(error_chain(&e), "inner");
+        assert_eq!(error_chain(&std::io::Error::other("alone")), "");
+    }
+}

@@ -136,13 +136,12 @@ fn serve(config: Config) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
+            let cause = ipgate::logging::error_chain(&e);
+            let msg = if cause.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: {cause}")
+            };
             tracing::error!(error = %msg, "ipgate stopped");
             eprintln!("ipgate: {msg}");
             ExitCode::FAILURE

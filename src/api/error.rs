@@ -4,7 +4,6 @@
 use super::wire::BadInput;
 use crate::acl::Reason;
 use crate::bunq;
-use crate::proxy::refusal;
 use crate::store::StoreError;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -53,7 +52,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "The wildcard \"*\" can only be set by an operator.",
             ),
-            ApiError::Refused(reason) => refusal(reason),
+            ApiError::Refused(reason) => bunq::refusal(reason),
             ApiError::OtherUser => bunq::error(
                 StatusCode::FORBIDDEN,
                 "You can only see and change your own user's data.",
@@ -69,7 +68,7 @@ impl ApiError {
                 r
             }
             ApiError::Store(e) => {
-                tracing::error!(error = %e, cause = crate::refresh::error_chain(&e), "store failed during an API call");
+                tracing::error!(error = %e, cause = crate::logging::error_chain(&e), "store failed during an API call");
                 bunq::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The store is unavailable; nothing was changed. Try again later.",

@@ -24,9 +24,9 @@ mod wire;
 use crate::acl::{CredentialState, NEVER};
 use crate::acl::{Decision, Identity};
 use crate::bunq;
+use crate::gate::Gatekeeper;
 use crate::metrics::Metrics;
 use crate::metrics::Registration;
-use crate::proxy::Gatekeeper;
 use crate::refresh::Refresher;
 use crate::store::rules::REGISTRATION_REFUSED;
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
@@ -79,7 +79,7 @@ impl Bindable {
             None => Bindable::Unknown,
             Some(c)
                 if c.state == CredentialState::PendingFirstUse
-                    && (c.expires_at == NEVER || crate::proxy::unix_now() < c.expires_at) =>
+                    && (c.expires_at == NEVER || crate::gate::unix_now() < c.expires_at) =>
             {
                 Bindable::Pending
             }
@@ -444,7 +444,7 @@ impl Api {
         self.refresher.catch_up(version).await.map_err(|e| {
             tracing::error!(
                 error = %e,
-                cause = crate::refresh::error_chain(&e),
+                cause = crate::logging::error_chain(&e),
                 "catching up after an API write failed"
             );
             ApiError::NotEnforced

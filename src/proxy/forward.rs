@@ -108,7 +108,7 @@ fn caused_by_client(error: &(dyn std::error::Error + 'static)) -> bool {
 /// problem, answered 400); anything else is the upstream's, and a warning.
 fn classify(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) -> ForwardError {
     if caused_by_client(error) {
-        tracing::debug!(%error, cause = crate::refresh::error_chain(error), "client request body failed");
+        tracing::debug!(%error, cause = crate::logging::error_chain(error), "client request body failed");
         return ForwardError::ClientBody;
     }
     log_failure(kind, error);
@@ -149,7 +149,7 @@ fn log_failure(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) {
     tracing::warn!(
         kind = kind.label(),
         %error,
-        cause = crate::refresh::error_chain(error),
+        cause = crate::logging::error_chain(error),
         "upstream request failed"
     );
 }

@@ -19,20 +19,20 @@ pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
+use crate::acl::Decision;
 use crate::api::Api;
 use crate::bunq;
-use crate::config::{AuthConfig, ClientIpConfig};
+use crate::config::ClientIpConfig;
+use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use bytes::Bytes;
 use forward::{ForwardError, Forwarding, Lane};
-use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// What the public listener answers with: the upstream's streamed body or our own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -49,34 +49,6 @@ pub struct Gateway {
     pub access_log: AccessLog,
     /// Answers an address's refusals past `limits.refusals_per_second` with 429.
     pub refusals: RefusalLimiter,
-}
-
-/// Longest key that is hashed at all. Keys are 47 bytes; a longer one is unknown
-/// without the cost of hashing up to a whole 64 KiB header.
-const MAX_KEY_BYTES: usize = 256;
-
-/// Stands for every over-long key: no key hashes to all zeros, so it is never found.
-const TOO_LONG: KeyHash = KeyHash([0; 32]);
-
-/// The key from the configured header. Several copies, an unreadable value or an empty
-/// one count as no key: ambiguity is refused, not resolved.
-pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h str> {
-    let mut values = headers.get_all(&auth.header).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    let text = value.to_str().ok()?.trim();
-    let key = if auth.bearer {
-        let (scheme, rest) = text.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        rest.trim()
-    } else {
-        text
-    };
-    (!key.is_empty()).then_some(key)
 }
 
 /// What every request on one client connection shares.
@@ -100,56 +72,6 @@ impl ClientConn {
             lane: Lane::default(),
         }
     }
-}
-
-/// The authorisation check as the hot path and the management API both run it.
-pub struct Gatekeeper {
-    pub cell: Arc<SnapshotCell>,
-    pub auth: AuthConfig,
-    pub max_staleness: Duration,
-}
-
-impl Gatekeeper {
-    /// One snapshot load, one SHA-256, one lookup. The snapshot is released before
-    /// returning, so no request holds it across an await.
-    pub fn check(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Decision {
-        let key = credential_key(headers, &self.auth).map(|k| {
-            if k.len() > MAX_KEY_BYTES {
-                TOO_LONG
-            } else {
-                KeyHash::of(k.as_bytes())
-            }
-        });
-        let snapshot = self.cell.load();
-        decide(
-            snapshot.as_deref(),
-            self.cell.is_stale(self.max_staleness),
-            key.as_ref(),
-            client_ip,
-            unix_now,
-        )
-    }
-}
-
-/// Unix seconds. A clock set before 1970 reads as the end of time, so every credential
-/// that can expire is treated as expired: fail closed.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(i64::MAX, |d| d.as_secs() as i64)
-}
-
-/// A refusal's response: status and body depend on the reason's class only.
-pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
-    let mut resp = bunq::static_error(status, reason.public_body());
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("ipgate"),
-        );
-    }
-    resp
 }
 
 impl Gateway {
@@ -195,9 +117,13 @@ impl Gateway {
                     // Counted, not logged line by line: a flood must not become a log
                     // flood. Held first (a tarpit), so it cannot come back at once.
                     self.refusals.hold().await;
-                    return limited().map(Either::Right);
+                    return bunq::too_many_refusals().map(Either::Right);
                 }
-                (refusal(reason).map(Either::Right), reason.label(), known)
+                (
+                    bunq::refusal(reason).map(Either::Right),
+                    reason.label(),
+                    known,
+                )
             }
             Decision::Allow(identity) => {
                 self.metrics.record_allow();
@@ -247,19 +173,6 @@ impl Gateway {
     }
 }
 
-/// The answer to a refusal past the address's limit: fixed, and as cheap as any.
-fn limited() -> Response<Full<Bytes>> {
-    let mut resp = bunq::static_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        crate::static_error_body!("Too many refused requests from this address; try again later."),
-    );
-    resp.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("1"),
-    );
-    resp
-}
-
 /// Marks an answer as the connection's last: after a malformed request the rest of
 /// the stream cannot be trusted to be where the client meant it.
 fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
@@ -280,55 +193,5 @@ fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {
             StatusCode::BAD_GATEWAY,
             "The upstream service is unavailable.",
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderName;
-
-    fn auth(header: &str) -> AuthConfig {
-        let header = HeaderName::from_bytes(header.as_bytes()).unwrap();
-        AuthConfig {
-            bearer: header == http::header::AUTHORIZATION,
-            header,
-            registration_window: Duration::from_secs(60),
-            forward_key: false,
-        }
-    }
-
-    #[test]
-    fn key_extraction() {
-        let a = auth("x-bunq-client-authentication");
-        let mut h = HeaderMap::new();
-        assert_eq!(credential_key(&h, &a), None);
-        h.insert("x-bunq-client-authentication", " ipg_abc ".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
-        h.append("x-bunq-client-authentication", "ipg_other".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), None, "two keys are no key");
-        h.insert("x-bunq-client-authentication", "".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), None);
-    }
-
-    #[test]
-    fn bearer_extraction() {
-        let a = auth("authorization");
-        let mut h = HeaderMap::new();
-        h.insert("authorization", "Bearer ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
-        h.insert("authorization", "bearer  ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
-        h.insert("authorization", "Basic dXNlcg==".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), None);
-        h.insert("authorization", "ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), None);
-    }
-
-    #[test]
-    fn refusal_bodies() {
-        assert_eq!(refusal(Reason::MissingKey).status(), 401);
-        assert_eq!(refusal(Reason::UnknownKey).status(), 403);
-        assert_eq!(refusal(Reason::NoSnapshot).status(), 503);
     }
 }

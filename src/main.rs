@@ -30,7 +30,11 @@ enum Command {
         config: PathBuf,
     },
     /// Validates a configuration file and lists every problem in it.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The file to check.
+        #[arg(default_value = "config.toml")]
+        file: PathBuf,
+    },
     /// The operator's commands, on the store named in the configuration.
     Admin {
         #[arg(long, default_value = "config.toml")]
@@ -45,10 +49,10 @@ enum Command {
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errors| {
-        eprintln!("ipgate: bad configuration in {}:", path.display());
-        for e in &errors.0 {
-            eprintln!("  {e}");
-        }
+        let count = errors.0.len();
+        let problems = if count == 1 { "problem" } else { "problems" };
+        eprintln!("ipgate: {count} {problems} in {}:", path.display());
+        eprint!("{}", errors.render(path));
         ExitCode::from(EXIT_BAD_CONFIG)
     })
 }

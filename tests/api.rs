@@ -105,7 +105,7 @@ impl<'g> Holder<'g> {
         .await
     }
 
-    /// The store's own view of this credential's entries (and its wildcard flag).
+    /// The store's own view of this credential's entries.
     fn stored(&self) -> Value {
         self.gw.admin(&["ip", "list", &self.cred.to_string()])
     }
@@ -113,7 +113,7 @@ impl<'g> Holder<'g> {
     /// The stored entry with address `address`: (id, status).
     fn stored_entry(&self, address: &str) -> (u64, String) {
         let list = self.stored();
-        let e = list["ips"]
+        let e = list
             .as_array()
             .unwrap()
             .iter()
@@ -299,7 +299,7 @@ fn ids(items: &[Value]) -> Vec<u64> {
 }
 
 fn addresses(list: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = list["ips"]
+    let mut out: Vec<(String, String)> = list
         .as_array()
         .unwrap()
         .iter()
@@ -373,7 +373,7 @@ async fn registration_activates_every_listed_address_at_once() {
         addresses(&stored),
         active(&["127.0.0.2", "::1", "127.0.0.3"])
     );
-    assert_eq!(stored["wildcard"], false);
+    assert_eq!(stored_credential(&gw, user, cred)["wildcard"], false);
 
     let holder = Holder {
         gw: &gw,
@@ -416,7 +416,7 @@ async fn registration_star_empty_or_missing_list_means_the_caller() {
         ),
     ];
     for (caller, listed, expected) in cases {
-        let (_, cred, key) = gw.new_key();
+        let (user, cred, key) = gw.new_key();
         let mut body = json!({"description": "d", "secret": key});
         if !listed.is_null() {
             body["permitted_ips"] = listed.clone();
@@ -427,7 +427,8 @@ async fn registration_star_empty_or_missing_list_means_the_caller() {
         let stored = entries(&gw, cred);
         assert_eq!(addresses(&stored), active(expected), "{listed}");
         assert_eq!(
-            stored["wildcard"], false,
+            stored_credential(&gw, user, cred)["wildcard"],
+            false,
             "\"*\" must never become a wildcard"
         );
         assert_eq!(
@@ -482,19 +483,23 @@ async fn registration_refuses_unknown_and_expired_keys_alike() {
         expired_says, unknown_says,
         "the answer must not tell keys apart"
     );
-    assert_eq!(
-        stored_credential(&gw, user, cred)["status"],
-        "PENDING_FIRST_USE"
-    );
-    assert_eq!(entries(&gw, cred)["ips"], json!([]));
+    // The operator and the key holder both see why: the window passed.
+    assert_eq!(stored_credential(&gw, user, cred)["status"], "EXPIRED");
+    assert_eq!(entries(&gw, cred), json!([]));
 
     // A key used within its window registers: the refusal above was the deadline.
-    let (_, fresh_cred, fresh) = gw.new_key();
+    let (fresh_cred, fresh) = gw.key_for(user);
     let body = json!({"description": "d", "secret": fresh, "permitted_ips": ["127.0.0.2"]});
     assert_eq!(
         created_id(&register(&gw, "127.0.0.2", body).await),
         fresh_cred
     );
+    gw.wait_until_allowed(ip("127.0.0.2"), &fresh).await;
+    let paths = ApiPaths { user, cred };
+    let r = gw
+        .get(ip("127.0.0.2"), &paths.credential(), Some(&fresh))
+        .await;
+    assert_eq!(only_item(&r, "CredentialPasswordIp")["status"], "EXPIRED");
 }
 
 #[tokio::test]
@@ -527,7 +532,7 @@ async fn registration_refuses_bad_bodies_and_stores_nothing() {
         let r = register(&gw, "127.0.0.2", body).await;
         assert_error(&r, StatusCode::BAD_REQUEST, says);
         assert_eq!(stored_credential(&gw, user, cred), before, "after {says}");
-        assert_eq!(entries(&gw, cred)["ips"], json!([]), "after {says}");
+        assert_eq!(entries(&gw, cred), json!([]), "after {says}");
     }
     let r = gw
         .send(ip("127.0.0.2"), Method::GET, "/v1/device-server", &[], None)
@@ -631,7 +636,7 @@ async fn pagination_walks_both_ways_and_polls_the_future() {
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let holder = Holder::new(&gw, &refs).await;
     let stored = entries(&gw, holder.cred);
-    let mut all: Vec<u64> = ids(stored["ips"].as_array().unwrap());
+    let mut all: Vec<u64> = ids(stored.as_array().unwrap());
     all.sort_unstable_by(|a, b| b.cmp(a)); // newest first
     assert_eq!(all.len(), 12);
 
@@ -953,7 +958,10 @@ async fn the_wildcard_is_the_operators_alone() {
         assert_error(&r, StatusCode::FORBIDDEN, "only be set by an operator");
     }
     assert_eq!(holder.stored(), before);
-    assert_eq!(before["wildcard"], false);
+    assert_eq!(
+        stored_credential(&gw, holder.user, holder.cred)["wildcard"],
+        false
+    );
     assert_eq!(holder.probe("127.0.0.7").await, StatusCode::FORBIDDEN);
 }
 
@@ -1098,7 +1106,7 @@ async fn writes_must_be_declared_json() {
     )
     .await;
     assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");
-    assert_eq!(entries(&gw, cred)["ips"], json!([]));
+    assert_eq!(entries(&gw, cred), json!([]));
 
     // Parameters and case do not matter.
     let r = send(
@@ -1357,7 +1365,7 @@ async fn registration_activates_addresses_the_operator_listed_beforehand() {
 
     let stored = entries(&gw, cred);
     assert_eq!(addresses(&stored), active(&["127.0.0.2", "127.0.0.3"]));
-    let stored_ids: BTreeSet<u64> = ids(stored["ips"].as_array().unwrap()).into_iter().collect();
+    let stored_ids: BTreeSet<u64> = ids(stored.as_array().unwrap()).into_iter().collect();
     assert_eq!(
         stored_ids,
         [parked, ready].into(),

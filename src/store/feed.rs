@@ -172,6 +172,10 @@ impl StoredCredential {
             Ok(CredentialStatus::PendingFirstUse) => CredentialState::PendingFirstUse,
             Ok(CredentialStatus::Active) => CredentialState::Active,
             Ok(CredentialStatus::Revoked) => CredentialState::Revoked,
+            // Derived on read, never stored: a row that says so was not written by ipgate.
+            Ok(CredentialStatus::Expired) => {
+                return damaged("status EXPIRED is never stored".into())
+            }
             Err(e) => return damaged(e),
         };
         let mut ips = Vec::with_capacity(self.ips.len());

@@ -429,25 +429,27 @@ impl Store for SqliteStore {
         self.blocking(move |s| {
             s.read(|tx| {
                 let sql = format!(
-                    "SELECT c.id, c.user_id, c.status, c.wildcard, \
+                    "SELECT c.id, c.user_id, c.status, c.wildcard, c.expiry, \
                      (SELECT COUNT(*) FROM permitted_ips p \
                       WHERE p.credential_id = c.id AND p.status = 'ACTIVE') \
-                     FROM credentials c {} ORDER BY c.id",
+                     FROM credentials c WHERE c.status <> 'REVOKED' {} ORDER BY c.id",
                     if user_id.is_some() {
-                        "WHERE c.user_id = ?1"
+                        "AND c.user_id = ?1"
                     } else {
                         ""
                     }
                 );
                 let mut stmt = tx.prepare(&sql)?;
+                let now = Timestamp::now();
                 let map = |r: &rusqlite::Row<'_>| {
                     let status: String = r.get(2)?;
+                    let expiry = r.get::<_, Option<i64>>(4)?.map(Timestamp);
                     Ok(Usage {
                         credential_id: r.get(0)?,
                         user_id: r.get(1)?,
-                        status: parse_column(2, &status)?,
+                        status: CredentialStatus::as_read(parse_column(2, &status)?, expiry, now),
                         wildcard: r.get(3)?,
-                        active_ips: r.get(4)?,
+                        active_ips: r.get(5)?,
                     })
                 };
                 let rows: rusqlite::Result<Vec<Usage>> = match user_id {
@@ -455,6 +457,22 @@ impl Store for SqliteStore {
                     None => stmt.query_map([], map)?.collect(),
                 };
                 Ok(rows?)
+            })
+        })
+        .await
+    }
+
+    async fn users(&self, page: Page) -> Result<Vec<User>> {
+        self.blocking(move |s| {
+            s.read(|tx| {
+                let q = page.sql("id, name, created", "users", "1 = 1", '?');
+                query_page(tx, q, None::<u64>, |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created: Timestamp(r.get(2)?),
+                    })
+                })
             })
         })
         .await

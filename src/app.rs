@@ -10,10 +10,10 @@ use crate::acl::SnapshotCell;
 use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
 use crate::config::Config;
-use crate::gate::Gatekeeper;
+use crate::front::{Front, Live};
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
-use crate::proxy::{self, Gateway, ListenerOptions, RefusalLimiter, Upstream, UpstreamSetupError};
+use crate::proxy::{self, ListenerOptions, UpstreamSetupError};
 use crate::refresh::Refresher;
 use crate::store;
 use std::net::SocketAddr;
@@ -70,32 +70,24 @@ pub async fn serve(
         .map(TlsCertificates::load)
         .transpose()?;
     let acceptor = certificates.as_ref().map(|c| c.acceptor()).transpose()?;
-    let upstream = Upstream::new(&config.upstream)?;
+    let live = Live::build(&config, &cell, None)?;
 
     let public = bind(config.server.listen, "public").await?;
     let admin = bind(config.server.admin_listen, "admin").await?;
 
-    let gateway = Arc::new(Gateway {
-        gate: Gatekeeper {
-            cell: Arc::clone(&cell),
-            auth: config.auth.clone(),
-            max_staleness: config.refresh.max_staleness,
-        },
+    let api = Api {
+        store: Arc::clone(&store),
+        refresher: Arc::clone(&refresher),
         metrics: Arc::clone(&metrics),
-        client_ip: config.client_ip.clone(),
-        upstream,
-        api: Api {
-            store: Arc::clone(&store),
-            refresher: Arc::clone(&refresher),
-            metrics: Arc::clone(&metrics),
-            max_ips: config.limits.max_ips_per_credential,
-            max_body_bytes: config.limits.max_body_bytes,
-            store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
-        },
-        tls: acceptor.is_some(),
+        store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
+    };
+    let front = Arc::new(Front::new(
+        live,
+        api,
+        Arc::clone(&metrics),
         access_log,
-        refusals: RefusalLimiter::new(config.limits.refusals_per_second),
-    });
+        acceptor.is_some(),
+    ));
     let admin_state = Arc::new(AdminState {
         cell,
         metrics,
@@ -144,7 +136,14 @@ pub async fn serve(
         proxy_protocol: config.server.proxy_protocol,
         max_connections: config.server.max_connections,
     };
-    proxy::serve(public, gateway, options, accepting).await;
+    proxy::serve(
+        public,
+        front,
+        Arc::clone(&admin_state.metrics),
+        options,
+        accepting,
+    )
+    .await;
 
     background.cancel();
     for (what, task) in [("poller", poller), ("admin listener", admin_task)] {

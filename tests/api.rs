@@ -974,15 +974,15 @@ async fn entries_are_never_deleted() {
 
     let r = holder.call(Method::DELETE, &holder.entry(item), None).await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "");
-    assert_eq!(r.headers["allow"], "GET, PUT");
+    assert_eq!(r.headers["allow"], "GET, HEAD, PUT");
     let r = holder.call(Method::DELETE, &holder.ips(), None).await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "");
-    assert_eq!(r.headers["allow"], "GET, POST");
+    assert_eq!(r.headers["allow"], "GET, HEAD, POST");
     let r = holder
         .call(Method::DELETE, &holder.credential(), None)
         .await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "");
-    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
 
     assert_eq!(holder.stored(), before);
     assert_eq!(holder.probe("127.0.0.2").await, StatusCode::OK);
@@ -1404,4 +1404,46 @@ async fn an_api_write_is_applied_as_a_change_not_a_full_load() {
         1.0,
         "never loaded everything again"
     );
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let (_up, gw) = setup().await;
+    let holder = Holder::new(&gw, &["127.0.0.2"]).await;
+    let (item, _) = holder.stored_entry("127.0.0.2");
+    for path in [
+        holder.credentials(),
+        holder.credential(),
+        holder.ips(),
+        holder.entry(item),
+    ] {
+        let get = holder.call(Method::GET, &path, None).await;
+        let head = holder.call(Method::HEAD, &path, None).await;
+        assert_eq!(head.status, StatusCode::OK, "{path}");
+        assert!(head.body.is_empty(), "{path}: HEAD sent a body");
+        assert_eq!(head.headers["content-type"], "application/json", "{path}");
+        assert_eq!(
+            head.headers["content-length"],
+            get.body.len().to_string().as_str(),
+            "{path}: HEAD's length is GET's"
+        );
+    }
+    // Refusals are the same as for GET too.
+    let r = gw
+        .send(
+            ip("127.0.0.9"),
+            Method::HEAD,
+            &holder.ips(),
+            &[(KEY_HEADER, &holder.key)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.is_empty());
+    // HEAD never writes: the list is unchanged; the registration takes POST only.
+    let before = holder.stored();
+    let r = holder.call(Method::HEAD, "/v1/device-server", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "POST");
+    assert_eq!(holder.stored(), before);
 }

@@ -442,6 +442,16 @@ async fn upstream_down_is_502_and_slow_is_504() {
             .await,
         1.0
     );
+    // Both failures are warnings, each naming its kind; the access lines say why too.
+    for (gw, kind) in [(&gw, "connect"), (&slow, "timeout")] {
+        gw.wait_log(&format!("\"kind\":\"{kind}\"")).await;
+        let warned = gw.logs().iter().any(|l| {
+            l.contains("\"level\":\"WARN\"") && l.contains(&format!("\"kind\":\"{kind}\""))
+        });
+        assert!(warned, "no warning for the {kind} failure");
+        gw.wait_log(&format!("\"reason\":\"upstream_{kind}\""))
+            .await;
+    }
 }
 
 #[tokio::test]

@@ -81,7 +81,8 @@ async fn grace_period_bounds_the_drain() {
     // grace period can end the drain (no race with a slow machine).
     let mut s = connect_from(from, gw.target(from)).await;
     let head = format!(
-        "POST /upload HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: 10\r\n\r\n"
+        "POST /upload HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: 10\r\n\
+         x-request-id: t-cut\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     upstream.wait_received_beyond(before).await;
@@ -95,6 +96,18 @@ async fn grace_period_bounds_the_drain() {
         !String::from_utf8_lossy(&out).contains(" 200 "),
         "the cut request should fail, not succeed"
     );
+    // The cut request has its access line, saying so.
+    gw.wait_log("\"request_id\":\"t-cut\"").await;
+    let line: serde_json::Value = gw
+        .logs()
+        .iter()
+        .find(|l| l.contains("\"request_id\":\"t-cut\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(line["status"], 0, "{line}");
+    assert_eq!(line["cut"], "shutdown", "{line}");
+    assert_eq!(line["path"], "/upload", "{line}");
+    assert_eq!(line["bytes_in"], 10, "{line}");
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
 
 /// The validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
@@ -45,7 +45,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -64,13 +64,13 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamConfig {
     /// Scheme and authority; the request's path and query are appended.
     pub url: Uri,
@@ -80,7 +80,7 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuthConfig {
     pub header: HeaderName,
     /// True when `header` is `Authorization`: the key is read as `Bearer <key>`.
@@ -96,13 +96,13 @@ pub enum ForwardedHeader {
     Forwarded,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ClientIpConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub header: ForwardedHeader,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StoreConfig {
     Sqlite(SqliteConfig),
     Postgres(Box<PostgresConfig>),
@@ -120,7 +120,7 @@ impl StoreConfig {
 
 /// How much change history a store keeps for gateways that catch up; one further
 /// behind loads everything again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SqliteConfig {
     pub path: PathBuf,
     pub keep_changes: u64,
@@ -140,7 +140,7 @@ pub enum SslMode {
     VerifyFull,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PostgresConfig {
     /// Host, port, user, database and password. Its `Debug` hides the password.
     pub connect: tokio_postgres::Config,
@@ -155,7 +155,7 @@ pub struct PostgresConfig {
     pub display: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RefreshConfig {
     pub interval: Duration,
     /// Zero: never refuse for staleness.
@@ -164,7 +164,7 @@ pub struct RefreshConfig {
     pub notify: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LimitsConfig {
     pub max_ips_per_credential: usize,
     pub max_body_bytes: usize,
@@ -178,7 +178,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter; `RUST_LOG` wins when set.

@@ -7,6 +7,7 @@
 use crate::acl::Identity;
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamError;
+use crate::request_id::X_REQUEST_ID;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
@@ -116,8 +117,12 @@ fn classify(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) -> F
 }
 
 /// The one upstream: a pooled client, and for a plain `http` upstream the address
-/// that per-connection lanes dial.
+/// that per-connection lanes dial. A reload that changes `[upstream]` builds a new one;
+/// lanes opened to the old one are not used for it (its `id` differs).
 pub struct Upstream {
+    /// Tells this upstream from the one a reload replaced it with.
+    id: u64,
+    config: UpstreamConfig,
     client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     scheme: Scheme,
     authority: Authority,
@@ -127,21 +132,24 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// The upstream connection owned by one HTTP/1 downstream connection. Requests on an
-/// HTTP/1 connection come one at a time, so the lock is never contended: it only
-/// makes the slot shareable with the request future.
+/// The upstream connection owned by one HTTP/1 downstream connection, and which
+/// upstream it goes to. Requests on an HTTP/1 connection come one at a time, so the
+/// lock is never contended: it only makes the slot shareable with the request future.
 #[derive(Default)]
-pub struct Lane(std::sync::Mutex<Option<http1::SendRequest<ClientBody>>>);
+pub struct Lane(std::sync::Mutex<Option<(u64, http1::SendRequest<ClientBody>)>>);
 
 impl Lane {
-    /// The connection, if it is still open.
-    fn take(&self) -> Option<http1::SendRequest<ClientBody>> {
+    /// The connection to `upstream`, if it is still open (one to an upstream a reload
+    /// replaced is closed here).
+    fn take(&self, upstream: u64) -> Option<http1::SendRequest<ClientBody>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        slot.take().filter(|s| !s.is_closed())
+        slot.take()
+            .filter(|(id, s)| *id == upstream && !s.is_closed())
+            .map(|(_, s)| s)
     }
 
-    fn put(&self, sender: http1::SendRequest<ClientBody>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    fn put(&self, upstream: u64, sender: http1::SendRequest<ClientBody>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((upstream, sender));
     }
 }
 
@@ -165,10 +173,13 @@ pub struct Forwarding<'a> {
     pub tls: bool,
     /// The credential header, removed unless it is to be forwarded.
     pub strip: Option<&'a HeaderName>,
+    /// The request's id, passed on as `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+    /// `id` tells this upstream from others built in this process (a reload's).
+    pub fn new(config: &UpstreamConfig, id: u64) -> Result<Self, UpstreamSetupError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -184,6 +195,8 @@ impl Upstream {
             _ => None,
         };
         Ok(Self {
+            id,
+            config: config.clone(),
             client,
             direct,
             connect_timeout: config.connect_timeout,
@@ -193,6 +206,11 @@ impl Upstream {
                 .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
             timeout: config.timeout,
         })
+    }
+
+    /// What this upstream was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Forwards one request. An HTTP/1 downstream connection passes its own `lane`:
@@ -224,7 +242,18 @@ impl Upstream {
                 .await
             }
         };
-        let mut resp = answer.map_err(|_| ForwardError::Upstream(UpstreamError::Timeout))??;
+        let mut resp = match answer {
+            Ok(result) => result?,
+            Err(_) => {
+                // As loud as a refused connection: the client gets a 504 either way.
+                tracing::warn!(
+                    kind = UpstreamError::Timeout.label(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                return Err(ForwardError::Upstream(UpstreamError::Timeout));
+            }
+        };
         strip_headers(resp.headers_mut(), false);
         Ok(resp)
     }
@@ -236,13 +265,13 @@ impl Upstream {
         lane: &Lane,
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let (mut sender, reused) = match lane.take() {
+        let (mut sender, reused) = match lane.take(self.id) {
             Some(sender) => (sender, true),
             None => (self.open_lane().await?, false),
         };
         let failure = match sender.try_send_request(req).await {
             Ok(resp) => {
-                lane.put(sender);
+                lane.put(self.id, sender);
                 return Ok(resp);
             }
             Err(failure) => failure,
@@ -255,7 +284,7 @@ impl Upstream {
             let mut sender = self.open_lane().await?;
             return match sender.send_request(req).await {
                 Ok(resp) => {
-                    lane.put(sender);
+                    lane.put(self.id, sender);
                     Ok(resp)
                 }
                 Err(error) => Err(classify(UpstreamError::Protocol, &error)),
@@ -356,6 +385,7 @@ impl Upstream {
             how.peer.clone()
         };
         headers.insert(CLIENT_IP, client_ip);
+        headers.insert(X_REQUEST_ID, how.request_id.clone());
         Ok(())
     }
 }

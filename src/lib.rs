@@ -15,8 +15,9 @@
 //! - [`bunq`]: the wire shapes both answer with; [`request_id`]: `X-Request-Id`.
 //! - [`store`]: the source of truth; [`refresh`]: the poller that turns it into
 //!   snapshots.
-//! - [`config`], [`metrics`], [`logging`] and [`access_log`], [`admin_listener`], [`operator`] (the
-//!   `ipgate admin` commands) and [`app`] (the wiring).
+//! - [`config`] (and [`reload`]: SIGHUP), [`metrics`], [`logging`] and [`access_log`],
+//!   [`admin_listener`], [`operator`] (the `ipgate admin` commands) and [`app`] (the
+//!   wiring).
 
 pub mod access_log;
 pub mod acl;
@@ -32,5 +33,6 @@ pub mod metrics;
 pub mod operator;
 pub mod proxy;
 pub mod refresh;
+pub mod reload;
 pub mod request_id;
 pub mod store;

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve => match load(&cli.config, false) {
-            Ok(config) => serve(config),
+            Ok(config) => serve(config, cli.config),
             Err(code) => code,
         },
         Command::Admin {
@@ -194,8 +194,8 @@ fn admin(command: AdminCommand, config: &Config, actor: Option<&str>, json: bool
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let (_flush_logs_on_exit, access_log) = ipgate::logging::init(&config.log);
+fn serve(config: Config, path: PathBuf) -> ExitCode {
+    let (_flush_logs_on_exit, access, level) = ipgate::logging::init(&config.log);
     // One worker needs no work stealing: the single-threaded scheduler does the same
     // job with fewer atomics per task switch.
     let mut runtime = if config.server.workers == 1 {
@@ -215,7 +215,8 @@ fn serve(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = ipgate::app::stop_on_signals();
-        ipgate::app::serve(config, access_log, stop).await
+        let logs = ipgate::app::Logs { access, level };
+        ipgate::app::serve(config, path, logs, stop).await
     });
     // A store call still running on the blocking pool (a poll, a freed snapshot) must
     // not hold the exit past the drain: give it a moment, then go.

@@ -207,7 +207,7 @@ async fn every_request_has_one_access_line_and_an_id() {
         let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
         assert_eq!(id.len(), 16, "{sent:?} -> {id}");
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(r.echoed("x-request-id").unwrap(), [id.clone()]);
+        assert_eq!(r.echoed("x-request-id").unwrap(), std::slice::from_ref(&id));
         line_of(&gw, &id).await;
     }
 

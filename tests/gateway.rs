@@ -537,7 +537,7 @@ async fn no_key_in_any_log_line() {
     // Lines are written in order by one thread: once a line logged after every request
     // above has arrived, so has everything they logged.
     signal(gw.pid(), "HUP");
-    gw.wait_log("nothing to reload").await;
+    gw.wait_log("configuration reloaded").await;
     let logs = gw.logs();
     assert!(
         logs.len() > 20,

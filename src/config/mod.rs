@@ -8,6 +8,7 @@
 
 mod document;
 mod model;
+mod reload;
 mod store_url;
 mod validate;
 mod values;

@@ -52,8 +52,12 @@ pub(super) fn upstream_url(text: &str) -> Result<Uri, String> {
         Some(other) => return Err(format!("the scheme {other:?} is not supported; {expected}")),
         None => return Err(format!("{text:?} has no scheme; {expected}")),
     }
-    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+    let Some(authority) = uri.authority().filter(|a| !a.host().is_empty()) else {
         return Err(format!("{text:?} names no host; {expected}"));
+    };
+    if authority.as_str().contains('@') {
+        // Never echo it: what stands before the @ is a password.
+        return Err(format!("must not hold a user or password; {expected}"));
     }
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
         return Err("must not have a path or query (requests keep their own)".into());
@@ -156,6 +160,7 @@ mod tests {
             "127.0.0.1:3000",
             "http://h/path",
             "http://h?q",
+            "http://user:pw@h:1",
         ] {
             assert!(upstream_url(bad).is_err(), "{bad}");
         }

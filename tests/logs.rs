@@ -1,7 +1,8 @@
-//! The access log: one line for every request on the public listener (proxied, refused,
-//! management API calls, bad requests, refused registrations), each with its method,
-//! path, route, reason, sizes and request id; and `X-Request-Id` kept or made, passed
-//! upstream and returned.
+//! What the gateway logs. The access log: one line for every request on the public
+//! listener (proxied, refused, management API calls, bad requests, refused
+//! registrations), each with its method, path, route, reason, sizes and request id;
+//! `X-Request-Id` kept or made, passed upstream and returned. The snapshot's lines: the
+//! version they name is the one whose content they describe.
 
 mod common;
 
@@ -245,4 +246,51 @@ async fn a_request_whose_client_leaves_is_logged_as_cut() {
         json!({"status": 0, "path": "/slow", "decision": "allow", "credential_id": cred,
                "cut": "client_closed"}),
     );
+}
+
+#[tokio::test]
+async fn the_logged_snapshot_version_is_the_one_applied() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &Settings::new(&upstream.url()).set("log.level", "\"info,ipgate::refresh=debug\""),
+    );
+    gw.wait_ready().await;
+    // Versions: user 1, key 2, registration 3, then an entry through the API: 4.
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let paths = ApiPaths { user, cred };
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::POST,
+            &paths.ips(),
+            &[(KEY_HEADER, &key)],
+            Some(json!({"ip": "127.0.0.3"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(gw.metric("ipgate_snapshot_version").await, 4.0);
+    gw.wait_log("\"version\":4").await;
+    let snapshots: Vec<Value> = gw
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["message"] == "changes applied" || v["message"] == "snapshot loaded")
+        .collect();
+    assert!(!snapshots.is_empty());
+    let mut last = 0;
+    for s in &snapshots {
+        let version = s["version"].as_u64().unwrap();
+        if let Some(previous) = s["previous"].as_u64() {
+            assert!(
+                version > previous,
+                "a new snapshot must name a new version: {s}"
+            );
+        }
+        assert!(version >= last, "versions go forward: {s}");
+        last = version;
+        // The credential appears with the version that created it (2), never before.
+        let credentials = s["credentials"].as_u64().unwrap();
+        assert_eq!(credentials, u64::from(version >= 2), "{s}");
+    }
+    assert_eq!(last, 4);
 }

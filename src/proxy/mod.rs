@@ -9,16 +9,15 @@
 pub mod client_ip;
 mod connections;
 mod forward;
+mod headers;
 mod listener;
 mod proxy_protocol;
 mod refusal_limit;
 pub mod target;
 pub mod tls;
 
-pub use forward::{
-    ip_value, ForwardError, Forwarding, Upstream, UpstreamSetupError, CLIENT_IP, CREDENTIAL_ID,
-    USER_ID,
-};
+pub use forward::{ForwardError, Upstream, UpstreamSetupError};
+pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, USER_ID};
 pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
@@ -69,7 +68,7 @@ impl ClientConn {
     pub fn new(peer: IpAddr) -> Self {
         Self {
             peer,
-            peer_value: forward::ip_value(peer),
+            peer_value: headers::ip_value(peer),
             lane: Lane::default(),
             trusted: AtomicU64::new(0),
         }

@@ -191,3 +191,32 @@ async fn an_api_write_is_applied_as_a_change_not_a_full_load() {
         "never loaded everything again"
     );
 }
+
+#[tokio::test]
+async fn a_change_that_changes_nothing_succeeds_and_leaves_no_trace() {
+    let (_up, gw) = setup().await;
+    let holder = Holder::new(&gw, &["127.0.0.2"]).await;
+    let (item, _) = holder.stored_entry("127.0.0.2");
+    let audit = || {
+        gw.admin(&["audit", "--credential", &holder.cred.to_string()])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let rows = audit();
+    let version = gw.metric("ipgate_snapshot_version").await;
+    for _ in 0..2 {
+        let r = holder.set_status(item, "ACTIVE").await;
+        assert_eq!(created_id(&r), item, "{}", r.text());
+    }
+    assert_eq!(
+        audit(),
+        rows,
+        "no audit row for a change that changed nothing"
+    );
+    assert_eq!(
+        gw.metric("ipgate_snapshot_version").await,
+        version,
+        "no new version"
+    );
+}

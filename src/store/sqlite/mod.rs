@@ -76,6 +76,26 @@ impl SqliteStore {
     }
 }
 
+/// Switches the file to WAL. That needs the file to itself for a moment, and SQLite
+/// answers BUSY at once, without waiting in the busy handler, when another connection
+/// (a gateway or `ipgate admin` starting at the same time) holds a lock: so wait here,
+/// as long as the busy handler would. Runs on the blocking pool.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("SQLite store {}", path.display())]
 struct FileError {
@@ -95,7 +115,7 @@ impl Inner {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         if !ready {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            set_wal(&conn)?;
             self.migrate(&mut conn)?;
             self.ready.store(true, Ordering::Release);
         }

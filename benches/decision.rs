@@ -10,6 +10,10 @@
 //!   `decide` uses it) and `baseline_flat_map_get` (one flat map with the same hasher
 //!   and entries, the layout before deltas): the cost of sharding on the hot path.
 //! - `parts/…`: the pieces of `check`, to show where its time goes.
+//! - `access_line/…`: the access line every request writes (plain and JSON, into the
+//!   log writer's queue), beside `baseline_tracing_info`: the same fields through
+//!   tracing's own formatter; and `request_id_make`, the id of a request that brought
+//!   none.
 //!
 //! Each beside naive baselines (see `Baselines`). Requests take 4,096 probe keys spread
 //! over the whole set in turn, so at 1M credentials a lookup is not always served by
@@ -29,7 +33,7 @@ use ipgate::acl::{
     SnapshotCredential,
 };
 use ipgate::config::AuthConfig;
-use ipgate::proxy::{credential_key, unix_now, Gatekeeper};
+use ipgate::gate::{credential_key, unix_now, Gatekeeper};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
@@ -395,6 +399,65 @@ fn bench_parts(c: &mut Criterion, w: &World) {
     group.finish();
 }
 
+/// The access line and the request id: per request, whatever the number of credentials.
+fn bench_access_line(c: &mut Criterion) {
+    use ipgate::access_log::{AccessLog, Entry};
+    use ipgate::config::LogFormat;
+    // A subscriber that enables INFO, as the gateway's does, writing nowhere.
+    let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
+    let installed = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    assert!(installed.is_ok(), "no other subscriber in this bench");
+    let entry = Entry {
+        status: 200,
+        allowed: true,
+        reason: "ok",
+        route: "proxy",
+        method: "GET",
+        path: "/v1/user/42/monetary-account/7/payment",
+        request_id: b"5f0c6c2e9a1b4d1e",
+        credential_id: Some(123_456),
+        client_ip: Some("203.0.113.7".parse().unwrap()),
+        peer: "203.0.113.7".parse().unwrap(),
+        bytes_in: Some(0),
+        bytes_out: Some(512),
+        latency_us: 734,
+        cut: None,
+    };
+    let mut group = c.benchmark_group("access_line");
+    for (name, format) in [("plain", LogFormat::Plain), ("json", LogFormat::Json)] {
+        let log = AccessLog::new(format, writer.clone());
+        group.bench_function(name, |bench| bench.iter(|| log.record(black_box(&entry))));
+    }
+    group.bench_function("baseline_tracing_info", |bench| {
+        bench.iter(|| {
+            let e = black_box(&entry);
+            tracing::info!(
+                target: "ipgate::access",
+                status = e.status,
+                method = e.method,
+                path = e.path,
+                route = e.route,
+                decision = "allow",
+                reason = e.reason,
+                credential_id = e.credential_id,
+                client_ip = e.client_ip.map(tracing::field::display),
+                bytes_in = e.bytes_in,
+                bytes_out = e.bytes_out,
+                latency_us = e.latency_us,
+                request_id = "5f0c6c2e9a1b4d1e",
+            )
+        })
+    });
+    let ids = ipgate::request_id::RequestIds::new();
+    group.bench_function("request_id_make", |bench| bench.iter(|| ids.make()));
+    group.finish();
+}
+
 fn sizes() -> Vec<u64> {
     match std::env::var("IPGATE_BENCH_SIZES") {
         Ok(list) => list
@@ -410,6 +473,7 @@ fn sizes() -> Vec<u64> {
 }
 
 fn benches(c: &mut Criterion) {
+    bench_access_line(c);
     let mut parts_done = false;
     for n in sizes() {
         for ips in IPS_PER_CREDENTIAL {

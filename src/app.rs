@@ -1,5 +1,5 @@
-//! Wiring: build the shared state, bind the listeners, start the poller, and drain on
-//! SIGTERM/SIGINT.
+//! Wiring: build the shared state, bind the listeners, start the poller and the
+//! SIGHUP reloader, and drain on SIGTERM/SIGINT.
 //!
 //! Shutdown order: `/readyz` turns 503, the public listener stops accepting and waits
 //! up to `server.shutdown_grace` for requests in flight, then the poller and the admin
@@ -10,14 +10,16 @@ use crate::acl::SnapshotCell;
 use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
 use crate::config::Config;
+use crate::front::{Front, Live};
+use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
-use crate::proxy::{
-    self, Gatekeeper, Gateway, ListenerOptions, RefusalLimiter, Upstream, UpstreamSetupError,
-};
+use crate::proxy::{self, ListenerOptions, UpstreamSetupError};
 use crate::refresh::Refresher;
+use crate::reload::Reloader;
 use crate::store;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -49,10 +51,18 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, AppEr
     Ok(listener)
 }
 
+/// Where the gateway's logs go, as `logging::init` set them up.
+pub struct Logs {
+    pub access: AccessLog,
+    pub level: LogLevel,
+}
+
 /// Runs the gateway until `stop` fires (the binary ties it to SIGTERM/SIGINT).
+/// `config` was read from `path`, which SIGHUP reads again.
 pub async fn serve(
     config: Config,
-    access_log: AccessLog,
+    path: PathBuf,
+    logs: Logs,
     stop: CancellationToken,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
@@ -71,32 +81,25 @@ pub async fn serve(
         .map(TlsCertificates::load)
         .transpose()?;
     let acceptor = certificates.as_ref().map(|c| c.acceptor()).transpose()?;
-    let upstream = Upstream::new(&config.upstream)?;
+    let live = Live::build(&config, &cell, None)?;
 
     let public = bind(config.server.listen, "public").await?;
     let admin = bind(config.server.admin_listen, "admin").await?;
+    summary(&config, &public, &admin);
 
-    let gateway = Arc::new(Gateway {
-        gate: Gatekeeper {
-            cell: Arc::clone(&cell),
-            auth: config.auth.clone(),
-            max_staleness: config.refresh.max_staleness,
-        },
+    let api = Api {
+        store: Arc::clone(&store),
+        refresher: Arc::clone(&refresher),
         metrics: Arc::clone(&metrics),
-        client_ip: config.client_ip.clone(),
-        upstream,
-        api: Api {
-            store: Arc::clone(&store),
-            refresher: Arc::clone(&refresher),
-            metrics: Arc::clone(&metrics),
-            max_ips: config.limits.max_ips_per_credential,
-            max_body_bytes: config.limits.max_body_bytes,
-            store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
-        },
-        tls: acceptor.is_some(),
-        access_log,
-        refusals: RefusalLimiter::new(config.limits.refusals_per_second),
-    });
+        store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
+    };
+    let front = Arc::new(Front::new(
+        live,
+        api,
+        Arc::clone(&metrics),
+        logs.access,
+        acceptor.is_some(),
+    ));
     let admin_state = Arc::new(AdminState {
         cell,
         metrics,
@@ -114,12 +117,16 @@ pub async fn serve(
         hints,
         background.child_token(),
     ));
-    // Always listen: an unhandled SIGHUP would kill the process (`systemctl reload`).
-    tokio::spawn(reload_on_sighup(
+    let reloader = Reloader {
+        path,
+        running: config.clone(),
+        front: Arc::clone(&front),
+        cell: Arc::clone(&admin_state.cell),
         certificates,
-        Arc::clone(&admin_state.metrics),
-        background.child_token(),
-    ));
+        log_level: logs.level,
+        metrics: Arc::clone(&admin_state.metrics),
+    };
+    tokio::spawn(reloader.run(background.child_token()));
     let admin_task = tokio::spawn(admin_listener::serve(
         admin,
         Arc::clone(&admin_state),
@@ -145,7 +152,14 @@ pub async fn serve(
         proxy_protocol: config.server.proxy_protocol,
         max_connections: config.server.max_connections,
     };
-    proxy::serve(public, gateway, options, accepting).await;
+    proxy::serve(
+        public,
+        front,
+        Arc::clone(&admin_state.metrics),
+        options,
+        accepting,
+    )
+    .await;
 
     background.cancel();
     for (what, task) in [("poller", poller), ("admin listener", admin_task)] {
@@ -158,46 +172,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// Re-reads the certificate and key on every SIGHUP; a bad pair is logged and counted
-/// and the old one keeps serving. Without TLS there is nothing to reload, and the
-/// signal is only logged.
-async fn reload_on_sighup(
-    certificates: Option<Arc<TlsCertificates>>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; certificates will not reload");
-            return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            received = hup.recv() => if received.is_none() { return },
-        }
-        let Some(certificates) = &certificates else {
-            tracing::info!("SIGHUP: no TLS configured, nothing to reload");
-            continue;
-        };
-        match certificates.reload() {
-            Ok(()) => {
-                metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(cert = %certificates.cert_path().display(), "TLS certificate reloaded");
-            }
-            Err(error) => {
-                metrics.tls_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(
-                    %error,
-                    cause = crate::refresh::error_chain(&error),
-                    "TLS reload failed; still serving the previous certificate"
-                );
-            }
-        }
-    }
+/// One line that says what this gateway is and does: version, where it listens, where
+/// it forwards to, which store (never a password), TLS, workers.
+fn summary(config: &Config, public: &TcpListener, admin: &TcpListener) {
+    let addr = |l: &TcpListener, configured| l.local_addr().unwrap_or(configured);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        listen = %addr(public, config.server.listen),
+        admin_listen = %addr(admin, config.server.admin_listen),
+        upstream = %config.upstream.url,
+        store = %config.store.describe(),
+        tls = config.server.tls.is_some(),
+        proxy_protocol = config.server.proxy_protocol,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
+        "ipgate started"
+    );
 }
 
 /// Fires on SIGTERM or SIGINT.

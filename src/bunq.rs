@@ -2,7 +2,10 @@
 //!
 //! Errors: `{"Error":[{"error_description":"…","error_description_translated":"…"}]}`.
 //! Answers: `{"Response":[{"<Type>":{…}}, …]}`, lists with a `Pagination` object.
+//! What a refused request is told lives here too, so the decision core holds no wire
+//! text: every key problem gets the same 403 body, so the answer is no oracle.
 
+use crate::acl::Reason;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -14,7 +17,6 @@ pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// An error body as a `&'static str`, for answers that never change (refusals on the
 /// hot path): building them with serde for every request cost more than the check.
 /// The message must not need JSON escaping.
-#[macro_export]
 macro_rules! static_error_body {
     ($message:literal) => {
         concat!(
@@ -25,6 +27,37 @@ macro_rules! static_error_body {
             "\"}]}"
         )
     };
+}
+
+/// A refusal's response: status and body depend on the reason's class only.
+pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::FORBIDDEN);
+    let mut resp = static_error(status, refusal_body(reason));
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("ipgate"));
+    }
+    resp
+}
+
+/// What the client is told, as a whole JSON body. Deliberately the same for every 403.
+pub fn refusal_body(reason: Reason) -> &'static str {
+    match reason.status() {
+        401 => static_error_body!("Missing authentication token."),
+        403 => static_error_body!("Insufficient authorisation."),
+        _ => static_error_body!("Service temporarily unavailable, try again later."),
+    }
+}
+
+/// The answer to a refusal past its address's limit: fixed, and as cheap as any.
+pub fn too_many_refusals() -> Response<Full<Bytes>> {
+    let mut resp = static_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        static_error_body!("Too many refused requests from this address; try again later."),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// A complete error response with a fixed body.
@@ -83,6 +116,20 @@ mod tests {
     #[test]
     fn static_bodies_match_built_ones() {
         assert_eq!(static_error_body!("No way."), error_body("No way."));
+    }
+
+    #[test]
+    fn key_refusals_look_identical() {
+        for r in Reason::ALL.into_iter().filter(|r| r.status() == 403) {
+            assert_eq!(refusal_body(r), refusal_body(Reason::UnknownKey));
+            assert_eq!(refusal(r).status(), 403);
+        }
+        assert_eq!(refusal(Reason::MissingKey).status(), 401);
+        assert!(refusal(Reason::MissingKey)
+            .headers()
+            .contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(refusal(Reason::NoSnapshot).status(), 503);
+        assert_eq!(too_many_refusals().status(), 429);
     }
 
     #[test]

@@ -6,12 +6,18 @@
 //! the pure core, never on each other):
 //!
 //! - [`acl`]: the pure core: snapshot, decision, the cell it is published in.
-//! - [`proxy`]: the hot path: client address, check, forward.
+//! - [`gate`]: the credential check both doors use (key header -> decision).
+//! - [`front`]: the one front door: routes each request to the API or the forwarder
+//!   and writes its access line; holds what a SIGHUP may change.
+//! - [`proxy`]: hot-path plumbing: listener, TLS, PROXY protocol, client address,
+//!   forwarding.
 //! - [`api`]: the management API (bunq's credential-password-ip and device-server).
+//! - [`bunq`]: the wire shapes both answer with; [`request_id`]: `X-Request-Id`.
 //! - [`store`]: the source of truth; [`refresh`]: the poller that turns it into
 //!   snapshots.
-//! - [`config`], [`metrics`], [`logging`] and [`access_log`], [`admin_listener`], [`operator`] (the
-//!   `ipgate admin` commands) and [`app`] (the wiring).
+//! - [`config`] (and [`reload`]: SIGHUP), [`metrics`], [`logging`] and [`access_log`],
+//!   [`admin_listener`], [`operator`] (the `ipgate admin` commands) and [`app`] (the
+//!   wiring).
 
 pub mod access_log;
 pub mod acl;
@@ -20,10 +26,14 @@ pub mod api;
 pub mod app;
 pub mod bunq;
 pub mod config;
+pub mod front;
+pub mod gate;
 pub mod insight;
 pub mod logging;
 pub mod metrics;
 pub mod operator;
 pub mod proxy;
 pub mod refresh;
+pub mod reload;
+pub mod request_id;
 pub mod store;

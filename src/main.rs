@@ -1,10 +1,12 @@
 //! The `ipgate` command: parse arguments, load the configuration, start.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad command line, 64 bad configuration.
+//! With `--json`, an error is one JSON object on stdout, as a success is.
 
-use clap::{Parser, Subcommand};
-use ipgate::config::Config;
+use clap::{CommandFactory, Parser, Subcommand};
+use ipgate::config::{Config, ConfigErrors};
 use ipgate::operator::{self, AdminCommand};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,88 +20,127 @@ const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
     about = "API keys that only work from their whitelisted addresses"
 )]
 struct Cli {
+    /// The configuration file; relative paths in it are relative to its folder.
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the gateway.
-    Serve {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
+    /// Runs the gateway. SIGHUP reloads the configuration, SIGTERM drains and stops.
+    Serve,
+    /// Validates a configuration file and lists every problem in it (exit 64 if any).
+    CheckConfig {
+        /// The file to check (default: the --config file, ./config.toml).
+        file: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
-    /// Validates a configuration file and lists every problem in it.
-    CheckConfig { file: PathBuf },
     /// The operator's commands, on the store named in the configuration.
     Admin {
-        #[arg(long, default_value = "config.toml")]
-        config: PathBuf,
-        /// Print one JSON value instead of text.
+        /// Print one JSON value instead of text (an error too, as one object).
         #[arg(long, global = true)]
         json: bool,
+        /// Who the audit log names for these changes, as admin:NAME (default: $SUDO_USER,
+        /// else $USER).
+        #[arg(long, global = true)]
+        actor: Option<String>,
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Prints a shell completion script: `source <(ipgate completions bash)`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Prints the manual page (roff): `ipgate man | man -l -`.
+    Man,
 }
 
-fn load(path: &Path) -> Result<Config, ExitCode> {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Loads the configuration, or says why not (as text on stderr, or as one JSON object
+/// on stdout) and gives the exit code.
+fn load(path: &Path, json: bool) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|errors| {
-        eprintln!("ipgate: bad configuration in {}:", path.display());
-        for e in &errors.0 {
-            eprintln!("  {e}");
-        }
+        report_config(path, &errors, json);
         ExitCode::from(EXIT_BAD_CONFIG)
     })
+}
+
+fn report_config(path: &Path, errors: &ConfigErrors, json: bool) {
+    if json {
+        let value = json!({
+            "error": {
+                "kind": "config",
+                "message": format!("bad configuration in {}", path.display()),
+                "file": path,
+                "problems": errors.0,
+            }
+        });
+        println!("{value}");
+        return;
+    }
+    let count = errors.0.len();
+    let problems = if count == 1 { "problem" } else { "problems" };
+    eprintln!("ipgate: {count} {problems} in {}:", path.display());
+    eprint!("{}", errors.render(path));
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
+        Command::CheckConfig { file, json } => {
+            let file = file.unwrap_or(cli.config);
+            match load(&file, json) {
+                Ok(_) if json => {
+                    println!("{}", json!({ "file": file, "ok": true }));
+                    ExitCode::SUCCESS
+                }
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
             }
+        }
+        Command::Serve => match load(&cli.config, false) {
+            Ok(config) => serve(config, cli.config),
             Err(code) => code,
         },
-        Command::Serve { config } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            serve(config)
-        }
         Command::Admin {
-            config,
             json,
+            actor,
             command,
-        } => {
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
+        } => match load(&cli.config, json) {
+            Ok(config) => admin(command, &config, actor.as_deref(), json),
+            Err(code) => code,
+        },
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ipgate", &mut text);
+            print_bytes(&text)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut text) {
+                Ok(()) => print_bytes(&text),
                 Err(e) => {
-                    eprintln!("ipgate: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(operator::run(command, &config)) {
-                Ok(out) if json => {
-                    println!("{}", out.json);
-                    ExitCode::SUCCESS
-                }
-                Ok(out) => {
-                    println!("{}", out.plain);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ipgate: {e}");
+                    eprintln!("ipgate: cannot write the manual page: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -107,8 +148,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    let (_flush_logs_on_exit, access_log) = ipgate::logging::init(&config.log);
+/// Writes generated text to stdout; a reader that stops early (`| head`) is no error.
+fn print_bytes(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipgate: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn admin(command: AdminCommand, config: &Config, actor: Option<&str>, json: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ipgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = operator::operator_actor(actor)
+        .and_then(|actor| runtime.block_on(operator::run(command, config, &actor)));
+    match result {
+        Ok(out) if json => {
+            println!("{}", out.json);
+            ExitCode::SUCCESS
+        }
+        Ok(out) => {
+            println!("{}", out.plain);
+            ExitCode::SUCCESS
+        }
+        Err(e) if json => {
+            println!("{}", e.to_json());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("ipgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config, path: PathBuf) -> ExitCode {
+    let (_flush_logs_on_exit, access, level) = ipgate::logging::init(&config.log);
     // One worker needs no work stealing: the single-threaded scheduler does the same
     // job with fewer atomics per task switch.
     let mut runtime = if config.server.workers == 1 {
@@ -128,7 +215,8 @@ fn serve(config: Config) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = ipgate::app::stop_on_signals();
-        ipgate::app::serve(config, access_log, stop).await
+        let logs = ipgate::app::Logs { access, level };
+        ipgate::app::serve(config, path, logs, stop).await
     });
     // A store call still running on the blocking pool (a poll, a freed snapshot) must
     // not hold the exit past the drain: give it a moment, then go.
@@ -136,16 +224,53 @@ fn serve(config: Config) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
+            let cause = ipgate::logging::error_chain(&e);
+            let msg = if cause.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: {cause}")
+            };
             tracing::error!(error = %msg, "ipgate stopped");
             eprintln!("ipgate: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and every argument says what it is for: `--help`, the man page
+    /// and the shell completions are all made from these.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && path != " ipgate" {
+                missing.push(path.clone());
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} <{}>", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cmd = Cli::command();
+        cmd.build();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

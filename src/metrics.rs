@@ -8,8 +8,8 @@
 use crate::acl::{Reason, SnapshotCell};
 use crate::store::ResyncReason;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
 
@@ -111,6 +111,27 @@ pub const API_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
 /// Results of `ipgate_tls_reloads_total`.
 pub const TLS_RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
+/// How a configuration reload (SIGHUP) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigReload {
+    /// Applied (keys that cannot change at run time are named in a warning and kept).
+    Ok,
+    /// Not applied: the file is bad, or something in it could not be set up (a TLS
+    /// pair, an upstream CA file). The running configuration is unchanged.
+    Error,
+}
+
+impl ConfigReload {
+    const ALL: [ConfigReload; 2] = [Self::Ok, Self::Error];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// Outcome of one poll of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshResult {
@@ -148,6 +169,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     pub proxy_header_failures: IntCounter,
     pub tls_reloads: IntCounterVec,
+    config_reloads: Vec<IntCounter>,
     pub snapshot_version: IntGauge,
     pub snapshot_credentials: IntGauge,
     pub snapshot_active_ips: IntGauge,
@@ -270,6 +292,35 @@ impl Metrics {
             .iter()
             .map(|k| client_errors_vec.with_label_values(&[k.label()]))
             .collect();
+        let config_reloads_vec = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_config_reloads_total",
+                    "Configuration reloads on SIGHUP by result (ok: applied; error: the file \
+                     or something it names is bad, and the running configuration is kept).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let config_reloads = ConfigReload::ALL
+            .iter()
+            .map(|k| config_reloads_vec.with_label_values(&[k.label()]))
+            .collect();
+        register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "ipgate_build_info",
+                    "Always 1; the label says which ipgate this is.",
+                ),
+                &["version"],
+            )
+            .expect("valid metric"),
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         let counter = |name: &str, help: &str| {
             register(&r, IntCounter::new(name, help).expect("valid metric"))
         };
@@ -354,6 +405,7 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            config_reloads,
             snapshot_version: int_gauge(
                 "ipgate_snapshot_version",
                 "Store change version of the snapshot being enforced.",
@@ -518,6 +570,10 @@ impl Metrics {
         self.resyncs[reason as usize].inc();
     }
 
+    pub fn record_config_reload(&self, result: ConfigReload) {
+        self.config_reloads[result as usize].inc();
+    }
+
     pub fn record_refresh(&self, result: RefreshResult) {
         self.refresh[result as usize].inc();
     }
@@ -548,6 +604,12 @@ mod tests {
         let mut want = vec![
             "ipgate_tls_reloads_total{result=\"ok\"} 0".to_owned(),
             "ipgate_tls_reloads_total{result=\"error\"} 0".to_owned(),
+            "ipgate_config_reloads_total{result=\"ok\"} 0".to_owned(),
+            "ipgate_config_reloads_total{result=\"error\"} 0".to_owned(),
+            format!(
+                "ipgate_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
         ];
         for kind in ClientError::ALL {
             want.push(format!(

@@ -6,7 +6,7 @@
 use crate::acl::{ApiKey, KEY_PREFIX};
 use crate::config::Config;
 use crate::store::{
-    self, Actor, Change, IpStatus, NewCredential, Page, StoreError, Target, Timestamp,
+    self, Actor, Change, IpStatus, NewCredential, Page, Store, StoreError, Target, Timestamp,
 };
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -24,22 +24,26 @@ pub enum AdminCommand {
     /// Credentials (what a key is bound to).
     #[command(subcommand)]
     Credential(CredentialCommand),
-    /// The operator-only "*" entry that admits every address.
+    /// The operator-only "*" entry that admits every address (ACTIVE credentials only).
     Wildcard {
+        /// Set or clear it.
         #[arg(value_enum)]
         action: WildcardAction,
+        /// The credential.
         credential_id: u64,
     },
     /// A credential's permitted IPs.
     #[command(subcommand)]
     Ip(IpCommand),
-    /// ACTIVE entries per credential: what is billed.
+    /// ACTIVE entries per credential that is not revoked: what is billed.
     Usage {
+        /// Only this user's credentials.
         #[arg(long)]
         user: Option<u64>,
     },
     /// The audit log, newest first.
     Audit {
+        /// Only changes to this credential.
         #[arg(long = "credential")]
         credential_id: Option<u64>,
         /// How many entries at most.
@@ -52,9 +56,12 @@ pub enum AdminCommand {
 pub enum UserCommand {
     /// Adds a user and prints its id.
     Add {
+        /// A name to recognise the user by (not unique, not used to log in).
         #[arg(long)]
         name: Option<String>,
     },
+    /// Lists every user, newest first.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,8 +69,10 @@ pub enum KeyCommand {
     /// Creates a key for a user and prints it, once. The key must be registered with
     /// POST /v1/device-server within auth.registration_window.
     Create {
+        /// The user the key belongs to.
         #[arg(long)]
         user: u64,
+        /// What the key is for, shown in listings.
         #[arg(long)]
         description: Option<String>,
     },
@@ -71,36 +80,52 @@ pub enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CredentialCommand {
-    /// Lists a user's credentials.
+    /// Lists a user's credentials with their status (PENDING_FIRST_USE, ACTIVE,
+    /// EXPIRED: not registered in time, REVOKED).
     List {
+        /// The user whose credentials to list.
         #[arg(long)]
         user: u64,
     },
     /// Revokes a credential for good.
-    Revoke { credential_id: u64 },
+    Revoke {
+        /// The credential to revoke.
+        credential_id: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum WildcardAction {
+    /// Admit every address.
     Set,
+    /// Admit only the ACTIVE entries again.
     Clear,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum IpCommand {
-    /// Lists every entry, ACTIVE and INACTIVE.
-    List { credential_id: u64 },
+    /// Lists every entry, ACTIVE and INACTIVE, newest first.
+    List {
+        /// The credential whose entries to list.
+        credential_id: u64,
+    },
     /// Adds an entry and prints its id.
     Add {
+        /// The credential to add it to.
         credential_id: u64,
+        /// One IPv4 or IPv6 address (not a network, not "*").
         ip: String,
+        /// ACTIVE (admits the address) or INACTIVE.
         #[arg(long, default_value = "ACTIVE")]
         status: String,
     },
     /// Changes an entry's status.
     SetStatus {
+        /// The credential the entry is on.
         credential_id: u64,
+        /// The entry.
         item_id: u64,
+        /// ACTIVE or INACTIVE.
         status: String,
     },
 }
@@ -113,12 +138,73 @@ pub struct Output {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
     Input(String),
     #[error("key generation failed: {0}")]
     Random(String),
+}
+
+impl OperatorError {
+    /// A short, stable name for scripts: `not_found`, `rejected`, `input`, `store`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OperatorError::NotFound { .. } | OperatorError::Store(StoreError::NotFound(_)) => {
+                "not_found"
+            }
+            OperatorError::Store(StoreError::Rejected(_)) => "rejected",
+            OperatorError::Input(_) => "input",
+            OperatorError::Store(_) | OperatorError::Random(_) => "store",
+        }
+    }
+
+    /// The error as the one JSON object `--json` prints.
+    pub fn to_json(&self) -> Value {
+        json!({ "error": { "kind": self.kind(), "message": self.to_string() } })
+    }
+}
+
+/// `store_error` as a missing `what` with this id, when that is what it says.
+fn missing(what: &'static str, id: u64) -> impl FnOnce(StoreError) -> OperatorError {
+    move |e| match e {
+        StoreError::NotFound(_) => OperatorError::NotFound { what, id },
+        other => OperatorError::Store(other),
+    }
+}
+
+/// Longest operator name kept in the audit log.
+const MAX_ACTOR: usize = 64;
+
+/// The audit log's name for the operator running this command: `admin:NAME` for
+/// `--actor NAME`, else `$SUDO_USER` (who ran sudo), else `$USER`, else plain `admin`.
+pub fn operator_actor(given: Option<&str>) -> Result<Actor, OperatorError> {
+    let from_env = || {
+        ["SUDO_USER", "USER"]
+            .into_iter()
+            .filter_map(|v| std::env::var(v).ok())
+            .find(|v| !v.is_empty())
+    };
+    let name = match given {
+        Some(name) => name.to_owned(),
+        None => match from_env() {
+            Some(name) => name,
+            None => return Ok(Actor::admin()),
+        },
+    };
+    let fits = !name.is_empty()
+        && name.len() <= MAX_ACTOR
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if !fits {
+        return Err(OperatorError::Input(format!(
+            "the actor {name:?} must be 1 to {MAX_ACTOR} letters, digits or . _ @ -"
+        )));
+    }
+    Ok(Actor::operator(&name))
 }
 
 /// Characters of a key after its prefix: base62, so a double click selects it whole.
@@ -174,198 +260,313 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-pub async fn run(command: AdminCommand, config: &Config) -> Result<Output, OperatorError> {
+/// What every command works with.
+struct Context<'a> {
+    store: &'a dyn Store,
+    config: &'a Config,
+    actor: &'a Actor,
+}
+
+impl Context<'_> {
+    async fn change(&self, id: u64, change: Change) -> Result<store::Changed, OperatorError> {
+        let max_ips = self.config.limits.max_ips_per_credential;
+        // A change that changes nothing (revoking twice, a status it already has)
+        // succeeds without an audit row or a new version: the store plans nothing.
+        Ok(self
+            .store
+            .change(Target::Id(id), change, max_ips, self.actor)
+            .await
+            .map_err(missing("credential", id))?
+            .value)
+    }
+
+    async fn need_user(&self, id: u64) -> Result<store::User, OperatorError> {
+        self.store.user(id).await.map_err(missing("user", id))
+    }
+
+    async fn need_credential(&self, id: u64) -> Result<store::Credential, OperatorError> {
+        self.store
+            .credential(id)
+            .await
+            .map_err(missing("credential", id))
+    }
+}
+
+/// Runs one command as `actor` (the audit log's name for the operator).
+pub async fn run(
+    command: AdminCommand,
+    config: &Config,
+    actor: &Actor,
+) -> Result<Output, OperatorError> {
     let store = store::open(&config.store)?;
-    let store = store.as_ref();
-    let admin = Actor::admin();
-    let max_ips = config.limits.max_ips_per_credential;
-    let change = |id: u64, change: Change| store.change(Target::Id(id), change, max_ips, &admin);
-    Ok(match command {
-        AdminCommand::User(UserCommand::Add { name }) => {
-            let user = store.add_user(name, &admin).await?.value;
-            Output {
-                plain: user.id.to_string(),
-                json: to_value(&user),
-            }
-        }
+    let cx = Context {
+        store: store.as_ref(),
+        config,
+        actor,
+    };
+    match command {
+        AdminCommand::User(UserCommand::Add { name }) => user_add(&cx, name).await,
+        AdminCommand::User(UserCommand::List) => user_list(&cx).await,
         AdminCommand::Key(KeyCommand::Create { user, description }) => {
-            store.user(user).await?;
-            let key = generate_key()?;
-            let expiry = Timestamp::now().plus(config.auth.registration_window);
-            let credential = store
-                .create_credential(
-                    NewCredential {
-                        user_id: user,
-                        key: key.hash(),
-                        description,
-                        expiry,
-                    },
-                    &admin,
-                )
-                .await?
-                .value;
-            Output {
-                plain: key.expose().to_owned(),
-                json: json!({
-                    "credential_id": credential.id,
-                    "user_id": credential.user_id,
-                    "key": key.expose(),
-                    "expiry_time": credential.expiry_time,
-                }),
-            }
+            key_create(&cx, user, description).await
         }
         AdminCommand::Credential(CredentialCommand::List { user }) => {
-            store.user(user).await?;
-            let list = store.credentials(user, Page::all()).await?;
-            let mut plain = String::from("ID\tSTATUS\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION");
-            for c in &list {
-                write!(
-                    plain,
-                    "\n{}\t{}\t{}\t{}\t{}\t{}",
-                    c.id,
-                    c.status,
-                    if c.wildcard { "*" } else { "-" },
-                    c.expiry_time.map_or("-".into(), |t| t.to_string()),
-                    c.permitted_device
-                        .as_ref()
-                        .map_or("-".into(), |d| format!("{} ({})", d.description, d.ip)),
-                    c.description.as_deref().unwrap_or("-"),
-                )
-                .expect("write to String");
-            }
-            Output {
-                plain,
-                json: to_value(&list),
-            }
+            credential_list(&cx, user).await
         }
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
-            let c = change(credential_id, Change::Revoke)
-                .await?
-                .value
-                .credential;
-            Output {
-                plain: format!("credential {} is {}", c.id, c.status),
-                json: to_value(&c),
-            }
+            credential_revoke(&cx, credential_id).await
         }
         AdminCommand::Wildcard {
             action,
             credential_id,
-        } => {
-            let on = matches!(action, WildcardAction::Set);
-            let c = change(credential_id, Change::Wildcard(on))
-                .await?
-                .value
-                .credential;
-            Output {
-                plain: format!(
-                    "credential {}: wildcard {}",
-                    c.id,
-                    if c.wildcard {
-                        "set (every address admitted)"
-                    } else {
-                        "cleared"
-                    }
-                ),
-                json: to_value(&c),
-            }
-        }
-        AdminCommand::Ip(IpCommand::List { credential_id }) => {
-            let c = store.credential(credential_id).await?;
-            let list = store.ips(credential_id, Page::all()).await?;
-            let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED");
-            if c.wildcard {
-                plain.push_str("\n-\t*\tACTIVE\t-\t- (operator wildcard)");
-            }
-            for p in &list {
-                write!(
-                    plain,
-                    "\n{}\t{}\t{}\t{}\t{}",
-                    p.id, p.ip, p.status, p.created, p.updated
-                )
-                .expect("write to String");
-            }
-            Output {
-                plain,
-                json: json!({ "credential_id": c.id, "wildcard": c.wildcard, "ips": list }),
-            }
-        }
+        } => wildcard(&cx, action, credential_id).await,
+        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(&cx, credential_id).await,
         AdminCommand::Ip(IpCommand::Add {
             credential_id,
             ip,
             status,
-        }) => {
-            let add = Change::AddIp {
-                ip: parse_ip(&ip)?,
-                status: parse_status(&status)?,
-            };
-            let entry = entry_of(change(credential_id, add).await?.value)?;
-            Output {
-                plain: entry.id.to_string(),
-                json: to_value(&entry),
-            }
-        }
+        }) => ip_add(&cx, credential_id, &ip, &status).await,
         AdminCommand::Ip(IpCommand::SetStatus {
             credential_id,
             item_id,
             status,
-        }) => {
-            let set = Change::SetIpStatus {
-                item: item_id,
-                status: parse_status(&status)?,
-            };
-            let entry = entry_of(change(credential_id, set).await?.value)?;
-            Output {
-                plain: format!("entry {} ({}) is {}", entry.id, entry.ip, entry.status),
-                json: to_value(&entry),
-            }
-        }
-        AdminCommand::Usage { user } => {
-            let list = store.usage(user).await?;
-            let mut plain = String::from("CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS");
-            for u in &list {
-                write!(
-                    plain,
-                    "\n{}\t{}\t{}\t{}\t{}",
-                    u.credential_id,
-                    u.user_id,
-                    u.status,
-                    if u.wildcard { "*" } else { "-" },
-                    u.active_ips
-                )
-                .expect("write to String");
-            }
-            Output {
-                plain,
-                json: to_value(&list),
-            }
-        }
+        }) => ip_set_status(&cx, credential_id, item_id, &status).await,
+        AdminCommand::Usage { user } => usage(&cx, user).await,
         AdminCommand::Audit {
             credential_id,
             limit,
-        } => {
-            let list = store.audit(credential_id, Page::first(limit)).await?;
-            let mut plain = String::from("ID\tAT\tACTOR\tFROM\tCREDENTIAL\tACTION\tBEFORE\tAFTER");
-            for a in &list {
-                write!(
-                    plain,
-                    "\n{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                    a.id,
-                    a.at,
-                    a.actor,
-                    a.actor_ip.as_deref().unwrap_or("-"),
-                    a.credential_id.map_or("-".into(), |c| c.to_string()),
-                    a.action,
-                    a.before.as_ref().map_or("-".into(), Value::to_string),
-                    a.after.as_ref().map_or("-".into(), Value::to_string),
-                )
-                .expect("write to String");
-            }
-            Output {
-                plain,
-                json: to_value(&list),
-            }
-        }
+        } => audit(&cx, credential_id, limit).await,
+    }
+}
+
+/// A table for people: a header line, then one tab-separated line per row.
+fn table<T>(header: &str, rows: &[T], row: impl Fn(&T) -> String) -> String {
+    let mut out = String::from(header);
+    for r in rows {
+        out.push('\n');
+        out.push_str(&row(r));
+    }
+    out
+}
+
+fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+async fn user_add(cx: &Context<'_>, name: Option<String>) -> Result<Output, OperatorError> {
+    let user = cx.store.add_user(name, cx.actor).await?.value;
+    Ok(Output {
+        plain: user.id.to_string(),
+        json: to_value(&user),
+    })
+}
+
+async fn user_list(cx: &Context<'_>) -> Result<Output, OperatorError> {
+    let list = cx.store.users(Page::all()).await?;
+    Ok(Output {
+        plain: table("ID\tNAME\tCREATED", &list, |u| {
+            format!(
+                "{}\t{}\t{}",
+                u.id,
+                u.name.as_deref().unwrap_or("-"),
+                u.created
+            )
+        }),
+        json: to_value(&list),
+    })
+}
+
+async fn key_create(
+    cx: &Context<'_>,
+    user: u64,
+    description: Option<String>,
+) -> Result<Output, OperatorError> {
+    cx.need_user(user).await?;
+    let key = generate_key()?;
+    let expiry = Timestamp::now().plus(cx.config.auth.registration_window);
+    let new = NewCredential {
+        user_id: user,
+        key: key.hash(),
+        description,
+        expiry,
+    };
+    let credential = cx.store.create_credential(new, cx.actor).await?.value;
+    Ok(Output {
+        plain: key.expose().to_owned(),
+        json: json!({
+            "credential_id": credential.id,
+            "user_id": credential.user_id,
+            "key": key.expose(),
+            "expiry_time": credential.expiry_time,
+        }),
+    })
+}
+
+async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, OperatorError> {
+    cx.need_user(user).await?;
+    let list = cx.store.credentials(user, Page::all()).await?;
+    let header = "ID\tSTATUS\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION";
+    Ok(Output {
+        plain: table(header, &list, |c| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                c.id,
+                c.status,
+                if c.wildcard { "*" } else { "-" },
+                or_dash(c.expiry_time),
+                or_dash(
+                    c.permitted_device
+                        .as_ref()
+                        .map(|d| format!("{} ({})", d.description, d.ip))
+                ),
+                c.description.as_deref().unwrap_or("-"),
+            )
+        }),
+        json: to_value(&list),
+    })
+}
+
+async fn credential_revoke(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
+    let c = cx.change(id, Change::Revoke).await?.credential;
+    Ok(Output {
+        plain: format!("credential {} is {}", c.id, c.status),
+        json: to_value(&c),
+    })
+}
+
+async fn wildcard(
+    cx: &Context<'_>,
+    action: WildcardAction,
+    id: u64,
+) -> Result<Output, OperatorError> {
+    let on = matches!(action, WildcardAction::Set);
+    let c = cx.change(id, Change::Wildcard(on)).await?.credential;
+    let state = if c.wildcard {
+        "set (every address admitted)"
+    } else {
+        "cleared"
+    };
+    Ok(Output {
+        plain: format!("credential {}: wildcard {state}", c.id),
+        json: to_value(&c),
+    })
+}
+
+/// The entries as an array (`--json`); the wildcard is the credential's, shown by
+/// `credential list`, and here only as a line for people.
+async fn ip_list(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
+    let c = cx.need_credential(id).await?;
+    let list = cx.store.ips(id, Page::all()).await?;
+    let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED");
+    if c.wildcard {
+        plain.push_str("\n-\t*\tACTIVE\t-\t- (operator wildcard)");
+    }
+    for p in &list {
+        write!(
+            plain,
+            "\n{}\t{}\t{}\t{}\t{}",
+            p.id, p.ip, p.status, p.created, p.updated
+        )
+        .expect("write to String");
+    }
+    Ok(Output {
+        plain,
+        json: to_value(&list),
+    })
+}
+
+async fn ip_add(
+    cx: &Context<'_>,
+    id: u64,
+    ip: &str,
+    status: &str,
+) -> Result<Output, OperatorError> {
+    let add = Change::AddIp {
+        ip: parse_ip(ip)?,
+        status: parse_status(status)?,
+    };
+    let entry = entry_of(cx.change(id, add).await?)?;
+    Ok(Output {
+        plain: entry.id.to_string(),
+        json: to_value(&entry),
+    })
+}
+
+async fn ip_set_status(
+    cx: &Context<'_>,
+    id: u64,
+    item: u64,
+    status: &str,
+) -> Result<Output, OperatorError> {
+    let set = Change::SetIpStatus {
+        item,
+        status: parse_status(status)?,
+    };
+    cx.need_credential(id).await?;
+    let changed = cx
+        .store
+        .change(
+            Target::Id(id),
+            set,
+            cx.config.limits.max_ips_per_credential,
+            cx.actor,
+        )
+        .await
+        .map_err(missing("permitted IP", item))?
+        .value;
+    let entry = entry_of(changed)?;
+    Ok(Output {
+        plain: format!("entry {} ({}) is {}", entry.id, entry.ip, entry.status),
+        json: to_value(&entry),
+    })
+}
+
+async fn usage(cx: &Context<'_>, user: Option<u64>) -> Result<Output, OperatorError> {
+    if let Some(id) = user {
+        cx.need_user(id).await?;
+    }
+    let list = cx.store.usage(user).await?;
+    let header = "CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS";
+    Ok(Output {
+        plain: table(header, &list, |u| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}",
+                u.credential_id,
+                u.user_id,
+                u.status,
+                if u.wildcard { "*" } else { "-" },
+                u.active_ips
+            )
+        }),
+        json: to_value(&list),
+    })
+}
+
+async fn audit(
+    cx: &Context<'_>,
+    credential: Option<u64>,
+    limit: u32,
+) -> Result<Output, OperatorError> {
+    if let Some(id) = credential {
+        cx.need_credential(id).await?;
+    }
+    let list = cx.store.audit(credential, Page::first(limit)).await?;
+    let header = "ID\tAT\tACTOR\tFROM\tCREDENTIAL\tACTION\tBEFORE\tAFTER";
+    Ok(Output {
+        plain: table(header, &list, |a| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                a.id,
+                a.at,
+                a.actor,
+                a.actor_ip.as_deref().unwrap_or("-"),
+                or_dash(a.credential_id),
+                a.action,
+                or_dash(a.before.as_ref()),
+                or_dash(a.after.as_ref()),
+            )
+        }),
+        json: to_value(&list),
     })
 }
 
@@ -382,6 +583,30 @@ mod tests {
         assert!(a.expose().len() <= 55, "more than one SHA-256 block");
         assert!(a.expose()[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_operator_is_named_in_the_audit_log() {
+        assert_eq!(operator_actor(Some("alice")).unwrap().who, "admin:alice");
+        assert_eq!(
+            operator_actor(Some("ops.bot@x")).unwrap().who,
+            "admin:ops.bot@x"
+        );
+        for bad in ["", "a b", "x\ny", &"a".repeat(MAX_ACTOR + 1)] {
+            assert!(operator_actor(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_as_json_name_their_kind() {
+        let e = OperatorError::NotFound {
+            what: "user",
+            id: 999,
+        };
+        assert_eq!(
+            e.to_json(),
+            json!({"error": {"kind": "not_found", "message": "user 999 not found"}})
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn admin_commands_speak_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only be set on an ACTIVE"));
     assert_eq!(admin(&["wildcard", "clear", &cred])["wildcard"], false);
-    assert_eq!(admin(&["ip", "list", &cred])["ips"][1]["ip"], "192.0.2.1");
+    assert_eq!(admin(&["ip", "list", &cred])[1]["ip"], "192.0.2.1");
     assert_eq!(admin(&["credential", "revoke", &cred])["status"], "REVOKED");
     let audit = admin(&["audit", "--credential", &cred]);
     assert_eq!(audit[0]["action"], "credential.revoke");
@@ -118,11 +118,428 @@ fn admin_commands_speak_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a single"));
-    assert_eq!(
-        admin(&["ip", "list", &cred])["ips"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+    assert_eq!(admin(&["ip", "list", &cred]).as_array().unwrap().len(), 2);
+}
+
+/// Runs the binary with `args`, killing it if it has not exited within `PATIENCE` (a
+/// `serve` that should have refused its configuration would otherwise run forever).
+fn run_bounded(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{args:?} did not exit: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_config_lists_every_problem_with_its_line_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.toml");
+    std::fs::write(
+        &file,
+        "[server]\n\
+         listen_on = \"127.0.0.1:1\"\n\
+         workers = \"two\"\n\
+         [client_ip]\n\
+         trusted_proxies = [\"10.0.0.0/33\"]\n\
+         [refresh]\n\
+         interval = \"abc\"\n\
+         max_staleness = \"-5s\"\n",
+    )
+    .unwrap();
+    let out = run_bounded(&["check-config".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = file.display();
+    for line in [
+        format!("ipgate: 5 problems in {shown}:"),
+        format!("{shown}:2: server.listen_on: unknown key"),
+        format!("{shown}:3: server.workers: expected a whole number, found a string"),
+        format!("{shown}:5: client_ip.trusted_proxies[0]: \"10.0.0.0/33\" is not an address"),
+        format!("{shown}:7: refresh.interval: \"abc\" is not a duration"),
+        format!("{shown}:8: refresh.max_staleness: \"-5s\" is negative"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.starts_with(&line)),
+            "no line starts with {line:?}:\n{err}"
+        );
+    }
+    assert!(!err.contains("expected number at"), "{err}");
+
+    // A syntax error keeps TOML's context on its own lines, and the rest is checked too.
+    std::fs::write(
+        &file,
+        "[server]\nlisten = nowhere\n[log]\nformat = \"xml\"\n",
+    )
+    .unwrap();
+    let out = run_bounded(&["check-config".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{shown}:2: TOML parse error at line 2")),
+        "{err}"
     );
+    assert!(err.contains("\n    2 | listen = nowhere\n"), "{err}");
+    assert!(err.contains(&format!("{shown}:4: log.format")), "{err}");
+}
+
+#[test]
+fn check_config_reads_config_toml_here_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), "[log]\nformat = \"xml\"\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml:2: log.format"));
+}
+
+#[test]
+fn serve_refuses_at_start_what_it_cannot_use_as_check_config_does() {
+    let upstream = "http://127.0.0.1:9";
+    let cases: &[(&str, Settings, &str)] = &[
+        (
+            "both listeners on one address",
+            Settings::new(upstream)
+                .set("server.listen", "\"127.0.0.1:18080\"")
+                .set("server.admin_listen", "\"127.0.0.1:18080\""),
+            "server.admin_listen: 127.0.0.1:18080 is also server.listen",
+        ),
+        (
+            "an SQLite folder that does not exist",
+            Settings::new(upstream).set("store.url", "\"sqlite://missing/ipgate.db\""),
+            "does not exist",
+        ),
+        (
+            "a log level that is no level",
+            Settings::new(upstream).set("log.level", "\"inf\""),
+            "log.level: \"inf\" is not a level",
+        ),
+        (
+            "TLS files that cannot be read",
+            Settings::new(upstream).set("server.tls", "{ cert = \"cert.pem\", key = \"key.pem\" }"),
+            "server.tls.cert:",
+        ),
+        (
+            "an upstream scheme it cannot speak",
+            Settings::new("unix:///run/app.sock"),
+            "upstream.url: the scheme \"unix\" is not supported",
+        ),
+        (
+            "a negative duration",
+            Settings::new(upstream).set("server.shutdown_grace", "\"-5s\""),
+            "server.shutdown_grace: \"-5s\" is negative",
+        ),
+        (
+            "a duration that is no duration",
+            Settings::new(upstream).set("upstream.timeout", "\"abc\""),
+            "upstream.timeout: \"abc\" is not a duration",
+        ),
+    ];
+    for (what, settings, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), settings);
+        let check = run_bounded(&["check-config".as_ref(), config.as_os_str()]);
+        let serve = run_bounded(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);
+        let err = String::from_utf8_lossy(&serve.stderr);
+        assert_eq!(serve.status.code(), Some(64), "{what}: {err}");
+        assert!(err.contains(says), "{what}: {says:?} not in\n{err}");
+        assert_eq!(check.status.code(), Some(64), "{what}");
+        assert_eq!(
+            String::from_utf8_lossy(&check.stderr),
+            err,
+            "{what}: check-config and serve say the same"
+        );
+    }
+}
+
+/// `ipgate ARGS` with the environment the operator's name is read from set as given.
+fn ipgate(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("SUDO_USER").env_remove("USER");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON value ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn config_anywhere_lists_as_arrays_and_errors_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = config.to_str().unwrap();
+    // --config before the command, after it, or at the end.
+    let added = ipgate(
+        &["--config", config, "admin", "user", "add", "--name", "a"],
+        &[],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let out = ipgate(&["admin", "user", "add", "--config", config, "--json"], &[]);
+    let user = json_of(&out)["id"].as_u64().unwrap().to_string();
+    let out = ipgate(
+        &["admin", "--json", "user", "list", "--config", config],
+        &[],
+    );
+    let users = json_of(&out);
+    assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+    assert_eq!(users[0]["id"].to_string(), user, "newest first");
+
+    let key = json_of(&ipgate(
+        &[
+            "admin", "--config", config, "--json", "key", "create", "--user", &user,
+        ],
+        &[],
+    ));
+    let cred = key["credential_id"].to_string();
+    for args in [
+        vec!["user", "list"],
+        vec!["credential", "list", "--user", &user],
+        vec!["ip", "list", &cred],
+        vec!["usage"],
+        vec!["usage", "--user", &user],
+        vec!["audit"],
+        vec!["audit", "--credential", &cred],
+    ] {
+        let mut all = vec!["admin", "--config", config, "--json"];
+        all.extend(&args);
+        let out = ipgate(&all, &[]);
+        assert!(out.status.success(), "{args:?}");
+        assert!(json_of(&out).is_array(), "{args:?} is not an array");
+    }
+
+    // Unknown ids are errors, as one JSON object on stdout with --json.
+    for (args, says) in [
+        (vec!["usage", "--user", "999"], "user 999 not found"),
+        (
+            vec!["audit", "--credential", "999"],
+            "credential 999 not found",
+        ),
+        (
+            vec!["credential", "list", "--user", "999"],
+            "user 999 not found",
+        ),
+        (vec!["ip", "list", "999"], "credential 999 not found"),
+        (
+            vec!["credential", "revoke", "999"],
+            "credential 999 not found",
+        ),
+        (vec!["wildcard", "set", "999"], "credential 999 not found"),
+        (
+            vec!["ip", "set-status", &cred, "999", "ACTIVE"],
+            "permitted IP 999 not found",
+        ),
+        (vec!["key", "create", "--user", "999"], "user 999 not found"),
+    ] {
+        let mut plain = vec!["admin", "--config", config];
+        plain.extend(&args);
+        let out = ipgate(&plain, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+
+        plain.push("--json");
+        let out = ipgate(&plain, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "not_found", "{args:?}: {v}");
+        assert_eq!(v["error"]["message"], says, "{args:?}");
+    }
+    let out = ipgate(
+        &[
+            "admin",
+            "--config",
+            config,
+            "--json",
+            "ip",
+            "add",
+            &cred,
+            "10.0.0.0/8",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json_of(&out)["error"]["kind"], "input");
+
+    // A bad configuration with --json: one object naming every problem, exit 64.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[log]\nformat = \"xml\"\nlevel = \"inf\"\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    for args in [
+        vec!["admin", "--config", bad, "--json", "user", "list"],
+        vec!["check-config", bad, "--json"],
+    ] {
+        let out = ipgate(&args, &[]);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "config");
+        let problems = v["error"]["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "{v}");
+        assert_eq!(problems[0]["key"], "log.format");
+        assert_eq!(problems[0]["line"], 2);
+    }
+    let ok = ipgate(&["check-config", "--config", config, "--json"], &[]);
+    assert_eq!(json_of(&ok)["ok"], true);
+}
+
+#[test]
+fn statuses_billing_no_op_changes_and_the_operators_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        // Keys lapse a millisecond after they are made: long before the next command.
+        &Settings::new("http://127.0.0.1:9").set("auth.registration_window", "\"1ms\""),
+    );
+    let config = config.to_str().unwrap();
+    let admin = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["admin", "--config", config, "--json"];
+        all.extend(args);
+        let out = ipgate(&all, env);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)
+    };
+    let user = admin(&["user", "add"], &[])["id"].to_string();
+    let cred = admin(&["key", "create", "--user", &user], &[])["credential_id"].to_string();
+
+    // Not registered in its window: EXPIRED, as the gateway treats it.
+    assert_eq!(
+        admin(&["credential", "list", "--user", &user], &[])[0]["status"],
+        "EXPIRED"
+    );
+    assert_eq!(
+        admin(&["usage", "--user", &user], &[])[0]["status"],
+        "EXPIRED"
+    );
+    let plain = ipgate(
+        &[
+            "admin",
+            "--config",
+            config,
+            "credential",
+            "list",
+            "--user",
+            &user,
+        ],
+        &[],
+    );
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("\tEXPIRED\t"));
+
+    // The operator is named: --actor, else $SUDO_USER, else $USER.
+    let item = admin(&["ip", "add", &cred, "192.0.2.1", "--actor", "alice"], &[])["id"].to_string();
+    admin(&["ip", "add", &cred, "192.0.2.2"], &[("USER", "bob")]);
+    admin(
+        &["ip", "add", &cred, "192.0.2.3"],
+        &[("USER", "bob"), ("SUDO_USER", "carol")],
+    );
+    let audit = admin(&["audit", "--credential", &cred], &[]);
+    let actors: Vec<&str> = audit.as_array().unwrap()[..3]
+        .iter()
+        .map(|a| a["actor"].as_str().unwrap())
+        .collect();
+    assert_eq!(actors, ["admin:carol", "admin:bob", "admin:alice"]);
+    let out = ipgate(
+        &["admin", "--config", config, "--actor", "a b", "user", "add"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an actor name must be safe to log"
+    );
+
+    // A change that changes nothing succeeds and leaves no audit row.
+    let rows = |a: serde_json::Value| a.as_array().unwrap().len();
+    let before = rows(admin(&["audit"], &[]));
+    assert_eq!(
+        admin(&["ip", "set-status", &cred, &item, "ACTIVE"], &[])["status"],
+        "ACTIVE"
+    );
+    assert_eq!(
+        rows(admin(&["audit"], &[])),
+        before,
+        "set-status to the current status"
+    );
+    assert_eq!(
+        admin(&["credential", "revoke", &cred], &[])["status"],
+        "REVOKED"
+    );
+    assert_eq!(rows(admin(&["audit"], &[])), before + 1);
+    let again = ipgate(
+        &["admin", "--config", config, "credential", "revoke", &cred],
+        &[],
+    );
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("is REVOKED"));
+    assert_eq!(rows(admin(&["audit"], &[])), before + 1, "revoking twice");
+
+    // REVOKED credentials are not billed; the wildcard is refused on them.
+    assert_eq!(
+        admin(&["usage", "--user", &user], &[]),
+        serde_json::json!([])
+    );
+    let out = ipgate(
+        &["admin", "--config", config, "wildcard", "set", &cred],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is REVOKED"));
+}
+
+#[test]
+fn completions_and_the_manual_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ipgate(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ipgate"), "{shell}");
+        assert!(
+            text.contains("check-config") && text.contains("set-status"),
+            "{shell}"
+        );
+    }
+    let out = ipgate(&["man"], &[]);
+    assert!(out.status.success());
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH ipgate"),
+        "{page}"
+    );
+    assert!(page.contains("check\\-config"), "{page}");
+    assert!(!ipgate(&["completions", "tcsh"], &[]).status.success());
 }

@@ -115,7 +115,7 @@ async fn every_key_refusal_looks_the_same() {
 
     gw.admin(&["credential", "revoke", &revoked_cred.to_string()]);
     let entries = gw.admin(&["ip", "list", &inactive_cred.to_string()]);
-    let item = entries["ips"][0]["id"].as_u64().unwrap().to_string();
+    let item = entries[0]["id"].as_u64().unwrap().to_string();
     gw.admin(&[
         "ip",
         "set-status",
@@ -372,11 +372,18 @@ async fn last_good_snapshot_while_the_store_is_unreadable() {
 #[tokio::test]
 async fn unavailable_before_first_load_and_past_max_staleness() {
     let upstream = Upstream::start().await;
-    // The store's folder does not exist yet: the first load cannot happen.
-    let gw = Gateway::start(
+    // The store's file is no database yet: the first load cannot happen. (A folder
+    // that does not exist is refused at start, see tests/cli.rs.)
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("later")).unwrap();
+    let db = dir.path().join("later/ipgate.db");
+    std::fs::write(&db, vec![b'x'; 4096]).unwrap();
+    let gw = Gateway::start_in(
+        dir,
         &Settings::new(&upstream.url())
             .set("store.url", "\"sqlite://later/ipgate.db\"")
             .set("refresh.max_staleness", "\"400ms\""),
+        &[],
     );
     let r = gw.get(ip("127.0.0.2"), "/", Some("ipg_whatever")).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -391,11 +398,10 @@ async fn unavailable_before_first_load_and_past_max_staleness() {
     );
     assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
 
-    std::fs::create_dir(gw.dir.path().join("later")).unwrap();
+    std::fs::remove_file(&db).unwrap();
     gw.wait_ready().await;
     let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
 
-    let db = gw.dir.path().join("later/ipgate.db");
     let away = gw.dir.path().join("later/moved.db");
     std::fs::rename(&db, &away).unwrap();
     gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::SERVICE_UNAVAILABLE)
@@ -436,6 +442,16 @@ async fn upstream_down_is_502_and_slow_is_504() {
             .await,
         1.0
     );
+    // Both failures are warnings, each naming its kind; the access lines say why too.
+    for (gw, kind) in [(&gw, "connect"), (&slow, "timeout")] {
+        gw.wait_log(&format!("\"kind\":\"{kind}\"")).await;
+        let warned = gw.logs().iter().any(|l| {
+            l.contains("\"level\":\"WARN\"") && l.contains(&format!("\"kind\":\"{kind}\""))
+        });
+        assert!(warned, "no warning for the {kind} failure");
+        gw.wait_log(&format!("\"reason\":\"upstream_{kind}\""))
+            .await;
+    }
 }
 
 #[tokio::test]
@@ -521,7 +537,7 @@ async fn no_key_in_any_log_line() {
     // Lines are written in order by one thread: once a line logged after every request
     // above has arrived, so has everything they logged.
     signal(gw.pid(), "HUP");
-    gw.wait_log("nothing to reload").await;
+    gw.wait_log("configuration reloaded").await;
     let logs = gw.logs();
     assert!(
         logs.len() > 20,

@@ -81,7 +81,8 @@ async fn grace_period_bounds_the_drain() {
     // grace period can end the drain (no race with a slow machine).
     let mut s = connect_from(from, gw.target(from)).await;
     let head = format!(
-        "POST /upload HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: 10\r\n\r\n"
+        "POST /upload HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: 10\r\n\
+         x-request-id: t-cut\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.unwrap();
     upstream.wait_received_beyond(before).await;
@@ -95,6 +96,18 @@ async fn grace_period_bounds_the_drain() {
         !String::from_utf8_lossy(&out).contains(" 200 "),
         "the cut request should fail, not succeed"
     );
+    // The cut request has its access line, saying so.
+    gw.wait_log("\"request_id\":\"t-cut\"").await;
+    let line: serde_json::Value = gw
+        .logs()
+        .iter()
+        .find(|l| l.contains("\"request_id\":\"t-cut\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(line["status"], 0, "{line}");
+    assert_eq!(line["cut"], "shutdown", "{line}");
+    assert_eq!(line["path"], "/upload", "{line}");
+    assert_eq!(line["bytes_in"], 10, "{line}");
 }
 
 #[tokio::test]
@@ -103,6 +116,55 @@ async fn sighup_without_tls_is_harmless() {
     let gw = Gateway::start(&Settings::new(&upstream.url()));
     gw.wait_ready().await;
     signal(gw.pid(), "HUP");
-    gw.wait_log("nothing to reload").await;
+    gw.wait_log("configuration reloaded").await;
     assert_eq!(gw.admin_get("/livez").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn one_startup_line_says_what_runs_and_never_a_password() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    gw.wait_log("ipgate started").await;
+    let line: serde_json::Value = gw
+        .logs()
+        .iter()
+        .find(|l| l.contains("ipgate started"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .unwrap();
+    assert_eq!(line["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(line["listen"], gw.public.to_string());
+    assert_eq!(line["admin_listen"], gw.admin.to_string());
+    assert_eq!(line["upstream"], format!("{}/", upstream.url()));
+    let db = gw.dir.path().join("ipgate.db");
+    assert_eq!(line["store"], format!("sqlite {}", db.display()));
+    assert_eq!(line["tls"], false);
+    assert_eq!(line["workers"], 1);
+
+    // A PostgreSQL store is named without its password (it need not be reachable: the
+    // line comes before the first load).
+    let closed = closed_port().await;
+    let pg = Gateway::start(&Settings::new(&upstream.url()).set(
+        "store.url",
+        &format!(
+            "\"postgres://gw:s3cret@127.0.0.1:{}/ipgate\"",
+            closed.port()
+        ),
+    ));
+    pg.wait_log("ipgate started").await;
+    let line = pg
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("ipgate started"))
+        .unwrap();
+    assert!(
+        line.contains(&format!(
+            "postgres postgres://gw@127.0.0.1:{}/ipgate",
+            closed.port()
+        )),
+        "{line}"
+    );
+    assert!(
+        pg.logs().iter().all(|l| !l.contains("s3cret")),
+        "a password was logged"
+    );
 }

@@ -6,8 +6,10 @@ mod common;
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Label names a metric may carry; anything else could be unbounded.
-const ALLOWED_LABELS: [&str; 7] = [
+/// Label names a metric may carry; anything else could be unbounded. (`version` has one
+/// value per binary.)
+const ALLOWED_LABELS: [&str; 8] = [
+    "version",
     "decision",
     "reason",
     "kind",
@@ -101,8 +103,26 @@ async fn metrics_are_well_formed_and_bounded() {
         "ipgate_refresh_duration_seconds",
         "ipgate_key_from_unlisted_ip_total",
         "ipgate_api_requests_total",
+        "ipgate_tls_reloads_total",
+        "ipgate_config_reloads_total",
+        "ipgate_build_info",
     ] {
         assert!(types.contains_key(name), "{name} missing");
+    }
+    let build = format!(
+        "ipgate_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(gw.metric(&build).await, 1.0);
+    for result in ["ok", "error"] {
+        for family in ["ipgate_tls_reloads_total", "ipgate_config_reloads_total"] {
+            let sample = format!("{family}{{result=\"{result}\"}}");
+            assert_eq!(
+                gw.metric(&sample).await,
+                0.0,
+                "{sample} exists from the start"
+            );
+        }
     }
     assert_eq!(gw.metric("ipgate_snapshot_active_ips").await, 1.0);
     assert_eq!(gw.metric("ipgate_snapshot_credentials").await, 1.0);

@@ -43,16 +43,23 @@ enum Body {
 struct Checker<'g> {
     doc: Value,
     gw: &'g Gateway,
+    upstream: &'g Upstream,
     seen: Mutex<BTreeSet<(String, String, String)>>,
 }
 
 impl<'g> Checker<'g> {
-    fn new(gw: &'g Gateway) -> Self {
+    fn new(gw: &'g Gateway, upstream: &'g Upstream) -> Self {
         Self {
             doc: document(),
             gw,
+            upstream,
             seen: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Requests the upstream has received so far.
+    fn upstream_received(&self) -> usize {
+        self.upstream.received()
     }
 
     /// The documented path template that `path` is an instance of.
@@ -167,8 +174,45 @@ impl<'g> Checker<'g> {
         self.seen
             .lock()
             .unwrap()
-            .insert((template, verb, r.status.as_str().to_owned()));
+            .insert((template.clone(), verb, r.status.as_str().to_owned()));
+        if method == Method::GET && operation.is_object() {
+            self.head_like(from, path, &headers, &template, &r).await;
+        }
         r
+    }
+
+    /// The same request as HEAD: the document's `head` operation lists the status, and
+    /// the answer is GET's without the body.
+    async fn head_like(
+        &self,
+        from: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        template: &str,
+        get: &Answer,
+    ) {
+        let to = self.gw.target(ip(from));
+        let r = send_raw(ip(from), to, Method::HEAD, path, headers, Bytes::new()).await;
+        assert_eq!(r.status, get.status, "HEAD {path} differs from GET");
+        assert!(r.body.is_empty(), "HEAD {path} sent a body");
+        assert_eq!(
+            r.headers["content-type"], get.headers["content-type"],
+            "HEAD {path}"
+        );
+        assert_eq!(
+            r.headers["content-length"],
+            get.body.len().to_string().as_str(),
+            "HEAD {path}: Content-Length is GET's"
+        );
+        let status = r.status.as_str().to_owned();
+        assert!(
+            self.doc["paths"][template]["head"]["responses"][&status].is_object(),
+            "HEAD {template} answered {status}, which the document does not list"
+        );
+        self.seen
+            .lock()
+            .unwrap()
+            .insert((template.to_owned(), "head".into(), status));
     }
 
     /// Headers the document requires, the JSON content type and the body's schema.
@@ -309,10 +353,14 @@ fn the_document_describes_this_api_and_its_auth_header() {
     let expected: BTreeSet<String> = [
         "POST /v1/device-server".to_owned(),
         format!("GET {c}"),
+        format!("HEAD {c}"),
         format!("GET {c}/{{credential_id}}"),
+        format!("HEAD {c}/{{credential_id}}"),
         format!("GET {c}/{{credential_id}}/ip"),
+        format!("HEAD {c}/{{credential_id}}/ip"),
         format!("POST {c}/{{credential_id}}/ip"),
         format!("GET {c}/{{credential_id}}/ip/{{item_id}}"),
+        format!("HEAD {c}/{{credential_id}}/ip/{{item_id}}"),
         format!("PUT {c}/{{credential_id}}/ip/{{item_id}}"),
         format!("DELETE {c}/{{credential_id}}/ip/{{item_id}}"),
     ]
@@ -373,7 +421,7 @@ async fn every_documented_answer_is_what_the_gateway_sends() {
             .set("limits.max_body_bytes", "1024"),
     );
     gw.wait_ready().await;
-    let check = Checker::new(&gw);
+    let check = Checker::new(&gw, &upstream);
 
     let me = registration(&check, &gw).await;
     let (bob_user, bob_cred, bob_key) = gw.registered_key(&["127.0.0.3"]).await;
@@ -741,6 +789,24 @@ async fn reading(check: &Checker<'_>, me: &Caller, bob: &Caller, item: u64) {
     ] {
         assert_eq!(get(path, mine, me.from).await.status, StatusCode::NOT_FOUND);
     }
+    // A path of this API that names no route is the gateway's 404, never forwarded,
+    // with a key or without.
+    let received = check.upstream_received();
+    for path in [
+        "/v1/user/abc/credential-password-ip".to_owned(),
+        format!("{}/abc", me.credentials()),
+        format!("{}/x", me.ips()),
+    ] {
+        for key in [mine, None] {
+            let r = get(path.clone(), key, me.from).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+    assert_eq!(
+        check.upstream_received(),
+        received,
+        "a malformed API path was forwarded"
+    );
 }
 
 /// A second user sees his own data, and nothing of mine.

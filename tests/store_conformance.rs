@@ -140,6 +140,7 @@ conformance!(
     every_change_is_audited_with_before_and_after,
     lists_page_newest_first,
     usage_counts_active_entries,
+    users_are_listed_and_a_lapsed_key_reads_as_expired,
     the_feed_names_exactly_what_changed,
     versions_are_gap_free_under_concurrent_writers,
     concurrent_adds_never_pass_the_limit,
@@ -640,6 +641,79 @@ async fn usage_counts_active_entries(t: TestStore) {
     assert_eq!(mine.len(), 1);
     assert_eq!((mine[0].credential_id, mine[0].active_ips), (id, 2));
     assert_eq!(s.usage(None).await.unwrap().len(), 2);
+}
+
+async fn users_are_listed_and_a_lapsed_key_reads_as_expired(t: TestStore) {
+    let s = t.store.as_ref();
+    let first = user(s).await;
+    let second = user(s).await;
+    let listed: Vec<u64> = s
+        .users(Page::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(listed, [second, first], "newest first");
+    assert_eq!(s.users(Page::first(1)).await.unwrap().len(), 1);
+
+    let lapsed = s
+        .create_credential(
+            NewCredential {
+                user_id: first,
+                key: KeyHash::of(b"lapsed"),
+                description: None,
+                expiry: Timestamp(Timestamp::now().0 - 1_000_000),
+            },
+            &admin(),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(lapsed.status, CredentialStatus::Expired, "as created");
+    let id = lapsed.id;
+    assert_eq!(
+        s.credential(id).await.unwrap().status,
+        CredentialStatus::Expired
+    );
+    let list = s.credentials(first, Page::all()).await.unwrap();
+    assert_eq!(list[0].status, CredentialStatus::Expired);
+    let usage = s.usage(Some(first)).await.unwrap();
+    assert_eq!(usage[0].status, CredentialStatus::Expired);
+    assert!(rejected(change(s, id, Change::Wildcard(true)).await).contains("EXPIRED"));
+    let reg = s
+        .change(
+            Target::Key(KeyHash::of(b"lapsed")),
+            register(&["10.0.0.1"]),
+            MAX_IPS,
+            &admin(),
+        )
+        .await;
+    assert_eq!(rejected(reg), store::rules::REGISTRATION_REFUSED);
+    // An entry changed on an expired credential leaves it as stored: still pending.
+    change(s, id, add("10.0.0.9")).await.unwrap();
+    assert_eq!(
+        s.credential(id).await.unwrap().status,
+        CredentialStatus::Expired
+    );
+    let loaded = s.load().await.unwrap();
+    assert_eq!(loaded.damaged.len(), 0);
+    assert_eq!(
+        loaded.snapshot.get(&KeyHash::of(b"lapsed")).unwrap().state,
+        CredentialState::PendingFirstUse
+    );
+    // Revoked: no longer billed.
+    assert_eq!(
+        change(s, id, Change::Revoke)
+            .await
+            .unwrap()
+            .value
+            .credential
+            .status,
+        CredentialStatus::Revoked
+    );
+    assert!(s.usage(Some(first)).await.unwrap().is_empty());
+    assert_eq!(s.usage(None).await.unwrap().len(), 0);
 }
 
 async fn the_feed_names_exactly_what_changed(t: TestStore) {

@@ -188,6 +188,8 @@ async fn sighup_rolls_the_certificate_and_keeps_the_old_one_if_the_new_is_bad() 
     std::fs::write(&cert, &third.cert_pem).unwrap();
     std::fs::write(&key_path, &second.key_pem).unwrap();
     signal(gw.pid(), "HUP");
+    gw.wait_metric("ipgate_config_reloads_total{result=\"error\"}", 1.0)
+        .await;
     gw.wait_metric("ipgate_tls_reloads_total{result=\"error\"}", 1.0)
         .await;
     let s = handshake(&ca, from, gw.target(from), &[b"http/1.1"]).await;

@@ -34,8 +34,8 @@ impl Decision {
 }
 
 /// Why a request was refused. The true reason goes to logs and metrics; the client sees
-/// only [`Reason::status`] and [`Reason::public_body`], which are identical for every
-/// key problem so that the answer is no oracle for whether a key is valid.
+/// only [`Reason::status`] (and a body chosen by it, `bunq::refusal_body`), identical
+/// for every key problem so that the answer is no oracle for whether a key is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     /// No credential header, or one that cannot be read.
@@ -99,16 +99,6 @@ impl Reason {
             Reason::NoSnapshot => "no_snapshot",
             Reason::StaleSnapshot => "stale_snapshot",
             Reason::DamagedCredential => "damaged_credential",
-        }
-    }
-
-    /// What the client is told, as a whole JSON body. Deliberately the same for
-    /// every 403.
-    pub fn public_body(self) -> &'static str {
-        match self.status() {
-            401 => crate::static_error_body!("Missing authentication token."),
-            403 => crate::static_error_body!("Insufficient authorisation."),
-            _ => crate::static_error_body!("Service temporarily unavailable, try again later."),
         }
     }
 
@@ -302,7 +292,6 @@ mod tests {
         ];
         for r in refusals {
             assert_eq!(r.status(), 403);
-            assert_eq!(r.public_body(), Reason::UnknownKey.public_body());
         }
         assert_eq!(Reason::MissingKey.status(), 401);
         assert_eq!(Reason::StaleSnapshot.status(), 503);

@@ -4,7 +4,7 @@
 use super::wire::BadInput;
 use crate::acl::Reason;
 use crate::bunq;
-use crate::proxy::refusal;
+use crate::store::rules::REGISTRATION_REFUSED;
 use crate::store::StoreError;
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -23,6 +23,8 @@ pub(super) enum ApiError {
     MethodNotAllowed(&'static str),
     Store(StoreError),
     NotEnforced,
+    /// A device registration refused: one answer for every reason; the label says which.
+    RegistrationRefused(&'static str),
 }
 
 impl From<BadInput> for ApiError {
@@ -42,6 +44,22 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
+    /// Why, for the access line: a short fixed label, never the message.
+    pub(super) fn label(&self) -> &'static str {
+        match self {
+            ApiError::Input(BadInput::Invalid(_)) => "bad_input",
+            ApiError::Input(BadInput::NotJson) => "not_json",
+            ApiError::Input(BadInput::Wildcard) => "wildcard",
+            ApiError::Refused(reason) => reason.label(),
+            ApiError::OtherUser => "other_user",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::Store(_) => "store_unavailable",
+            ApiError::NotEnforced => "not_enforced",
+            ApiError::RegistrationRefused(why) => why,
+        }
+    }
+
     pub(super) fn into_response(self) -> Answer {
         match self {
             ApiError::Input(BadInput::Invalid(msg)) => bunq::error(StatusCode::BAD_REQUEST, &msg),
@@ -53,7 +71,7 @@ impl ApiError {
                 StatusCode::FORBIDDEN,
                 "The wildcard \"*\" can only be set by an operator.",
             ),
-            ApiError::Refused(reason) => refusal(reason),
+            ApiError::Refused(reason) => bunq::refusal(reason),
             ApiError::OtherUser => bunq::error(
                 StatusCode::FORBIDDEN,
                 "You can only see and change your own user's data.",
@@ -69,11 +87,14 @@ impl ApiError {
                 r
             }
             ApiError::Store(e) => {
-                tracing::error!(error = %e, cause = crate::refresh::error_chain(&e), "store failed during an API call");
+                tracing::error!(error = %e, cause = crate::logging::error_chain(&e), "store failed during an API call");
                 bunq::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "The store is unavailable; nothing was changed. Try again later.",
                 )
+            }
+            ApiError::RegistrationRefused(_) => {
+                bunq::error(StatusCode::BAD_REQUEST, REGISTRATION_REFUSED)
             }
             ApiError::NotEnforced => bunq::error(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -6,31 +6,33 @@
 //! | method | path | does |
 //! |---|---|---|
 //! | POST | `/v1/device-server` | register the device of a pending key |
-//! | GET | `/v1/user/{u}/credential-password-ip` | list the user's credentials |
-//! | GET | `/v1/user/{u}/credential-password-ip/{c}` | one credential |
-//! | GET | `/v1/user/{u}/credential-password-ip/{c}/ip` | list its entries |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip` | list the user's credentials |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}` | one credential |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}/ip` | list its entries |
 //! | POST | `/v1/user/{u}/credential-password-ip/{c}/ip` | add an entry |
-//! | GET | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | one entry |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | one entry |
 //! | PUT | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | change its status |
+//!
+//! A path under `/v1/user/{u}/credential-password-ip` that names no route (a user id
+//! that is no number, an extra segment) is this API's 404, never forwarded.
 //!
 //! Every write is committed to the store and then enforced here (this gateway's
 //! snapshot catches up to the write's version, through the poller's ordered path)
 //! before the answer is sent.
 
 mod error;
+mod registration;
 #[doc(hidden)] // public for the fuzz targets only
 pub mod route;
 #[doc(hidden)] // public for the fuzz targets only
 pub mod wire;
 
-use crate::acl::{CredentialState, NEVER};
-use crate::acl::{Decision, Identity};
+use crate::acl::{Decision, Identity, Reason};
 use crate::bunq;
+use crate::config::LimitsConfig;
+use crate::gate::Gatekeeper;
 use crate::metrics::Metrics;
-use crate::metrics::Registration;
-use crate::proxy::Gatekeeper;
 use crate::refresh::Refresher;
-use crate::store::rules::REGISTRATION_REFUSED;
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
@@ -47,55 +49,32 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
-    pub max_ips: usize,
-    pub max_body_bytes: usize,
     /// Store calls the API may have in flight at once: [`API_STORE_SLOTS`].
     pub store_slots: tokio::sync::Semaphore,
+}
+
+/// What one call was, for its access line: the operation, whether it did what was
+/// asked and why not, and whose credential it was made with (when known).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    pub operation: &'static str,
+    pub ok: bool,
+    /// `ok`, or why not: a refusal's reason (`ip_not_active`, …), `bad_input`,
+    /// `not_found`, a registration's `unknown_key`, … (`ApiError::label`).
+    pub reason: &'static str,
+    pub credential_id: Option<u64>,
+}
+
+/// What the settings a SIGHUP may change say for one call.
+pub struct CallSettings<'a> {
+    pub gate: &'a Gatekeeper,
+    pub limits: &'a LimitsConfig,
 }
 
 /// Concurrent store calls from the management API; the poller never waits for one.
 pub const API_STORE_SLOTS: usize = 8;
 /// How long an API call waits for a store slot before answering 503.
 const STORE_SLOT_WAIT: Duration = Duration::from_secs(5);
-/// Registrations with keys the snapshot does not know share one look at the store per
-/// this much time.
-const REGISTRATION_RECHECK: Duration = Duration::from_millis(100);
-
-/// What the snapshot says of a key offered for registration.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Bindable {
-    Pending,
-    /// Known, and not pending (or past its window): registered, revoked or expired.
-    Bound,
-    Unknown,
-    NoSnapshot,
-}
-
-impl Bindable {
-    fn of(gate: &Gatekeeper, key: &crate::acl::KeyHash) -> Self {
-        let snapshot = gate.cell.load();
-        let Some(snapshot) = snapshot.as_ref() else {
-            return Bindable::NoSnapshot;
-        };
-        match snapshot.get(key) {
-            None => Bindable::Unknown,
-            Some(c)
-                if c.state == CredentialState::PendingFirstUse
-                    && (c.expires_at == NEVER || crate::proxy::unix_now() < c.expires_at) =>
-            {
-                Bindable::Pending
-            }
-            Some(_) => Bindable::Bound,
-        }
-    }
-
-    fn result(self) -> Registration {
-        match self {
-            Bindable::Unknown => Registration::UnknownKey,
-            _ => Registration::Refused,
-        }
-    }
-}
 
 impl Api {
     /// True for paths the management API answers instead of the upstream: the
@@ -117,17 +96,25 @@ impl Api {
             .is_some_and(|tail| tail.is_empty() || tail.starts_with('/'))
     }
 
+    /// Answers one call. HEAD is answered as GET; hyper sends the head without the body.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         client_ip: Option<IpAddr>,
-        gate: &Gatekeeper,
-    ) -> Answer {
+        settings: CallSettings<'_>,
+    ) -> (Answer, ApiCall) {
         let route = Route::parse(req.uri().path());
         let operation = route.operation(req.method());
-        let answer = match self.dispatch(route, req, client_ip, gate).await {
-            Ok(a) => a,
-            Err(e) => e.into_response(),
+        let mut credential_id = None;
+        let (answer, reason) = match self
+            .dispatch(route, req, client_ip, &settings, &mut credential_id)
+            .await
+        {
+            Ok(a) => (a, None),
+            Err(e) => {
+                let label = e.label();
+                (e.into_response(), Some(label))
+            }
         };
         let class = match answer.status().as_u16() {
             200..=299 => "2xx",
@@ -138,31 +125,41 @@ impl Api {
             .api_requests
             .with_label_values(&[operation, class])
             .inc();
-        answer
+        let call = ApiCall {
+            operation,
+            ok: reason.is_none(),
+            reason: reason.unwrap_or("ok"),
+            credential_id,
+        };
+        (answer, call)
     }
 
+    /// `credential_id` is set as soon as the caller's credential is known.
     async fn dispatch(
         &self,
         route: Route,
         req: Request<Incoming>,
         client_ip: Option<IpAddr>,
-        gate: &Gatekeeper,
+        settings: &CallSettings<'_>,
+        credential_id: &mut Option<u64>,
     ) -> ApiResult {
-        let method = req.method().clone();
+        // HEAD reads as GET: the same checks and the same answer, no body on the wire.
+        let reading = matches!(*req.method(), Method::GET | Method::HEAD);
         let allowed = route.allowed();
         if route == Route::NotFound {
             return Err(ApiError::NotFound("endpoint"));
         }
-        if !allowed.split(", ").any(|m| m == method.as_str()) {
+        if !allowed.split(", ").any(|m| m == req.method().as_str()) {
             return Err(ApiError::MethodNotAllowed(allowed));
         }
         if route == Route::DeviceServer {
-            return self.register(req, client_ip, gate).await;
+            return self.register(req, client_ip, settings, credential_id).await;
         }
 
-        let identity = self.authenticate(gate, &req, client_ip)?;
+        let identity = self.authenticate(settings.gate, &req, client_ip, credential_id)?;
+        let max_ips = settings.limits.max_ips_per_credential;
         let _slot = self.store_slot().await?;
-        let caller_ip = client_ip.ok_or(ApiError::Refused(crate::acl::Reason::ClientIpUnknown))?;
+        let caller_ip = client_ip.ok_or(ApiError::Refused(Reason::ClientIpUnknown))?;
         let actor = Actor::credential(identity.credential_id, caller_ip);
         let query = req.uri().query().map(str::to_owned);
         let base = req.uri().path().trim_end_matches('/').to_owned();
@@ -194,7 +191,7 @@ impl Api {
                 let c = self.own_credential(user, credential).await?;
                 ok("CredentialPasswordIp", &[wire::CredentialView::from(&c)])
             }
-            Route::Ips { user, credential } if method == Method::GET => {
+            Route::Ips { user, credential } if reading => {
                 self.own_user(identity, user)?;
                 self.own_credential(user, credential).await?;
                 let page = wire::parse_page(query.as_deref())?;
@@ -219,7 +216,7 @@ impl Api {
             }
             Route::Ips { user, credential } => {
                 self.own_user(identity, user)?;
-                let body = self.body(req).await?;
+                let body = self.body(req, settings.limits).await?;
                 let new: wire::NewIpBody = wire::parse_json(&body)?;
                 let ip = wire::parse_ip(&new.ip)?;
                 let status = match new.status.as_deref() {
@@ -228,7 +225,7 @@ impl Api {
                 };
                 self.own_credential(user, credential).await?;
                 let entry = self
-                    .write(credential, Change::AddIp { ip, status }, &actor)
+                    .write(credential, Change::AddIp { ip, status }, &actor, max_ips)
                     .await?;
                 created_id(entry)
             }
@@ -236,7 +233,7 @@ impl Api {
                 user,
                 credential,
                 item,
-            } if method == Method::GET => {
+            } if reading => {
                 self.own_user(identity, user)?;
                 self.own_credential(user, credential).await?;
                 let entry = self.store.ip(credential, item).await?;
@@ -248,7 +245,7 @@ impl Api {
                 item,
             } => {
                 self.own_user(identity, user)?;
-                let body = self.body(req).await?;
+                let body = self.body(req, settings.limits).await?;
                 let change: wire::UpdateIpBody = wire::parse_json(&body)?;
                 let new_ip = change.ip.as_deref().map(wire::parse_ip).transpose()?;
                 let status = change
@@ -270,7 +267,12 @@ impl Api {
                     .into());
                 }
                 let entry = self
-                    .write(credential, Change::SetIpStatus { item, status }, &actor)
+                    .write(
+                        credential,
+                        Change::SetIpStatus { item, status },
+                        &actor,
+                        max_ips,
+                    )
                     .await?;
                 created_id(entry)
             }
@@ -279,26 +281,23 @@ impl Api {
     }
 
     /// The same check as a proxied request: own key, from one of its ACTIVE addresses.
+    /// Counted like any request; the access line says who and why.
     fn authenticate(
         &self,
         gate: &Gatekeeper,
         req: &Request<Incoming>,
         client_ip: Option<IpAddr>,
+        credential_id: &mut Option<u64>,
     ) -> Result<Identity, ApiError> {
         match gate.check(req.headers(), client_ip) {
             Decision::Allow(identity) => {
                 self.metrics.record_allow();
+                *credential_id = Some(identity.credential_id);
                 Ok(identity)
             }
             Decision::Deny(reason, known) => {
                 self.metrics.record_deny(reason);
-                tracing::info!(
-                    target: "ipgate::access",
-                    reason = reason.label(),
-                    credential_id = known.map(|i| i.credential_id),
-                    client_ip = client_ip.map(tracing::field::display),
-                    "management API call refused"
-                );
+                *credential_id = known.map(|i| i.credential_id);
                 Err(ApiError::Refused(reason))
             }
         }
@@ -326,76 +325,6 @@ impl Api {
         }
     }
 
-    async fn register(
-        &self,
-        req: Request<Incoming>,
-        client_ip: Option<IpAddr>,
-        gate: &Gatekeeper,
-    ) -> ApiResult {
-        let arrived = std::time::Instant::now();
-        let caller = client_ip.ok_or(ApiError::Refused(crate::acl::Reason::ClientIpUnknown))?;
-        let body = self.body(req).await?;
-        let reg: wire::DeviceServerBody = wire::parse_json(&body)?;
-        let ips = wire::registration_ips(&reg.permitted_ips, caller)?;
-        if reg.description.len() > 1024 {
-            return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
-        }
-        let key = reg.secret.hash();
-        // Only a key the snapshot knows as pending reaches the store's write lock. One it
-        // does not know may be newer than the last poll: look once more, in a poll begun
-        // after this request arrived and shared with every other such registration, then
-        // refuse. A storm of made-up secrets costs the store one read per
-        // REGISTRATION_RECHECK at most.
-        let mut bindable = Bindable::of(gate, &key);
-        if bindable == Bindable::Unknown {
-            // The store cannot say whether the key exists: try again later, not "no".
-            self.refresher
-                .refresh_since(arrived, REGISTRATION_RECHECK)
-                .await
-                .map_err(ApiError::Store)?;
-            bindable = Bindable::of(gate, &key);
-        }
-        match bindable {
-            Bindable::Pending => {}
-            Bindable::NoSnapshot => {
-                return Err(ApiError::Refused(crate::acl::Reason::NoSnapshot));
-            }
-            Bindable::Unknown | Bindable::Bound => {
-                self.metrics.record_registration(bindable.result());
-                return Err(BadInput::Invalid(REGISTRATION_REFUSED.into()).into());
-            }
-        }
-        let change = Change::Register {
-            description: reg.description,
-            ips,
-            caller,
-        };
-        // The store names the key holder once it knows which credential the key is.
-        let actor = Actor {
-            who: "device-server".into(),
-            ip: Some(caller),
-        };
-        let _slot = self.store_slot().await?;
-        let committed = match self
-            .store
-            .change(Target::Key(key), change, self.max_ips, &actor)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if matches!(e, crate::store::StoreError::Rejected(_)) {
-                    self.metrics.record_registration(Registration::Refused);
-                }
-                return Err(e.into());
-            }
-        };
-        self.metrics.record_registration(Registration::Registered);
-        let credential = committed.value.credential.id;
-        tracing::info!(credential_id = credential, caller = %caller, "device registered");
-        self.enforce(committed.version).await?;
-        created_id(credential)
-    }
-
     /// A turn at the store for one API call. The API gets a fixed number at once, so a
     /// crowd of API calls cannot take every connection or blocking thread from the
     /// poller; a call that waits too long is answered 503.
@@ -409,9 +338,9 @@ impl Api {
     }
 
     /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.
-    async fn body(&self, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    async fn body(&self, req: Request<Incoming>, limits: &LimitsConfig) -> Result<Bytes, ApiError> {
         wire::require_json(req.headers())?;
-        let limit = self.max_body_bytes;
+        let limit = limits.max_body_bytes;
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => Ok(b.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -427,10 +356,16 @@ impl Api {
 
     /// Changes one entry list and answers with the entry's id once this gateway
     /// enforces the change.
-    async fn write(&self, credential: u64, change: Change, actor: &Actor) -> Result<u64, ApiError> {
+    async fn write(
+        &self,
+        credential: u64,
+        change: Change,
+        actor: &Actor,
+        max_ips: usize,
+    ) -> Result<u64, ApiError> {
         let committed = self
             .store
-            .change(Target::Id(credential), change, self.max_ips, actor)
+            .change(Target::Id(credential), change, max_ips, actor)
             .await?;
         self.enforce(committed.version).await?;
         let Committed { value, .. } = committed;
@@ -446,7 +381,7 @@ impl Api {
         self.refresher.catch_up(version).await.map_err(|e| {
             tracing::error!(
                 error = %e,
-                cause = crate::refresh::error_chain(&e),
+                cause = crate::logging::error_chain(&e),
                 "catching up after an API write failed"
             );
             ApiError::NotEnforced

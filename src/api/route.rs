@@ -65,20 +65,20 @@ impl Route {
         }
     }
 
-    /// The methods a route answers, for 405 and `Allow`.
+    /// The methods a route answers, for 405 and `Allow`. HEAD wherever GET is.
     pub(super) fn allowed(&self) -> &'static str {
         match self {
             Route::DeviceServer => "POST",
-            Route::Credentials { .. } | Route::Credential { .. } => "GET",
-            Route::Ips { .. } => "GET, POST",
-            Route::Ip { .. } => "GET, PUT",
+            Route::Credentials { .. } | Route::Credential { .. } => "GET, HEAD",
+            Route::Ips { .. } => "GET, HEAD, POST",
+            Route::Ip { .. } => "GET, HEAD, PUT",
             Route::NotFound => "",
         }
     }
 
-    /// Metric label.
+    /// Metric label; HEAD counts as the GET it reads like.
     pub(super) fn operation(&self, method: &Method) -> &'static str {
-        match (self, *method == Method::GET) {
+        match (self, *method == Method::GET || *method == Method::HEAD) {
             (Route::DeviceServer, _) => "device_server",
             (Route::Credentials { .. }, _) => "list_credentials",
             (Route::Credential { .. }, _) => "get_credential",
@@ -117,7 +117,12 @@ mod tests {
         assert_eq!(Route::parse("/v1/user/3/other"), Route::NotFound);
         assert_eq!(
             Route::parse("/v1/user/3/credential-password-ip/4/ip").allowed(),
-            "GET, POST"
+            "GET, HEAD, POST"
+        );
+        assert_eq!(
+            Route::parse("/v1/user/3/credential-password-ip/4/ip").operation(&Method::HEAD),
+            "list_ips",
+            "HEAD reads, never writes"
         );
     }
 
@@ -132,7 +137,7 @@ mod tests {
             format!("{ids}/4/ip/5"),
             "/v1/nothing".to_owned(),
         ] {
-            for method in [Method::GET, Method::POST, Method::PUT] {
+            for method in [Method::GET, Method::HEAD, Method::POST, Method::PUT] {
                 let label = Route::parse(&path).operation(&method);
                 assert!(
                     crate::metrics::API_OPERATIONS.contains(&label),

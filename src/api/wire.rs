@@ -122,16 +122,16 @@ pub fn registration_ips(listed: &[String], caller: IpAddr) -> Result<Vec<IpAddr>
     Ok(out)
 }
 
-/// `count`, `older_id`, `newer_id` from a query string.
+/// `count`, `older_id`, `newer_id` from a query string (percent- and form-decoded).
 pub fn parse_page(query: Option<&str>) -> Result<Page, BadInput> {
     let mut page = Page::first(DEFAULT_COUNT);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let number = || {
-            v.parse::<u64>()
+            v.trim()
+                .parse::<u64>()
                 .map_err(|_| invalid(format!("{k} must be a whole number, not {v:?}.")))
         };
-        match k {
+        match k.as_ref() {
             "count" => {
                 let n = number()?;
                 if n == 0 || n > u64::from(MAX_COUNT) {
@@ -286,6 +286,10 @@ mod tests {
         assert!(parse_page(Some("count=0")).is_err());
         assert!(parse_page(Some("count=x")).is_err());
         assert!(parse_page(Some("older_id=1&newer_id=2")).is_err());
+        // Encoded as any client may encode them.
+        let p = parse_page(Some("c%6Funt=5&older%5Fid=%39")).unwrap();
+        assert_eq!((p.count, p.older_id), (5, Some(9)));
+        assert!(parse_page(Some("count=%FF")).is_err());
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub async fn flush(
             metrics.usage_flushes.with_label_values(&["error"]).inc();
             tracing::warn!(
                 %error,
-                cause = crate::refresh::error_chain(&error),
+                cause = crate::logging::error_chain(&error),
                 rows,
                 "usage could not be written; kept for the next flush"
             );

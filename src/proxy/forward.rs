@@ -1,14 +1,15 @@
-//! Forwarding an allowed request to the upstream and its answer back.
+//! Forwarding an allowed request to the upstream and its answer back: the pooled
+//! client, the per-connection lanes, timeouts, and telling a client's broken body from
+//! an upstream failure.
 //!
-//! Bodies stream both ways untouched. On the way up: hop-by-hop headers go, the key
-//! goes (unless `auth.forward_key`), every `X-Ipgate-*` the client sent goes, and then
-//! the gateway's own identity and `X-Forwarded-*` headers are set.
+//! Bodies stream both ways untouched; the headers are rewritten as
+//! [`super::headers`] says.
 
-use crate::acl::Identity;
+use super::headers::{set_forwarding, strip_headers, Forwarding};
 use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamError;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,18 +20,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
-pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const OWN_PREFIX: &[u8] = b"x-ipgate-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamSetupError {
@@ -108,7 +102,7 @@ fn caused_by_client(error: &(dyn std::error::Error + 'static)) -> bool {
 /// problem, answered 400); anything else is the upstream's, and a warning.
 fn classify(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) -> ForwardError {
     if caused_by_client(error) {
-        tracing::debug!(%error, cause = crate::refresh::error_chain(error), "client request body failed");
+        tracing::debug!(%error, cause = crate::logging::error_chain(error), "client request body failed");
         return ForwardError::ClientBody;
     }
     log_failure(kind, error);
@@ -116,8 +110,12 @@ fn classify(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) -> F
 }
 
 /// The one upstream: a pooled client, and for a plain `http` upstream the address
-/// that per-connection lanes dial.
+/// that per-connection lanes dial. A reload that changes `[upstream]` builds a new one;
+/// lanes opened to the old one are not used for it (its `id` differs).
 pub struct Upstream {
+    /// Tells this upstream from the one a reload replaced it with.
+    id: u64,
+    config: UpstreamConfig,
     client: Client<HttpsConnector<HttpConnector>, ClientBody>,
     scheme: Scheme,
     authority: Authority,
@@ -127,21 +125,24 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// The upstream connection owned by one HTTP/1 downstream connection. Requests on an
-/// HTTP/1 connection come one at a time, so the lock is never contended: it only
-/// makes the slot shareable with the request future.
+/// The upstream connection owned by one HTTP/1 downstream connection, and which
+/// upstream it goes to. Requests on an HTTP/1 connection come one at a time, so the
+/// lock is never contended: it only makes the slot shareable with the request future.
 #[derive(Default)]
-pub struct Lane(std::sync::Mutex<Option<http1::SendRequest<ClientBody>>>);
+pub struct Lane(std::sync::Mutex<Option<(u64, http1::SendRequest<ClientBody>)>>);
 
 impl Lane {
-    /// The connection, if it is still open.
-    fn take(&self) -> Option<http1::SendRequest<ClientBody>> {
+    /// The connection to `upstream`, if it is still open (one to an upstream a reload
+    /// replaced is closed here).
+    fn take(&self, upstream: u64) -> Option<http1::SendRequest<ClientBody>> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        slot.take().filter(|s| !s.is_closed())
+        slot.take()
+            .filter(|(id, s)| *id == upstream && !s.is_closed())
+            .map(|(_, s)| s)
     }
 
-    fn put(&self, sender: http1::SendRequest<ClientBody>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+    fn put(&self, upstream: u64, sender: http1::SendRequest<ClientBody>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((upstream, sender));
     }
 }
 
@@ -149,26 +150,14 @@ fn log_failure(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) {
     tracing::warn!(
         kind = kind.label(),
         %error,
-        cause = crate::refresh::error_chain(error),
+        cause = crate::logging::error_chain(error),
         "upstream request failed"
     );
 }
 
-/// What the forwarder needs to know about the request beyond the request itself.
-pub struct Forwarding<'a> {
-    pub identity: Identity,
-    pub client_ip: IpAddr,
-    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept and extended.
-    pub via_trusted_proxy: bool,
-    /// The TCP peer's address as a header value, made once per connection.
-    pub peer: &'a HeaderValue,
-    pub tls: bool,
-    /// The credential header, removed unless it is to be forwarded.
-    pub strip: Option<&'a HeaderName>,
-}
-
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Result<Self, UpstreamSetupError> {
+    /// `id` tells this upstream from others built in this process (a reload's).
+    pub fn new(config: &UpstreamConfig, id: u64) -> Result<Self, UpstreamSetupError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -184,6 +173,8 @@ impl Upstream {
             _ => None,
         };
         Ok(Self {
+            id,
+            config: config.clone(),
             client,
             direct,
             connect_timeout: config.connect_timeout,
@@ -193,6 +184,11 @@ impl Upstream {
                 .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
             timeout: config.timeout,
         })
+    }
+
+    /// What this upstream was built from.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
     }
 
     /// Forwards one request. An HTTP/1 downstream connection passes its own `lane`:
@@ -224,7 +220,18 @@ impl Upstream {
                 .await
             }
         };
-        let mut resp = answer.map_err(|_| ForwardError::Upstream(UpstreamError::Timeout))??;
+        let mut resp = match answer {
+            Ok(result) => result?,
+            Err(_) => {
+                // As loud as a refused connection: the client gets a 504 either way.
+                tracing::warn!(
+                    kind = UpstreamError::Timeout.label(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "upstream did not answer in time"
+                );
+                return Err(ForwardError::Upstream(UpstreamError::Timeout));
+            }
+        };
         strip_headers(resp.headers_mut(), false);
         Ok(resp)
     }
@@ -236,13 +243,13 @@ impl Upstream {
         lane: &Lane,
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let (mut sender, reused) = match lane.take() {
+        let (mut sender, reused) = match lane.take(self.id) {
             Some(sender) => (sender, true),
             None => (self.open_lane().await?, false),
         };
         let failure = match sender.try_send_request(req).await {
             Ok(resp) => {
-                lane.put(sender);
+                lane.put(self.id, sender);
                 return Ok(resp);
             }
             Err(failure) => failure,
@@ -255,7 +262,7 @@ impl Upstream {
             let mut sender = self.open_lane().await?;
             return match sender.send_request(req).await {
                 Ok(resp) => {
-                    lane.put(sender);
+                    lane.put(self.id, sender);
                     Ok(resp)
                 }
                 Err(error) => Err(classify(UpstreamError::Protocol, &error)),
@@ -331,50 +338,8 @@ impl Upstream {
         };
         *req.version_mut() = Version::HTTP_11;
 
-        let headers = req.headers_mut();
-        strip_headers(headers, true);
-        if let Some(name) = how.strip {
-            headers.remove(name);
-        }
-
-        let chain = if how.via_trusted_proxy {
-            forwarded_chain(headers, how.peer)?
-        } else {
-            how.peer.clone()
-        };
-        headers.insert(X_FORWARDED_FOR, chain);
-        if !(how.via_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
-            let proto = if how.tls { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        headers.insert(CREDENTIAL_ID, HeaderValue::from(how.identity.credential_id));
-        headers.insert(USER_ID, HeaderValue::from(how.identity.user_id));
-        // The resolved client address: set by us, never taken from the client.
-        let client_ip = if how.via_trusted_proxy {
-            ip_value(how.client_ip)
-        } else {
-            how.peer.clone()
-        };
-        headers.insert(CLIENT_IP, client_ip);
-        Ok(())
+        set_forwarding(req.headers_mut(), how)
     }
-}
-
-/// The `X-Forwarded-For` a trusted proxy's request goes on with: every line it came
-/// with, in order, joined into one list (as `client_ip::resolve` read them), and the
-/// proxy itself appended.
-fn forwarded_chain(headers: &HeaderMap, peer: &HeaderValue) -> Result<HeaderValue, UpstreamError> {
-    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if lines.peek().is_none() {
-        return Ok(peer.clone());
-    }
-    let mut chain = Vec::with_capacity(64);
-    for line in lines {
-        chain.extend_from_slice(line.as_bytes());
-        chain.extend_from_slice(b", ");
-    }
-    chain.extend_from_slice(peer.as_bytes());
-    HeaderValue::from_bytes(&chain).map_err(|_| UpstreamError::Protocol)
 }
 
 /// TLS towards an `https` upstream: the configured CA file, or the system's roots.
@@ -424,98 +389,4 @@ fn client_config(
         .map_err(|e| UpstreamSetupError::Roots(Box::new(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// The address the gateway judged the request by.
-pub const CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
-
-/// Removes hop-by-hop headers, every header the `Connection` header names, and with
-/// `own` every `X-Ipgate-*` (only the gateway may set those). One pass over the names
-/// finds out whether there is anything to remove at all; for most messages there is
-/// not, and hashing each candidate name for a `remove` cost more than the check.
-pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
-    // Hop-by-hop headers: RFC 9110 section 7.6.1, plus the common non-standard ones.
-    // A match on the text compiles to a length switch and one compare; comparing
-    // `HeaderName`s against a list cost several times more for every header.
-    let doomed = |name: &HeaderName| {
-        let name = name.as_str();
-        matches!(
-            name,
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "upgrade"
-        ) || (own && name.as_bytes().starts_with(OWN_PREFIX))
-    };
-    if !headers.keys().any(doomed) {
-        return;
-    }
-    let mut names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    names.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-    );
-    for name in names {
-        headers.remove(name);
-    }
-}
-
-/// An address as a header value. `String` becomes the value's buffer without a copy.
-pub fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::try_from(ip.to_string()).expect("an address is a valid header value")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            "keep-alive, x-secret-hop".parse().unwrap(),
-        );
-        h.insert("x-secret-hop", "1".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        strip_headers(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn every_forwarded_for_line_joins_the_chain() {
-        let peer = HeaderValue::from_static("10.0.0.5");
-        let mut h = HeaderMap::new();
-        assert_eq!(forwarded_chain(&h, &peer).unwrap(), "10.0.0.5");
-        h.append(X_FORWARDED_FOR, "1.1.1.1, 2.2.2.2".parse().unwrap());
-        h.append(X_FORWARDED_FOR, "3.3.3.3".parse().unwrap());
-        assert_eq!(
-            forwarded_chain(&h, &peer).unwrap(),
-            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.5"
-        );
-    }
-
-    #[test]
-    fn client_cannot_smuggle_identity_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("x-ipgate-user-id", "1".parse().unwrap());
-        h.append("X-Ipgate-Credential-Id", "1".parse().unwrap());
-        h.insert("x-ipgate-anything", "1".parse().unwrap());
-        h.insert("x-other", "1".parse().unwrap());
-        strip_headers(&mut h, false);
-        assert_eq!(h.len(), 4, "only the gateway's own pass strips them");
-        strip_headers(&mut h, true);
-        assert_eq!(h.len(), 1);
-    }
 }

@@ -10,9 +10,9 @@
 
 use super::connections::{Admission, ConnectionTable, Seat};
 use super::proxy_protocol::read_header;
-use super::{ClientConn, Gateway};
+use super::{ClientConn, Door};
 use crate::acl::normalize;
-use crate::metrics::ClientError;
+use crate::metrics::{ClientError, Metrics};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 /// Largest request head (line and headers) accepted over HTTP/1.
@@ -94,11 +95,15 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
+/// How long, after the grace period, the cut connections get to drop their requests.
+const CUT_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Serves until `shutdown` fires, then stops accepting and waits up to `grace` for
-/// in-flight requests to finish.
-pub async fn serve(
+/// in-flight requests to finish; the rest are cut off.
+pub async fn serve<D: Door>(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    door: Arc<D>,
+    metrics: Arc<Metrics>,
     options: ListenerOptions,
     shutdown: CancellationToken,
 ) {
@@ -118,10 +123,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     raise_open_file_limit(options.max_connections);
     let table = ConnectionTable::new(options.max_connections);
-    gateway
-        .metrics
-        .max_connections
-        .set(options.max_connections as i64);
+    metrics.max_connections.set(options.max_connections as i64);
+    let tasks = TaskTracker::new();
+    let cut = CancellationToken::new();
     let mut refused = RefusedWarning::default();
 
     loop {
@@ -141,12 +145,12 @@ pub async fn serve(
         let seat = match table.admit() {
             Admission::Free(seat) => seat,
             Admission::Evicted(seat) => {
-                gateway.metrics.connections_evicted.inc();
+                metrics.connections_evicted.inc();
                 seat
             }
             Admission::Full => {
                 drop(stream);
-                gateway.metrics.connections_refused.inc();
+                metrics.connections_refused.inc();
                 refused.refused(options.max_connections);
                 continue;
             }
@@ -155,36 +159,33 @@ pub async fn serve(
             tracing::debug!(%error, "set_nodelay failed");
         }
         let peer_ip = normalize(peer.ip());
-        let proxy_protocol = options.proxy_protocol;
-        let gateway = Arc::clone(&gateway);
-        let builder = Arc::clone(&builder);
+        let client = Client {
+            proxy_protocol: options.proxy_protocol,
+            tls: options.tls.clone(),
+            handshake_timeout: options.header_read_timeout,
+            door: Arc::clone(&door),
+            metrics: Arc::clone(&metrics),
+            builder: Arc::clone(&builder),
+        };
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
-        let tls = options.tls.clone();
-        let handshake_timeout = options.header_read_timeout;
-        tokio::spawn(
+        let cut = cut.clone();
+        tasks.spawn(
             async move {
                 let seat = Arc::new(seat);
-                gateway.metrics.open_connections.inc();
-                let work = serve_client(
-                    stream,
-                    peer_ip,
-                    proxy_protocol,
-                    tls,
-                    handshake_timeout,
-                    &gateway,
-                    &builder,
-                    watcher,
-                    &seat,
-                );
+                client.metrics.open_connections.inc();
+                let work = client.serve(stream, peer_ip, watcher, &seat);
                 tokio::select! {
                     biased;
                     () = seat.evicted() => {
                         tracing::debug!("idle connection closed to make room for a new one");
                     }
+                    () = cut.cancelled() => {
+                        tracing::debug!("connection cut off at the end of the grace period");
+                    }
                     () = work => {}
                 }
-                gateway.metrics.open_connections.dec();
+                client.metrics.open_connections.dec();
             }
             .instrument(span),
         );
@@ -195,147 +196,135 @@ pub async fn serve(
         grace_ms = options.grace.as_millis() as u64,
         "draining connections"
     );
+    tasks.close();
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(options.grace) => tracing::warn!("grace period over; closing remaining connections"),
+        _ = tokio::time::sleep(options.grace) => {
+            tracing::warn!(
+                connections = tasks.len(),
+                "grace period over; cutting off the connections still open"
+            );
+            door.cutting_off();
+            cut.cancel();
+            if tokio::time::timeout(CUT_PATIENCE, tasks.wait()).await.is_err() {
+                tracing::warn!(connections = tasks.len(), "connections still closing at exit");
+            }
+        }
     }
 }
 
-/// One client connection from accept to close: PROXY header, TLS, HTTP.
-#[allow(clippy::too_many_arguments)]
-async fn serve_client(
-    stream: tokio::net::TcpStream,
-    peer_ip: IpAddr,
+/// What serving one client connection needs.
+struct Client<D> {
     proxy_protocol: bool,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
-    gateway: &Arc<Gateway>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    seat: &Arc<Seat>,
-) {
-    let mut stream = stream;
-    let peer_ip = if proxy_protocol {
-        match client_from_proxy_header(&mut stream, peer_ip, gateway, handshake_timeout).await {
-            Some(ip) => ip,
-            None => {
-                gateway.metrics.proxy_header_failures.inc();
-                return;
-            }
-        }
-    } else {
-        peer_ip
-    };
-    let head_timeout = handshake_timeout;
-    match tls {
-        None => {
-            serve_connection(
-                builder,
-                stream,
-                gateway,
-                peer_ip,
-                watcher,
-                seat,
-                head_timeout,
-            )
-            .await
-        }
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await;
-            match handshake {
-                Ok(Ok(stream)) => {
-                    serve_connection(
-                        builder,
-                        stream,
-                        gateway,
-                        peer_ip,
-                        watcher,
-                        seat,
-                        head_timeout,
-                    )
-                    .await
-                }
-                Ok(Err(error)) => {
-                    gateway.metrics.tls_handshake_failures.inc();
-                    tracing::debug!(%error, "TLS handshake failed");
-                }
-                Err(_) => {
-                    gateway.metrics.tls_handshake_failures.inc();
-                    tracing::debug!("TLS handshake timed out");
-                }
-            }
-        }
-    }
+    door: Arc<D>,
+    metrics: Arc<Metrics>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
 }
 
-/// The client a trusted proxy names in its PROXY header (the proxy itself for its own
-/// health checks); `None` closes the connection.
-async fn client_from_proxy_header(
-    stream: &mut tokio::net::TcpStream,
-    peer: IpAddr,
-    gateway: &Gateway,
-    deadline: Duration,
-) -> Option<IpAddr> {
-    if !super::client_ip::is_trusted(peer, &gateway.client_ip.trusted_proxies) {
-        tracing::warn!(%peer, "PROXY protocol connection from a peer that is not a trusted proxy");
-        return None;
-    }
-    match tokio::time::timeout(deadline, read_header(stream)).await {
-        Ok(Ok(named)) => Some(named.map_or(peer, normalize)),
-        Ok(Err(error)) => {
-            tracing::warn!(%peer, %error, "PROXY protocol header refused");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(%peer, "PROXY protocol header not received in time");
-            None
-        }
-    }
-}
-
-async fn serve_connection<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    gateway: &Arc<Gateway>,
-    peer: IpAddr,
-    watcher: Watcher,
-    seat: &Arc<Seat>,
-    head_timeout: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = Arc::new(ClientConn::new(peer, &gateway.client_ip));
-    let service = service_fn(|req| {
-        // Busy from the head's arrival until the response has been sent or dropped.
-        seat.request_started();
-        let busy = InFlight(Arc::clone(seat));
-        let gateway = Arc::clone(gateway);
-        let conn = Arc::clone(&conn);
-        async move {
-            let resp = gateway.handle(req, &conn).await;
-            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
-        }
-    });
-    let served = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-    tokio::select! {
-        result = served => {
-            let Err(error) = result else { return };
-            let timed_out = error
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_timeout);
-            if !timed_out {
-                tracing::debug!(error = %error, "connection ended with an error");
-            } else if seat.idle_after_requests() {
-                gateway.metrics.idle_closed.inc();
-                tracing::debug!("idle kept-alive connection closed");
-            } else {
-                gateway.metrics.record_client_error(ClientError::HeaderTimeout);
-                tracing::debug!("header read timeout: connection closed");
+impl<D: Door> Client<D> {
+    /// One client connection from accept to close: PROXY header, TLS, HTTP.
+    async fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer_ip: IpAddr,
+        watcher: Watcher,
+        seat: &Arc<Seat>,
+    ) {
+        let mut stream = stream;
+        let peer_ip = if self.proxy_protocol {
+            match self.client_from_proxy_header(&mut stream, peer_ip).await {
+                Some(ip) => ip,
+                None => {
+                    self.metrics.proxy_header_failures.inc();
+                    return;
+                }
+            }
+        } else {
+            peer_ip
+        };
+        match &self.tls {
+            None => self.serve_http(stream, peer_ip, watcher, seat).await,
+            Some(acceptor) => {
+                let handshake =
+                    tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, watcher, seat).await,
+                    Ok(Err(error)) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        tracing::debug!(%error, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_failures.inc();
+                        tracing::debug!("TLS handshake timed out");
+                    }
+                }
             }
         }
-        () = first_head_deadline(seat, head_timeout) => {
-            gateway.metrics.record_client_error(ClientError::HeaderTimeout);
-            tracing::debug!("header read timeout: no request head in time, connection closed");
+    }
+
+    /// The client a trusted proxy names in its PROXY header (the proxy itself for its
+    /// own health checks); `None` closes the connection.
+    async fn client_from_proxy_header(
+        &self,
+        stream: &mut tokio::net::TcpStream,
+        peer: IpAddr,
+    ) -> Option<IpAddr> {
+        if !self.door.trusts(peer) {
+            tracing::warn!(%peer, "PROXY protocol connection from a peer that is not a trusted proxy");
+            return None;
+        }
+        match tokio::time::timeout(self.handshake_timeout, read_header(stream)).await {
+            Ok(Ok(named)) => Some(named.map_or(peer, normalize)),
+            Ok(Err(error)) => {
+                tracing::warn!(%peer, %error, "PROXY protocol header refused");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "PROXY protocol header not received in time");
+                None
+            }
+        }
+    }
+
+    async fn serve_http<I>(&self, io: I, peer: IpAddr, watcher: Watcher, seat: &Arc<Seat>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = Arc::new(ClientConn::new(peer));
+        let service = service_fn(|req| {
+            // Busy from the head's arrival until the response has been sent or dropped.
+            seat.request_started();
+            let busy = InFlight(Arc::clone(seat));
+            let door = Arc::clone(&self.door);
+            let conn = Arc::clone(&conn);
+            async move {
+                let resp = door.serve(req, &conn).await;
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+            }
+        });
+        let served = watcher.watch(self.builder.serve_connection(TokioIo::new(io), service));
+        tokio::select! {
+            result = served => {
+                let Err(error) = result else { return };
+                let timed_out = error
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_timeout);
+                if !timed_out {
+                    tracing::debug!(error = %error, "connection ended with an error");
+                } else if seat.idle_after_requests() {
+                    self.metrics.idle_closed.inc();
+                    tracing::debug!("idle kept-alive connection closed");
+                } else {
+                    self.metrics.record_client_error(ClientError::HeaderTimeout);
+                    tracing::debug!("header read timeout: connection closed");
+                }
+            }
+            () = first_head_deadline(seat, self.handshake_timeout) => {
+                self.metrics.record_client_error(ClientError::HeaderTimeout);
+                tracing::debug!("header read timeout: no request head in time, connection closed");
+            }
         }
     }
 }

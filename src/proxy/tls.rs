@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
@@ -43,9 +43,9 @@ pub enum TlsError {
     Setup(#[source] rustls::Error),
 }
 
-/// The certificate currently served, reloadable.
+/// The certificate currently served, reloadable (from other files, too).
 pub struct TlsCertificates {
-    files: TlsConfig,
+    files: std::sync::Mutex<TlsConfig>,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
 }
@@ -53,7 +53,7 @@ pub struct TlsCertificates {
 impl std::fmt::Debug for TlsCertificates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsCertificates")
-            .field("cert", &self.files.cert)
+            .field("cert", &self.cert_path())
             .finish_non_exhaustive()
     }
 }
@@ -92,21 +92,27 @@ impl TlsCertificates {
         let provider = provider();
         let first = load(files, &provider)?;
         Ok(Arc::new(Self {
-            files: files.clone(),
+            files: std::sync::Mutex::new(files.clone()),
             provider,
             current: ArcSwap::from_pointee(first),
         }))
     }
 
-    /// Re-reads the files. On failure the served certificate is unchanged.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let next = load(&self.files, &self.provider)?;
+    /// Reads `files` (the same ones again, or others) and serves that pair to new
+    /// handshakes. On failure the served certificate and its files are unchanged.
+    pub fn reload(&self, files: &TlsConfig) -> Result<(), TlsError> {
+        let next = load(files, &self.provider)?;
         self.current.store(Arc::new(next));
+        *self.files.lock().unwrap_or_else(|p| p.into_inner()) = files.clone();
         Ok(())
     }
 
-    pub fn cert_path(&self) -> &Path {
-        &self.files.cert
+    pub fn cert_path(&self) -> PathBuf {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cert
+            .clone()
     }
 
     /// An acceptor that always serves the current certificate.

@@ -11,6 +11,7 @@
 //! off with jitter.
 
 use crate::acl::{Snapshot, SnapshotCell};
+use crate::logging::error_chain;
 use crate::metrics::{Metrics, RefreshResult};
 use crate::store::{CredentialChange, Delta, Feed, Position, Store, StoreError, Timestamp};
 use std::sync::Arc;
@@ -309,20 +310,6 @@ fn retire(old: Arc<Snapshot>) {
         std::thread::sleep(Duration::from_millis(1));
     }
     drop(old);
-}
-
-/// The full `source()` chain of an error, for a log line that says why.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut next = error.source();
-    while let Some(e) = next {
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
 }
 
 /// Doubles per failure up to [`MAX_BACKOFF_INTERVALS`] intervals; `jitter` in [0, 1)

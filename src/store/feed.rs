@@ -173,6 +173,10 @@ impl StoredCredential {
             Ok(CredentialStatus::PendingFirstUse) => CredentialState::PendingFirstUse,
             Ok(CredentialStatus::Active) => CredentialState::Active,
             Ok(CredentialStatus::Revoked) => CredentialState::Revoked,
+            // Derived on read, never stored: a row that says so was not written by ipgate.
+            Ok(CredentialStatus::Expired) => {
+                return damaged("status EXPIRED is never stored".into())
+            }
             Err(e) => return damaged(e),
         };
         let shadow = match self.mode.parse::<Mode>() {

@@ -97,6 +97,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>>;
     async fn user(&self, id: u64) -> Result<User>;
+    /// Every user, newest first.
+    async fn users(&self, page: Page) -> Result<Vec<User>>;
 
     async fn create_credential(
         &self,
@@ -121,7 +123,8 @@ pub trait Store: Send + Sync + 'static {
     /// Newest first.
     async fn audit(&self, credential_id: Option<u64>, page: Page) -> Result<Vec<AuditEntry>>;
 
-    /// ACTIVE entries per credential (of one user, or all), by credential id.
+    /// ACTIVE entries per credential (of one user, or all), by credential id. REVOKED
+    /// credentials are not billed, so not listed.
     async fn usage(&self, user_id: Option<u64>) -> Result<Vec<Usage>>;
 
     /// Adds one gateway's counts of what it saw to every gateway's (see [`insight`]).

@@ -48,7 +48,7 @@ impl Serialize for Timestamp {
 /// Who made a change, for the audit log.
 #[derive(Clone, Debug)]
 pub struct Actor {
-    /// `admin` for the operator's CLI, `credential:N` for a key holder.
+    /// `admin` or `admin:LOGIN` for the operator's CLI, `credential:N` for a key holder.
     pub who: String,
     pub ip: Option<IpAddr>,
 }
@@ -57,6 +57,14 @@ impl Actor {
     pub fn admin() -> Self {
         Self {
             who: "admin".into(),
+            ip: None,
+        }
+    }
+
+    /// The operator's CLI run by `name` (a login name): `admin:name`.
+    pub fn operator(name: &str) -> Self {
+        Self {
+            who: format!("admin:{name}"),
             ip: None,
         }
     }
@@ -118,7 +126,28 @@ wire_enum!(CredentialStatus {
     PendingFirstUse => "PENDING_FIRST_USE",
     Active => "ACTIVE",
     Revoked => "REVOKED",
+    Expired => "EXPIRED",
 });
+
+impl CredentialStatus {
+    /// The status a credential is shown with, worked out whenever a backend reads one
+    /// (and only here): a pending key whose registration window has passed is EXPIRED,
+    /// as it is refused on the hot path. The store keeps PENDING_FIRST_USE.
+    pub fn as_read(stored: CredentialStatus, expiry: Option<Timestamp>, now: Timestamp) -> Self {
+        match (stored, expiry) {
+            (CredentialStatus::PendingFirstUse, Some(at)) if now >= at => CredentialStatus::Expired,
+            (status, _) => status,
+        }
+    }
+
+    /// What the store keeps for this status: EXPIRED is derived on read, never written.
+    pub fn stored(self) -> Self {
+        match self {
+            CredentialStatus::Expired => CredentialStatus::PendingFirstUse,
+            other => other,
+        }
+    }
+}
 
 wire_enum!(IpStatus {
     Active => "ACTIVE",
@@ -263,6 +292,34 @@ mod tests {
             Timestamp(1_500_000_000_123_456).to_string(),
             "2017-07-14 02:40:00.123456"
         );
+    }
+
+    #[test]
+    fn a_pending_key_past_its_window_reads_as_expired() {
+        use CredentialStatus::*;
+        let at = Some(Timestamp(100));
+        assert_eq!(
+            CredentialStatus::as_read(PendingFirstUse, at, Timestamp(99)),
+            PendingFirstUse
+        );
+        assert_eq!(
+            CredentialStatus::as_read(PendingFirstUse, at, Timestamp(100)),
+            Expired
+        );
+        assert_eq!(
+            CredentialStatus::as_read(PendingFirstUse, None, Timestamp(100)),
+            PendingFirstUse
+        );
+        assert_eq!(
+            CredentialStatus::as_read(Revoked, at, Timestamp(200)),
+            Revoked
+        );
+        assert_eq!(
+            CredentialStatus::as_read(Active, at, Timestamp(200)),
+            Active
+        );
+        assert_eq!(Expired.stored(), PendingFirstUse);
+        assert_eq!(Revoked.stored(), Revoked);
     }
 
     #[test]

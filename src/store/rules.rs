@@ -120,7 +120,8 @@ pub fn plan(
 ) -> Result<Plan, StoreError> {
     let c = &record.credential;
     let update = || CredentialUpdate {
-        status: c.status,
+        // EXPIRED is how a pending key reads past its window; the store keeps it pending.
+        status: c.status.stored(),
         wildcard: c.wildcard,
         expiry: c.expiry_time,
         device: c.permitted_device.clone(),

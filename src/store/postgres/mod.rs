@@ -490,25 +490,29 @@ impl Store for PostgresStore {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    "SELECT c.id, c.user_id, c.status, c.wildcard, \
+                    "SELECT c.id, c.user_id, c.status, c.wildcard, c.expiry, \
                      (SELECT COUNT(*) FROM permitted_ips p \
                       WHERE p.credential_id = c.id AND p.status = 'ACTIVE') \
-                     FROM credentials c WHERE ($1::BIGINT IS NULL OR c.user_id = $1) \
+                     FROM credentials c WHERE c.status <> 'REVOKED' \
+                     AND ($1::BIGINT IS NULL OR c.user_id = $1) \
                      ORDER BY c.id",
                     &[&user_id.map(|u| u as i64)],
                 )
                 .await?;
+            let now = Timestamp::now();
             rows.iter()
                 .map(|r| {
                     let status: String = col(r, 2)?;
+                    let stored = status
+                        .parse()
+                        .map_err(|e: String| StoreError::Unavailable(e.into()))?;
+                    let expiry = col::<Option<i64>>(r, 4)?.map(Timestamp);
                     Ok(Usage {
                         credential_id: col::<i64>(r, 0)? as u64,
                         user_id: col::<i64>(r, 1)? as u64,
-                        status: status
-                            .parse()
-                            .map_err(|e: String| StoreError::Unavailable(e.into()))?,
+                        status: CredentialStatus::as_read(stored, expiry, now),
                         wildcard: col(r, 3)?,
-                        active_ips: col::<i64>(r, 4)? as u64,
+                        active_ips: col::<i64>(r, 5)? as u64,
                     })
                 })
                 .collect()
@@ -550,6 +554,23 @@ impl Store for PostgresStore {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
             insight::suggest(&tx, credential_id).await
+        })
+        .await
+    }
+
+    async fn users(&self, page: Page) -> Result<Vec<User>> {
+        self.within(self.config.timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let q = page.sql("id, name, created", "users", "$1::BIGINT IS NULL", '$');
+            query_page(&tx, q, None, |r| {
+                Ok(User {
+                    id: col::<i64>(r, 0)? as u64,
+                    name: col(r, 1)?,
+                    created: Timestamp(col(r, 2)?),
+                })
+            })
+            .await
         })
         .await
     }

@@ -87,15 +87,16 @@ pub(super) fn credential_from_row(row: &Row) -> Result<Credential> {
     let device_description: Option<String> = col(row, 8)?;
     let device_ip: Option<String> = col(row, 9)?;
     let mode: String = col(row, 10)?;
+    let expiry_time = col::<Option<i64>>(row, 7)?.map(Timestamp);
     Ok(Credential {
         id: id(col(row, 0)?),
         user_id: id(col(row, 1)?),
-        status: parse("status", &status)?,
+        status: CredentialStatus::as_read(parse("status", &status)?, expiry_time, Timestamp::now()),
         wildcard: col(row, 3)?,
         description: col(row, 4)?,
         created: Timestamp(col(row, 5)?),
         updated: Timestamp(col(row, 6)?),
-        expiry_time: col::<Option<i64>>(row, 7)?.map(Timestamp),
+        expiry_time,
         permitted_device: match (device_description, device_ip) {
             (Some(description), Some(ip)) => Some(Device {
                 description,

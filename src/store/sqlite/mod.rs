@@ -78,6 +78,26 @@ impl SqliteStore {
     }
 }
 
+/// Switches the file to WAL. That needs the file to itself for a moment, and SQLite
+/// answers BUSY at once, without waiting in the busy handler, when another connection
+/// (a gateway or `ipgate admin` starting at the same time) holds a lock: so wait here,
+/// as long as the busy handler would. Runs on the blocking pool.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Ok(()) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("SQLite store {}", path.display())]
 struct FileError {
@@ -97,7 +117,7 @@ impl Inner {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         if !ready {
-            conn.pragma_update(None, "journal_mode", "WAL")?;
+            set_wal(&conn)?;
             self.migrate(&mut conn)?;
             self.ready.store(true, Ordering::Release);
         }
@@ -431,25 +451,27 @@ impl Store for SqliteStore {
         self.blocking(move |s| {
             s.read(|tx| {
                 let sql = format!(
-                    "SELECT c.id, c.user_id, c.status, c.wildcard, \
+                    "SELECT c.id, c.user_id, c.status, c.wildcard, c.expiry, \
                      (SELECT COUNT(*) FROM permitted_ips p \
                       WHERE p.credential_id = c.id AND p.status = 'ACTIVE') \
-                     FROM credentials c {} ORDER BY c.id",
+                     FROM credentials c WHERE c.status <> 'REVOKED' {} ORDER BY c.id",
                     if user_id.is_some() {
-                        "WHERE c.user_id = ?1"
+                        "AND c.user_id = ?1"
                     } else {
                         ""
                     }
                 );
                 let mut stmt = tx.prepare(&sql)?;
+                let now = Timestamp::now();
                 let map = |r: &rusqlite::Row<'_>| {
                     let status: String = r.get(2)?;
+                    let expiry = r.get::<_, Option<i64>>(4)?.map(Timestamp);
                     Ok(Usage {
                         credential_id: r.get(0)?,
                         user_id: r.get(1)?,
-                        status: parse_column(2, &status)?,
+                        status: CredentialStatus::as_read(parse_column(2, &status)?, expiry, now),
                         wildcard: r.get(3)?,
-                        active_ips: r.get(4)?,
+                        active_ips: r.get(5)?,
                     })
                 };
                 let rows: rusqlite::Result<Vec<Usage>> = match user_id {
@@ -480,5 +502,21 @@ impl Store for SqliteStore {
     async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>> {
         self.blocking(move |s| s.read(|tx| insight::suggest(tx, credential_id)))
             .await
+    }
+
+    async fn users(&self, page: Page) -> Result<Vec<User>> {
+        self.blocking(move |s| {
+            s.read(|tx| {
+                let q = page.sql("id, name, created", "users", "1 = 1", '?');
+                query_page(tx, q, None::<u64>, |r| {
+                    Ok(User {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created: Timestamp(r.get(2)?),
+                    })
+                })
+            })
+        })
+        .await
     }
 }

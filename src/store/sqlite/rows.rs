@@ -18,15 +18,16 @@ pub(super) fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential>
     let device_description: Option<String> = row.get(8)?;
     let device_ip: Option<String> = row.get(9)?;
     let mode: String = row.get(10)?;
+    let expiry_time = row.get::<_, Option<i64>>(7)?.map(Timestamp);
     Ok(Credential {
         id: row.get(0)?,
         user_id: row.get(1)?,
-        status: parse_column(2, &status)?,
+        status: CredentialStatus::as_read(parse_column(2, &status)?, expiry_time, Timestamp::now()),
         wildcard: row.get(3)?,
         description: row.get(4)?,
         created: Timestamp(row.get(5)?),
         updated: Timestamp(row.get(6)?),
-        expiry_time: row.get::<_, Option<i64>>(7)?.map(Timestamp),
+        expiry_time,
         permitted_device: match (device_description, device_ip) {
             (Some(description), Some(ip)) => Some(Device {
                 description,

@@ -1,0 +1,186 @@
+//! The validated model the program runs on, and the defaults of every key.
+//!
+//! Nothing here reads a file: [`super::validate`] builds these from the document. Each
+//! value is typed and already checked, so the rest of the program never parses text.
+
+use http::header::HeaderName;
+use http::Uri;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "30s";
+pub const DEFAULT_AUTH_HEADER: &str = "X-Bunq-Client-Authentication";
+pub const DEFAULT_REGISTRATION_WINDOW: &str = "4h";
+pub const DEFAULT_STORE_URL: &str = "sqlite://ipgate.db";
+pub const DEFAULT_REFRESH_INTERVAL: &str = "1s";
+pub const DEFAULT_MAX_STALENESS: &str = "0s";
+pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_STORE_POOL_SIZE: usize = 4;
+pub const DEFAULT_STORE_TIMEOUT: &str = "5s";
+pub const DEFAULT_KEEP_CHANGES: u64 = 100_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Beyond this a table entry per connection would cost more memory than it is worth.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
+
+/// The validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub client_ip: ClientIpConfig,
+    pub store: StoreConfig,
+    pub refresh: RefreshConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Tokio worker threads; 0 = one per core.
+    pub workers: usize,
+    pub shutdown_grace: Duration,
+    /// For a PROXY header, a TLS handshake, and each request head (also the longest a
+    /// kept-alive connection may wait for its next request).
+    pub header_read_timeout: Duration,
+    /// Client connections open at once; at the cap an idle one makes room, and with
+    /// none idle a new one is closed at accept.
+    pub max_connections: usize,
+    /// Every connection starts with a PROXY protocol (v1 or v2) header from a
+    /// trusted proxy, naming the client.
+    pub proxy_protocol: bool,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamConfig {
+    /// Scheme and authority; the request's path and query are appended.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// PEM roots for an `https` upstream; the system's roots when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthConfig {
+    pub header: HeaderName,
+    /// True when `header` is `Authorization`: the key is read as `Bearer <key>`.
+    pub bearer: bool,
+    pub registration_window: Duration,
+    pub forward_key: bool,
+}
+
+/// Which forwarding header a trusted proxy sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientIpConfig {
+    pub trusted_proxies: Vec<IpNet>,
+    pub header: ForwardedHeader,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreConfig {
+    Sqlite(SqliteConfig),
+    Postgres(Box<PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// Where the store is, for logs: never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite(c) => format!("sqlite {}", c.path.display()),
+            StoreConfig::Postgres(c) => format!("postgres {}", c.display),
+        }
+    }
+}
+
+/// How much change history a store keeps for gateways that catch up; one further
+/// behind loads everything again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub keep_changes: u64,
+}
+
+/// How TLS to PostgreSQL is used, as libpq's `sslmode` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it, unverified (libpq's default).
+    Prefer,
+    /// TLS or nothing; the certificate is verified only when `sslrootcert` is given.
+    Require,
+    /// TLS with a certificate from a trusted CA, for any host name.
+    VerifyCa,
+    /// TLS with a certificate from a trusted CA for this host name.
+    VerifyFull,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PostgresConfig {
+    /// Host, port, user, database and password. Its `Debug` hides the password.
+    pub connect: tokio_postgres::Config,
+    pub ssl_mode: SslMode,
+    /// PEM roots to verify the server against; the system's roots when absent.
+    pub ssl_root_cert: Option<PathBuf>,
+    pub pool_size: usize,
+    /// Longest a single store call may take, connecting included.
+    pub timeout: Duration,
+    pub keep_changes: u64,
+    /// `postgres://user@host:port/db`, for logs.
+    pub display: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefreshConfig {
+    pub interval: Duration,
+    /// Zero: never refuse for staleness.
+    pub max_staleness: Duration,
+    /// Let PostgreSQL's LISTEN/NOTIFY wake the poller as soon as a change commits.
+    pub notify: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitsConfig {
+    pub max_ips_per_credential: usize,
+    pub max_body_bytes: usize,
+    /// Refusals per client address and second before the rest are answered 429; 0 = off.
+    pub refusals_per_second: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` wins when set.
+    pub level: Option<String>,
+}

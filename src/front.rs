@@ -1,0 +1,359 @@
+//! The one front door: every request on the public listener comes through here, is
+//! routed to the management API or checked and forwarded, and gets exactly one access
+//! line, also when it is cut off before it is answered.
+//!
+//! The settings a SIGHUP may change ([`Live`]) sit behind one `ArcSwap`, loaded once
+//! per request: a reload is seen by the next request, never halfway through one.
+//! Owns the gatekeeper (in [`Live`]), the API and the forwarder; the listener in
+//! `proxy/` only hands requests in.
+
+use crate::access_log::{AccessLog, Entry};
+use crate::acl::{Decision, SnapshotCell};
+use crate::api::{Api, ApiCall, CallSettings};
+use crate::bunq;
+use crate::config::{ClientIpConfig, Config, LimitsConfig};
+use crate::gate::Gatekeeper;
+use crate::metrics::{ClientError, Metrics, UpstreamError};
+use crate::proxy::{
+    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, RefusalLimiter, Upstream,
+    UpstreamSetupError,
+};
+use crate::request_id::{RequestIds, X_REQUEST_ID};
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::{Body as _, Incoming};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The parts of the configuration a SIGHUP may change, as one value: swapped whole.
+pub struct Live {
+    /// Counts the reloads that built a new one (0 at start).
+    pub generation: u64,
+    pub gate: Gatekeeper,
+    pub client_ip: ClientIpConfig,
+    pub upstream: Arc<Upstream>,
+    pub limits: LimitsConfig,
+    pub refusals: Arc<RefusalLimiter>,
+}
+
+impl Live {
+    /// The settings `config` asks for. What did not change is taken over from
+    /// `previous` (the upstream's connections, the refusal counts).
+    pub fn build(
+        config: &Config,
+        cell: &Arc<SnapshotCell>,
+        previous: Option<&Live>,
+    ) -> Result<Live, UpstreamSetupError> {
+        let generation = previous.map_or(0, |p| p.generation + 1);
+        let upstream = match previous {
+            Some(p) if *p.upstream.config() == config.upstream => Arc::clone(&p.upstream),
+            _ => Arc::new(Upstream::new(&config.upstream, generation)?),
+        };
+        let refusals = match previous {
+            Some(p) if p.limits.refusals_per_second == config.limits.refusals_per_second => {
+                Arc::clone(&p.refusals)
+            }
+            _ => Arc::new(RefusalLimiter::new(config.limits.refusals_per_second)),
+        };
+        Ok(Live {
+            generation,
+            gate: Gatekeeper {
+                cell: Arc::clone(cell),
+                auth: config.auth.clone(),
+                max_staleness: config.refresh.max_staleness,
+            },
+            client_ip: config.client_ip.clone(),
+            upstream,
+            limits: config.limits.clone(),
+            refusals,
+        })
+    }
+}
+
+pub struct Front {
+    live: ArcSwap<Live>,
+    api: Api,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    ids: RequestIds,
+    /// The public listener speaks TLS (for `X-Forwarded-Proto`).
+    tls: bool,
+    /// Set when the grace period is over: a request dropped from then on was cut off by
+    /// the shutdown, not by its client.
+    cutting_off: AtomicBool,
+}
+
+impl Front {
+    pub fn new(
+        live: Live,
+        api: Api,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        tls: bool,
+    ) -> Self {
+        Self {
+            live: ArcSwap::from_pointee(live),
+            api,
+            metrics,
+            access_log,
+            ids: RequestIds::new(),
+            tls,
+            cutting_off: AtomicBool::new(false),
+        }
+    }
+
+    /// The settings requests are served with now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Serves new requests with `next`; those in flight finish with what they loaded.
+    pub fn swap(&self, next: Live) {
+        self.live.store(Arc::new(next));
+    }
+
+    /// Handles one request that arrived on `conn`.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+        let started = Instant::now();
+        let live = self.live.load();
+        let trusted = conn.peer_trusted(live.generation, &live.client_ip.trusted_proxies);
+        let client_ip = client_ip::resolve(conn.peer, trusted, req.headers(), &live.client_ip);
+        let request_id = self.ids.of(req.headers());
+        let mut line = Line {
+            front: self,
+            started,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            request_id,
+            peer: conn.peer,
+            client_ip,
+            bytes_in: req.body().size_hint().exact(),
+            route: "none",
+            allowed: false,
+            reason: "none",
+            credential_id: None,
+            done: false,
+        };
+        let mut resp = self.route(req, conn, &live, trusted, &mut line).await;
+        resp.headers_mut()
+            .insert(X_REQUEST_ID, line.request_id.clone());
+        line.answered(&resp);
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: &ClientConn,
+        live: &Live,
+        trusted: bool,
+        line: &mut Line<'_>,
+    ) -> Response<Body> {
+        let client_ip = line.client_ip;
+        if let Some(malformed) = target::check(&req) {
+            self.metrics.record_client_error(ClientError::Request);
+            line.reason = malformed.label();
+            let resp = closing(bunq::error(StatusCode::BAD_REQUEST, malformed.message()));
+            return resp.map(Either::Right);
+        }
+
+        if Api::owns(req.uri().path()) {
+            let settings = CallSettings {
+                gate: &live.gate,
+                limits: &live.limits,
+            };
+            let (resp, call) = self.api.handle(req, client_ip, settings).await;
+            let ApiCall {
+                operation,
+                ok,
+                reason,
+                credential_id,
+            } = call;
+            line.route = operation;
+            line.allowed = ok;
+            line.reason = reason;
+            line.credential_id = credential_id;
+            return resp.map(Either::Right);
+        }
+
+        line.route = "proxy";
+        match live.gate.check(req.headers(), client_ip) {
+            Decision::Deny(reason, known) => {
+                self.metrics.record_deny(reason);
+                line.reason = reason.label();
+                line.credential_id = known.map(|i| i.credential_id);
+                // 503s are the gateway's own state, not the client's doing.
+                let peer = conn.peer;
+                if reason.status() != 503 && live.refusals.over_limit(client_ip.unwrap_or(peer)) {
+                    self.metrics.refusals_limited.inc();
+                    // Counted, not logged line by line: a flood must not become a log
+                    // flood. Held first (a tarpit), so it cannot come back at once.
+                    line.done = true;
+                    live.refusals.hold().await;
+                    return bunq::too_many_refusals().map(Either::Right);
+                }
+                bunq::refusal(reason).map(Either::Right)
+            }
+            Decision::Allow(identity) => {
+                self.metrics.record_allow();
+                line.allowed = true;
+                line.reason = "ok";
+                line.credential_id = Some(identity.credential_id);
+                let how = Forwarding {
+                    identity,
+                    // `Allow` is only ever decided for a known address.
+                    client_ip: client_ip.unwrap_or(conn.peer),
+                    via_trusted_proxy: trusted,
+                    peer: &conn.peer_value,
+                    tls: self.tls,
+                    strip: (!live.gate.auth.forward_key).then_some(&live.gate.auth.header),
+                    request_id: &line.request_id,
+                };
+                let upstream_started = Instant::now();
+                let forwarded = live.upstream.forward(req, how, Some(&conn.lane)).await;
+                self.metrics
+                    .upstream_duration
+                    .observe(upstream_started.elapsed().as_secs_f64());
+                match forwarded {
+                    Ok(resp) => resp.map(Either::Left),
+                    Err(ForwardError::Upstream(kind)) => {
+                        self.metrics.record_upstream_error(kind);
+                        line.reason = match kind {
+                            UpstreamError::Connect => "upstream_connect",
+                            UpstreamError::Timeout => "upstream_timeout",
+                            UpstreamError::Protocol => "upstream_protocol",
+                        };
+                        upstream_failure(kind).map(Either::Right)
+                    }
+                    Err(ForwardError::ClientBody) => {
+                        self.metrics.record_client_error(ClientError::Body);
+                        line.reason = "client_body";
+                        closing(bunq::error(
+                            StatusCode::BAD_REQUEST,
+                            "The request body is malformed or ended early.",
+                        ))
+                        .map(Either::Right)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Door for Front {
+    fn serve(
+        &self,
+        req: Request<Incoming>,
+        conn: &ClientConn,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        self.handle(req, conn)
+    }
+
+    fn trusts(&self, peer: IpAddr) -> bool {
+        client_ip::is_trusted(peer, &self.live.load().client_ip.trusted_proxies)
+    }
+
+    fn cutting_off(&self) {
+        self.cutting_off.store(true, Ordering::Release);
+    }
+}
+
+/// One request's access line, filled in as the request goes. Written when the answer
+/// is ready, or, when the request is dropped before that (the client left, or the
+/// grace period ended), when it is dropped.
+struct Line<'f> {
+    front: &'f Front,
+    started: Instant,
+    method: Method,
+    uri: Uri,
+    request_id: HeaderValue,
+    peer: IpAddr,
+    client_ip: Option<IpAddr>,
+    bytes_in: Option<u64>,
+    route: &'static str,
+    allowed: bool,
+    reason: &'static str,
+    credential_id: Option<u64>,
+    /// Written already, or not to be written (a limited refusal).
+    done: bool,
+}
+
+impl Line<'_> {
+    fn answered(&mut self, resp: &Response<Body>) {
+        let bytes_out = if self.method == Method::HEAD {
+            Some(0)
+        } else {
+            resp.body().size_hint().exact()
+        };
+        self.write(resp.status().as_u16(), bytes_out, None);
+    }
+
+    fn write(&mut self, status: u16, bytes_out: Option<u64>, cut: Option<&str>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.started.elapsed();
+        self.front
+            .metrics
+            .request_duration
+            .observe(elapsed.as_secs_f64());
+        self.front.access_log.record(&Entry {
+            status,
+            allowed: self.allowed,
+            reason: self.reason,
+            route: self.route,
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            request_id: self.request_id.as_bytes(),
+            credential_id: self.credential_id,
+            client_ip: self.client_ip,
+            peer: self.peer,
+            bytes_in: self.bytes_in,
+            bytes_out,
+            latency_us: elapsed.as_micros() as u64,
+            cut,
+        });
+    }
+}
+
+impl Drop for Line<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let by = if self.front.cutting_off.load(Ordering::Acquire) {
+            "shutdown"
+        } else {
+            "client_closed"
+        };
+        self.write(0, None, Some(by));
+    }
+}
+
+/// Marks an answer as the connection's last: after a malformed request the rest of
+/// the stream cannot be trusted to be where the client meant it.
+fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
+fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {
+    match kind {
+        UpstreamError::Timeout => bunq::error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "The upstream service did not answer in time.",
+        ),
+        UpstreamError::Connect | UpstreamError::Protocol => bunq::error(
+            StatusCode::BAD_GATEWAY,
+            "The upstream service is unavailable.",
+        ),
+    }
+}

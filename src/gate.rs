@@ -1,0 +1,143 @@
+//! The credential check both doors use: the key from its header, one snapshot load,
+//! one [`decide`].
+//!
+//! Depends on [`crate::acl`] and [`crate::config`] only: the forwarder, the management
+//! API and the front door all call it, and it calls none of them. It writes no wire
+//! text (refusal bodies are [`crate::bunq`]'s) and does no I/O.
+
+use crate::acl::{decide, Decision, KeyHash, SnapshotCell};
+use crate::config::AuthConfig;
+use http::header::HeaderMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest key that is hashed at all. Keys are 47 bytes; a longer one is unknown
+/// without the cost of hashing up to a whole 64 KiB header.
+const MAX_KEY_BYTES: usize = 256;
+
+/// Stands for every over-long key: no key hashes to all zeros, so it is never found.
+const TOO_LONG: KeyHash = KeyHash([0; 32]);
+
+/// The key from the configured header. Several copies, an unreadable value or an empty
+/// one count as no key: ambiguity is refused, not resolved.
+pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h str> {
+    let mut values = headers.get_all(&auth.header).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let text = value.to_str().ok()?.trim();
+    let key = if auth.bearer {
+        let (scheme, rest) = text.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        rest.trim()
+    } else {
+        text
+    };
+    (!key.is_empty()).then_some(key)
+}
+
+/// The authorisation check as the hot path and the management API both run it.
+pub struct Gatekeeper {
+    pub cell: Arc<SnapshotCell>,
+    pub auth: AuthConfig,
+    pub max_staleness: Duration,
+}
+
+impl Gatekeeper {
+    /// One snapshot load, one SHA-256, one lookup. The snapshot is released before
+    /// returning, so no request holds it across an await.
+    pub fn check(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Decision {
+        let key = credential_key(headers, &self.auth).map(|k| {
+            if k.len() > MAX_KEY_BYTES {
+                TOO_LONG
+            } else {
+                KeyHash::of(k.as_bytes())
+            }
+        });
+        let snapshot = self.cell.load();
+        decide(
+            snapshot.as_deref(),
+            self.cell.is_stale(self.max_staleness),
+            key.as_ref(),
+            client_ip,
+            unix_now,
+        )
+    }
+}
+
+/// Unix seconds. A clock set before 1970 reads as the end of time, so every credential
+/// that can expire is treated as expired: fail closed.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(i64::MAX, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderName;
+
+    fn auth(header: &str) -> AuthConfig {
+        let header = HeaderName::from_bytes(header.as_bytes()).unwrap();
+        AuthConfig {
+            bearer: header == http::header::AUTHORIZATION,
+            header,
+            registration_window: Duration::from_secs(60),
+            forward_key: false,
+        }
+    }
+
+    #[test]
+    fn key_extraction() {
+        let a = auth("x-bunq-client-authentication");
+        let mut h = HeaderMap::new();
+        assert_eq!(credential_key(&h, &a), None);
+        h.insert("x-bunq-client-authentication", " ipg_abc ".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.append("x-bunq-client-authentication", "ipg_other".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None, "two keys are no key");
+        h.insert("x-bunq-client-authentication", "".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        let a = auth("authorization");
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.insert("authorization", "bearer  ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        h.insert("authorization", "Basic dXNlcg==".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+        h.insert("authorization", "ipg_abc".parse().unwrap());
+        assert_eq!(credential_key(&h, &a), None);
+    }
+
+    #[test]
+    fn no_snapshot_refuses_and_over_long_keys_are_unknown() {
+        let gate = Gatekeeper {
+            cell: Arc::new(SnapshotCell::new()),
+            auth: auth("x-key"),
+            max_staleness: Duration::ZERO,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-key", "k".repeat(MAX_KEY_BYTES + 1).parse().unwrap());
+        let ip = Some("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            gate.check(&h, ip).reason(),
+            Some(crate::acl::Reason::NoSnapshot)
+        );
+        let published = gate.cell.publish(Arc::new(crate::acl::Snapshot::default()));
+        assert!(published.is_none());
+        assert_eq!(
+            gate.check(&h, ip).reason(),
+            Some(crate::acl::Reason::UnknownKey)
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Every request's id (`X-Request-Id`): the client's own when it is a sane one, else a
+//! new one. It goes to the upstream with an allowed request, back to the client with
+//! every answer, and into the access line, so one request can be followed through the
+//! client's, the gateway's and the upstream's logs.
+//!
+//! A client's id is hostile input that ends up in logs: it is kept only when it is one
+//! header line of at most [`MAX_LEN`] characters from a set that needs no escaping in
+//! any log format. Anything else is replaced, never repaired.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest client id kept.
+pub const MAX_LEN: usize = 64;
+
+/// Makes ids: unique within the process (a counter), unlikely to repeat across
+/// processes (a random seed), 16 hex digits.
+pub struct RequestIds {
+    seed: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        let mut b = [0u8; 8];
+        // Without OS randomness ids are still unique within this process; across
+        // processes they would only be likelier to repeat.
+        if getrandom::fill(&mut b).is_err() {
+            b = (std::process::id() as u64).to_le_bytes();
+        }
+        Self {
+            seed: u64::from_le_bytes(b),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The client's id if it is a sane one, else a new one.
+    pub fn of(&self, headers: &HeaderMap) -> HeaderValue {
+        let mut sent = headers.get_all(X_REQUEST_ID).iter();
+        if let (Some(id), None) = (sent.next(), sent.next()) {
+            if is_sane(id.as_bytes()) {
+                return id.clone();
+            }
+        }
+        self.make()
+    }
+
+    /// A new id. SplitMix64's finaliser is a bijection, so distinct counts give
+    /// distinct ids; the seed makes them differ between processes.
+    pub fn make(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 16];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = HEX[((z >> (60 - 4 * i)) & 0xF) as usize];
+        }
+        HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+    }
+}
+
+/// 1 to [`MAX_LEN`] of `A-Z a-z 0-9 - _ . : + / =` (UUIDs, ULIDs, hex, base64 ids).
+pub fn is_sane(id: &[u8]) -> bool {
+    (1..=MAX_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+/=".contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_client_id_is_kept_anything_else_replaced() {
+        let ids = RequestIds::new();
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_REQUEST_ID,
+            "5f0c6c2e-9a1b-4d1e-8f00-2b7c0f6f0a11".parse().unwrap(),
+        );
+        assert_eq!(ids.of(&h), "5f0c6c2e-9a1b-4d1e-8f00-2b7c0f6f0a11");
+        for bad in [
+            "",
+            "has space",
+            "quote\"",
+            "back\\slash",
+            "new\tline",
+            &"a".repeat(MAX_LEN + 1),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let got = ids.of(&h);
+            assert_eq!(got.len(), 16, "{bad:?} was kept");
+        }
+        let mut two = HeaderMap::new();
+        two.append(X_REQUEST_ID, "a".parse().unwrap());
+        two.append(X_REQUEST_ID, "b".parse().unwrap());
+        assert_eq!(ids.of(&two).len(), 16, "two ids are none");
+    }
+
+    #[test]
+    fn made_ids_are_distinct_hex() {
+        let ids = RequestIds::new();
+        let made: std::collections::HashSet<HeaderValue> =
+            (0..10_000).map(|_| ids.make()).collect();
+        assert_eq!(made.len(), 10_000);
+        assert!(made
+            .iter()
+            .all(|v| v.len() == 16 && v.as_bytes().iter().all(u8::is_ascii_hexdigit)));
+    }
+}

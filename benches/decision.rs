@@ -34,6 +34,7 @@ use ipgate::acl::{
 };
 use ipgate::config::AuthConfig;
 use ipgate::gate::{credential_key, unix_now, Gatekeeper};
+use ipgate::insight::Recorder;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::hint::black_box;
@@ -232,7 +233,7 @@ fn verify(w: &World, now: i64) {
             };
             let got = |d: Decision| match d {
                 Decision::Allow(_) => "allow",
-                Decision::Deny(r, _) => r.label(),
+                Decision::Deny(r, _) | Decision::Shadow(_, r) => r.label(),
             };
             assert_eq!(got(w.gate.check(&probe.headers, Some(ip))), want);
             let lookup = decide(
@@ -284,6 +285,22 @@ fn bench_world(c: &mut Criterion, w: &World) {
                     .check(black_box(&p.headers), black_box(Some(case.ip(p))))
             }))
         });
+        // What usage recording adds to a request (SPEC section 9: within 3%), on and
+        // off in the same run: the off recorder is what `insight.record_usage = false`
+        // runs.
+        for (name, recorder) in [
+            ("gatekeeper_recording", Recorder::new(true)),
+            ("gatekeeper_recording_off", Recorder::new(false)),
+        ] {
+            group.bench_function(id(name), |bench| {
+                bench.iter(rotate(&w.probes, |p| {
+                    let ip = Some(case.ip(p));
+                    let d = w.gate.check(black_box(&p.headers), black_box(ip));
+                    recorder.note(d, ip);
+                    d
+                }))
+            });
+        }
         group.bench_function(id("baseline_plain_key_siphash"), |bench| {
             bench.iter(rotate(&w.probes, |p| {
                 let key = header_key(black_box(&p.headers));
@@ -415,6 +432,7 @@ fn bench_access_line(c: &mut Criterion) {
     let entry = Entry {
         status: 200,
         allowed: true,
+        shadow: false,
         reason: "ok",
         route: "proxy",
         method: "GET",

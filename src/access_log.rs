@@ -30,6 +30,9 @@ pub struct Entry<'a> {
     pub status: u16,
     /// The request got what it asked for: forwarded, or the API call succeeded.
     pub allowed: bool,
+    /// Forwarded only because the credential is in shadow mode (`reason` says what
+    /// enforcement would have refused it for).
+    pub shadow: bool,
     /// Why not (`ok` when allowed): the decision's reason, or the API's.
     pub reason: &'a str,
     /// `proxy`, the management API's operation (`list_ips`, …), or `none` (refused
@@ -113,7 +116,12 @@ fn format_line(line: &mut Vec<u8>, json: bool, e: &Entry<'_>) {
     field(line, json, "path", |l| quoted(l, e.path, MAX_PATH));
     field(line, json, "route", |l| quoted(l, e.route, MAX_PATH));
     field(line, json, "decision", |l| {
-        quoted(l, if e.allowed { "allow" } else { "deny" }, 8)
+        let decision = match (e.shadow, e.allowed) {
+            (true, _) => "shadow",
+            (false, true) => "allow",
+            (false, false) => "deny",
+        };
+        quoted(l, decision, 8)
     });
     field(line, json, "reason", |l| quoted(l, e.reason, MAX_PATH));
     if let Some(id) = e.credential_id {
@@ -252,6 +260,7 @@ mod tests {
         Entry {
             status: 403,
             allowed: false,
+            shadow: false,
             reason: "ip_not_active",
             route: "proxy",
             method,

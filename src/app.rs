@@ -2,8 +2,8 @@
 //! SIGHUP reloader, and drain on SIGTERM/SIGINT.
 //!
 //! Shutdown order: `/readyz` turns 503, the public listener stops accepting and waits
-//! up to `server.shutdown_grace` for requests in flight, then the poller and the admin
-//! listener stop.
+//! up to `server.shutdown_grace` for requests in flight, then the usage counts are
+//! flushed to the store one last time and the poller and the admin listener stop.
 
 use crate::access_log::AccessLog;
 use crate::acl::SnapshotCell;
@@ -11,6 +11,7 @@ use crate::admin_listener::{self, AdminState};
 use crate::api::Api;
 use crate::config::Config;
 use crate::front::{Front, Live};
+use crate::insight::{self, Recorder};
 use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
@@ -87,10 +88,12 @@ pub async fn serve(
     let admin = bind(config.server.admin_listen, "admin").await?;
     summary(&config, &public, &admin);
 
+    let recorder = Arc::new(Recorder::new(config.insight.record_usage));
     let api = Api {
         store: Arc::clone(&store),
         refresher: Arc::clone(&refresher),
         metrics: Arc::clone(&metrics),
+        recorder: Arc::clone(&recorder),
         store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
     };
     let front = Arc::new(Front::new(
@@ -116,6 +119,16 @@ pub async fn serve(
         config.refresh.interval,
         hints,
         background.child_token(),
+    ));
+    // Its own token: cancelled only once the last request is answered, so the final
+    // flush has every count.
+    let flushing = CancellationToken::new();
+    let flusher = tokio::spawn(insight::flush::run(
+        recorder,
+        Arc::clone(&store),
+        Arc::clone(&admin_state.metrics),
+        config.insight.flush_interval,
+        flushing.clone(),
     ));
     let reloader = Reloader {
         path,
@@ -161,8 +174,14 @@ pub async fn serve(
     )
     .await;
 
+    flushing.cancel();
     background.cancel();
-    for (what, task) in [("poller", poller), ("admin listener", admin_task)] {
+    let tasks = [
+        ("usage flusher", flusher),
+        ("poller", poller),
+        ("admin listener", admin_task),
+    ];
+    for (what, task) in tasks {
         if let Err(error) = task.await {
             tracing::error!(%error, task = what, "task ended abnormally");
         }

@@ -134,6 +134,7 @@ impl Front {
             bytes_in: req.body().size_hint().exact(),
             route: "none",
             allowed: false,
+            shadow: false,
             reason: "none",
             credential_id: None,
             done: false,
@@ -181,7 +182,9 @@ impl Front {
         }
 
         line.route = "proxy";
-        match live.gate.check(req.headers(), client_ip) {
+        let decision = live.gate.check(req.headers(), client_ip);
+        self.api.recorder.note(decision, client_ip);
+        let (identity, shadow) = match decision {
             Decision::Deny(reason, known) => {
                 self.metrics.record_deny(reason);
                 line.reason = reason.label();
@@ -196,49 +199,57 @@ impl Front {
                     live.refusals.hold().await;
                     return bunq::too_many_refusals().map(Either::Right);
                 }
-                bunq::refusal(reason).map(Either::Right)
+                return bunq::refusal(reason).map(Either::Right);
             }
             Decision::Allow(identity) => {
                 self.metrics.record_allow();
-                line.allowed = true;
                 line.reason = "ok";
-                line.credential_id = Some(identity.credential_id);
-                let how = Forwarding {
-                    identity,
-                    // `Allow` is only ever decided for a known address.
-                    client_ip: client_ip.unwrap_or(conn.peer),
-                    via_trusted_proxy: trusted,
-                    peer: &conn.peer_value,
-                    tls: self.tls,
-                    strip: (!live.gate.auth.forward_key).then_some(&live.gate.auth.header),
-                    request_id: &line.request_id,
+                (identity, false)
+            }
+            Decision::Shadow(identity, reason) => {
+                self.metrics.record_shadow(reason);
+                line.reason = reason.label();
+                line.shadow = true;
+                (identity, true)
+            }
+        };
+        line.allowed = true;
+        line.credential_id = Some(identity.credential_id);
+        let how = Forwarding {
+            identity,
+            // Only a known address is ever allowed or shadowed.
+            client_ip: client_ip.unwrap_or(conn.peer),
+            via_trusted_proxy: trusted,
+            peer: &conn.peer_value,
+            tls: self.tls,
+            strip: (!live.gate.auth.forward_key).then_some(&live.gate.auth.header),
+            request_id: &line.request_id,
+            shadow,
+        };
+        let upstream_started = Instant::now();
+        let forwarded = live.upstream.forward(req, how, Some(&conn.lane)).await;
+        self.metrics
+            .upstream_duration
+            .observe(upstream_started.elapsed().as_secs_f64());
+        match forwarded {
+            Ok(resp) => resp.map(Either::Left),
+            Err(ForwardError::Upstream(kind)) => {
+                self.metrics.record_upstream_error(kind);
+                line.reason = match kind {
+                    UpstreamError::Connect => "upstream_connect",
+                    UpstreamError::Timeout => "upstream_timeout",
+                    UpstreamError::Protocol => "upstream_protocol",
                 };
-                let upstream_started = Instant::now();
-                let forwarded = live.upstream.forward(req, how, Some(&conn.lane)).await;
-                self.metrics
-                    .upstream_duration
-                    .observe(upstream_started.elapsed().as_secs_f64());
-                match forwarded {
-                    Ok(resp) => resp.map(Either::Left),
-                    Err(ForwardError::Upstream(kind)) => {
-                        self.metrics.record_upstream_error(kind);
-                        line.reason = match kind {
-                            UpstreamError::Connect => "upstream_connect",
-                            UpstreamError::Timeout => "upstream_timeout",
-                            UpstreamError::Protocol => "upstream_protocol",
-                        };
-                        upstream_failure(kind).map(Either::Right)
-                    }
-                    Err(ForwardError::ClientBody) => {
-                        self.metrics.record_client_error(ClientError::Body);
-                        line.reason = "client_body";
-                        closing(bunq::error(
-                            StatusCode::BAD_REQUEST,
-                            "The request body is malformed or ended early.",
-                        ))
-                        .map(Either::Right)
-                    }
-                }
+                upstream_failure(kind).map(Either::Right)
+            }
+            Err(ForwardError::ClientBody) => {
+                self.metrics.record_client_error(ClientError::Body);
+                line.reason = "client_body";
+                closing(bunq::error(
+                    StatusCode::BAD_REQUEST,
+                    "The request body is malformed or ended early.",
+                ))
+                .map(Either::Right)
             }
         }
     }
@@ -276,6 +287,7 @@ struct Line<'f> {
     bytes_in: Option<u64>,
     route: &'static str,
     allowed: bool,
+    shadow: bool,
     reason: &'static str,
     credential_id: Option<u64>,
     /// Written already, or not to be written (a limited refusal).
@@ -305,6 +317,7 @@ impl Line<'_> {
         self.front.access_log.record(&Entry {
             status,
             allowed: self.allowed,
+            shadow: self.shadow,
             reason: self.reason,
             route: self.route,
             method: self.method.as_str(),

@@ -161,6 +161,7 @@ pub struct Metrics {
     registry: Registry,
     allowed: IntCounter,
     denied: Vec<IntCounter>,
+    shadowed: IntCounter,
     pub leaked_key: IntCounter,
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
@@ -216,7 +217,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "ipgate_requests_total",
-                    "Requests on the public listener by decision (allow, deny) and reason.",
+                    "Requests on the public listener by decision (allow, deny, shadow: forwarded only because the credential is in shadow mode) and reason.",
                 ),
                 &["decision", "reason"],
             )
@@ -227,6 +228,8 @@ impl Metrics {
             .iter()
             .map(|r| requests.with_label_values(&["deny", r.label()]))
             .collect();
+        // The address check is the only one shadow mode lets through.
+        let shadowed = requests.with_label_values(&["shadow", Reason::IpNotActive.label()]);
         let upstream_errors_vec = register(
             &r,
             IntCounterVec::new(
@@ -354,6 +357,7 @@ impl Metrics {
         Self {
             allowed,
             denied,
+            shadowed,
             leaked_key: register(
                 &r,
                 IntCounter::new(
@@ -551,6 +555,13 @@ impl Metrics {
         self.allowed.inc();
     }
 
+    /// Forwarded in shadow mode: enforcement would have refused it for `reason`. Not a
+    /// leaked key: the owner has not turned the list on yet.
+    pub fn record_shadow(&self, reason: Reason) {
+        debug_assert_eq!(reason, Reason::IpNotActive);
+        self.shadowed.inc();
+    }
+
     pub fn record_deny(&self, reason: Reason) {
         self.denied[reason.index()].inc();
         if reason == Reason::IpNotActive {
@@ -640,10 +651,12 @@ mod tests {
         let m = Metrics::new();
         m.record_allow();
         m.record_deny(Reason::IpNotActive);
+        m.record_shadow(Reason::IpNotActive);
         let text = m.render(&SnapshotCell::new());
         for name in [
             "ipgate_requests_total{decision=\"allow\",reason=\"ok\"} 1",
             "ipgate_requests_total{decision=\"deny\",reason=\"ip_not_active\"} 1",
+            "ipgate_requests_total{decision=\"shadow\",reason=\"ip_not_active\"} 1",
             "ipgate_key_from_unlisted_ip_total 1",
             "ipgate_snapshot_age_seconds -1",
             "ipgate_snapshot_active_ips 0",

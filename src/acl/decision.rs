@@ -22,14 +22,24 @@ pub enum Decision {
     /// valid one from the wrong address): for the log and the operator, never the
     /// client.
     Deny(Reason, Option<Identity>),
+    /// A credential in shadow mode used from an address that is not ACTIVE on it: let
+    /// through and marked, so a whitelist can be rolled out without breaking clients.
+    /// The reason is the one enforcement would have refused with.
+    Shadow(Identity, Reason),
 }
 
 impl Decision {
+    /// Why the request was (or, in shadow mode, would have been) refused.
     pub fn reason(&self) -> Option<Reason> {
         match self {
             Decision::Allow(_) => None,
-            Decision::Deny(reason, _) => Some(*reason),
+            Decision::Deny(reason, _) | Decision::Shadow(_, reason) => Some(*reason),
         }
+    }
+
+    /// Passes the request on to the upstream.
+    pub fn forwards(&self) -> bool {
+        !matches!(self, Decision::Deny(..))
     }
 }
 
@@ -150,6 +160,8 @@ pub fn decide(
     };
     if credential.wildcard || credential.active_ips.contains(&normalize(ip)) {
         Decision::Allow(identity)
+    } else if credential.shadow {
+        Decision::Shadow(identity, Reason::IpNotActive)
     } else {
         deny(Reason::IpNotActive)
     }
@@ -203,6 +215,15 @@ mod tests {
         future.expires_at = NOW + 1;
         b.insert(key(7), future);
         b.insert(key(8), SnapshotCredential::damaged(8, 108));
+        let mut shadow = cred(9, CredentialState::Active, &["10.0.0.1"]);
+        shadow.shadow = true;
+        b.insert(key(9), shadow);
+        let mut shadow_revoked = cred(10, CredentialState::Revoked, &["10.0.0.1"]);
+        shadow_revoked.shadow = true;
+        b.insert(key(10), shadow_revoked);
+        let mut shadow_pending = cred(11, CredentialState::PendingFirstUse, &[]);
+        shadow_pending.shadow = true;
+        b.insert(key(11), shadow_pending);
         b.build()
     }
 
@@ -221,7 +242,7 @@ mod tests {
     fn every_outcome() {
         let s = snapshot();
         assert_eq!(s.version(), 7);
-        assert_eq!(s.active_ip_count(), 5);
+        assert_eq!(s.active_ip_count(), 7);
         let deny = |id: u64, reason| {
             Decision::Deny(
                 reason,
@@ -243,7 +264,7 @@ mod tests {
                 Decision::Deny(Reason::MissingKey, None),
             ),
             (
-                Some(9),
+                Some(99),
                 Some("10.0.0.1"),
                 Decision::Deny(Reason::UnknownKey, None),
             ),
@@ -259,6 +280,22 @@ mod tests {
                 Some("10.0.0.1"),
                 deny(8, Reason::DamagedCredential),
             ),
+            // Shadow mode lets only the address check through, and says so.
+            (Some(9), Some("10.0.0.1"), allowed(9)),
+            (
+                Some(9),
+                Some("10.0.0.2"),
+                Decision::Shadow(
+                    Identity {
+                        credential_id: 9,
+                        user_id: 109,
+                    },
+                    Reason::IpNotActive,
+                ),
+            ),
+            (Some(9), None, deny(9, Reason::ClientIpUnknown)),
+            (Some(10), Some("10.0.0.2"), deny(10, Reason::RevokedKey)),
+            (Some(11), Some("10.0.0.2"), deny(11, Reason::PendingKey)),
         ];
         for (k, addr, want) in cases {
             assert_eq!(check(&s, *k, *addr), *want, "key {k:?} from {addr:?}");

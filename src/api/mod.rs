@@ -31,6 +31,7 @@ use crate::acl::{Decision, Identity, Reason};
 use crate::bunq;
 use crate::config::LimitsConfig;
 use crate::gate::Gatekeeper;
+use crate::insight::Recorder;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
@@ -49,6 +50,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
+    /// Counts the calls made with each credential from each address.
+    pub recorder: Arc<Recorder>,
     /// Store calls the API may have in flight at once: [`API_STORE_SLOTS`].
     pub store_slots: tokio::sync::Semaphore,
 }
@@ -281,7 +284,8 @@ impl Api {
     }
 
     /// The same check as a proxied request: own key, from one of its ACTIVE addresses.
-    /// Counted like any request; the access line says who and why.
+    /// Counted like any request; the access line says who and why. Shadow mode does not
+    /// open the management API: whoever may change a list must already be on it.
     fn authenticate(
         &self,
         gate: &Gatekeeper,
@@ -289,17 +293,21 @@ impl Api {
         client_ip: Option<IpAddr>,
         credential_id: &mut Option<u64>,
     ) -> Result<Identity, ApiError> {
-        match gate.check(req.headers(), client_ip) {
+        let decision = gate.check(req.headers(), client_ip);
+        self.recorder.note(decision, client_ip);
+        let mut refuse = |reason, known: Option<Identity>| {
+            self.metrics.record_deny(reason);
+            *credential_id = known.map(|i| i.credential_id);
+            Err(ApiError::Refused(reason))
+        };
+        match decision {
             Decision::Allow(identity) => {
                 self.metrics.record_allow();
                 *credential_id = Some(identity.credential_id);
                 Ok(identity)
             }
-            Decision::Deny(reason, known) => {
-                self.metrics.record_deny(reason);
-                *credential_id = known.map(|i| i.credential_id);
-                Err(ApiError::Refused(reason))
-            }
+            Decision::Shadow(identity, reason) => refuse(reason, Some(identity)),
+            Decision::Deny(reason, known) => refuse(reason, known),
         }
     }
 

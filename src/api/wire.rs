@@ -188,8 +188,8 @@ pub fn pagination(base: &str, page: Page, ids: &[u64], more: bool) -> Value {
     json!({ "older_url": older_url, "newer_url": newer_url, "future_url": future_url })
 }
 
-/// `CredentialPasswordIp` as bunq shows it. The key is never stored, so `token_value`
-/// is always null.
+/// `CredentialPasswordIp` as bunq shows it, plus ipgate's `mode` (`enforce` or
+/// `shadow`). The key is never stored, so `token_value` is always null.
 #[derive(Serialize)]
 pub struct CredentialView {
     id: u64,
@@ -199,6 +199,7 @@ pub struct CredentialView {
     expiry_time: Option<Timestamp>,
     token_value: Option<String>,
     permitted_device: Option<Value>,
+    mode: &'static str,
 }
 
 impl From<&Credential> for CredentialView {
@@ -214,11 +215,13 @@ impl From<&Credential> for CredentialView {
                 .permitted_device
                 .as_ref()
                 .map(|d| json!({ "description": d.description, "ip": d.ip })),
+            mode: c.mode.as_str(),
         }
     }
 }
 
-/// `PermittedIp` as bunq shows it.
+/// `PermittedIp` as bunq shows it, plus ipgate's usage: `last_seen` (the last allowed
+/// request from it, `null` if none) and `requests`.
 #[derive(Serialize)]
 pub struct PermittedIpView {
     id: u64,
@@ -226,6 +229,8 @@ pub struct PermittedIpView {
     status: &'static str,
     created: Timestamp,
     updated: Timestamp,
+    last_seen: Option<Timestamp>,
+    requests: u64,
 }
 
 impl From<&PermittedIp> for PermittedIpView {
@@ -236,6 +241,8 @@ impl From<&PermittedIp> for PermittedIpView {
             status: p.status.as_str(),
             created: p.created,
             updated: p.updated,
+            last_seen: p.last_seen,
+            requests: p.requests,
         }
     }
 }

@@ -20,6 +20,7 @@ pub const DEFAULT_AUTH_HEADER: &str = "X-Bunq-Client-Authentication";
 pub const DEFAULT_REGISTRATION_WINDOW: &str = "4h";
 pub const DEFAULT_STORE_URL: &str = "sqlite://ipgate.db";
 pub const DEFAULT_REFRESH_INTERVAL: &str = "1s";
+pub const DEFAULT_FLUSH_INTERVAL: &str = "60s";
 pub const DEFAULT_MAX_STALENESS: &str = "0s";
 pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -43,6 +44,7 @@ pub struct Config {
     pub refresh: RefreshConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub insight: InsightConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +164,17 @@ pub struct RefreshConfig {
     pub max_staleness: Duration,
     /// Let PostgreSQL's LISTEN/NOTIFY wake the poller as soon as a change commits.
     pub notify: bool,
+}
+
+/// Usage counting (SPEC section 9).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InsightConfig {
+    /// Count requests per credential and address. Off only to measure what it costs:
+    /// `report` and `last_seen` then go blind.
+    pub record_usage: bool,
+    /// How often the counts are written to the store: at most one row per address per
+    /// this interval per gateway.
+    pub flush_interval: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

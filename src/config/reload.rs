@@ -3,7 +3,7 @@
 //! Applied to new requests: `[upstream]`, `[auth]`, `[client_ip]`, `[limits]`,
 //! `log.level`, the TLS certificate and key files, `refresh.max_staleness`. Bound at
 //! start and kept: the listeners and what they were built with, the worker threads,
-//! the store, the poller's schedule, the log format. A file that changes those is not
+//! the store, the poller's schedule, the log format, `[insight]`. A file that changes those is not
 //! refused: the rest applies, and the keys kept are named.
 
 use super::Config;
@@ -49,6 +49,7 @@ impl Config {
         check("refresh.interval", a.refresh.interval == b.refresh.interval);
         check("refresh.notify", a.refresh.notify == b.refresh.notify);
         check("log.format", a.log.format == b.log.format);
+        check("insight", a.insight == b.insight);
         kept
     }
 

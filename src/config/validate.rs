@@ -25,6 +25,7 @@ const SECTIONS: &[&str] = &[
     "refresh",
     "limits",
     "log",
+    "insight",
 ];
 
 /// Builds the model from `doc`, noting problems in `r`; `None` when there were any.
@@ -51,6 +52,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
     let refresh = refresh(r, &root);
     let limits = limits(r, &root);
     let log = log(r, &root);
+    let insight = insight(r, &root);
     Config {
         server,
         upstream,
@@ -60,6 +62,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
         refresh,
         limits,
         log,
+        insight,
     }
 }
 
@@ -267,6 +270,20 @@ fn refresh(r: &mut Reader<'_>, root: &Section<'_, '_>) -> RefreshConfig {
         interval,
         max_staleness,
         notify: r.boolean(&s, "notify", true).value,
+    }
+}
+
+fn insight(r: &mut Reader<'_>, root: &Section<'_, '_>) -> InsightConfig {
+    let s = r.section(root, "insight", &["record_usage", "flush_interval"]);
+    InsightConfig {
+        record_usage: r.boolean(&s, "record_usage", true).value,
+        flush_interval: read_duration(
+            r,
+            &s,
+            "flush_interval",
+            DEFAULT_FLUSH_INTERVAL,
+            Zero::Refused,
+        ),
     }
 }
 

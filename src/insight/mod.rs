@@ -13,7 +13,7 @@
 
 pub mod flush;
 
-use crate::acl::normalize;
+use crate::acl::{normalize, Decision, Reason};
 use crate::store::{Sighting, Timestamp, UsageBatch};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -102,6 +102,25 @@ impl Recorder {
     pub fn refused(&self, credential: u64, ip: IpAddr) {
         if self.enabled {
             self.count(Kind::Refused, credential, ip);
+        }
+    }
+
+    /// Records what `decision` says about who used which address: an allowed request,
+    /// or a valid key from an address not ACTIVE on it (refused, or forwarded in
+    /// shadow mode). Every other refusal is no one's usage.
+    #[inline]
+    pub fn note(&self, decision: Decision, client_ip: Option<IpAddr>) {
+        if !self.enabled {
+            return;
+        }
+        let Some(ip) = client_ip else { return };
+        match decision {
+            Decision::Allow(who) => self.count(Kind::Allowed, who.credential_id, ip),
+            Decision::Shadow(who, Reason::IpNotActive)
+            | Decision::Deny(Reason::IpNotActive, Some(who)) => {
+                self.count(Kind::Refused, who.credential_id, ip)
+            }
+            Decision::Shadow(..) | Decision::Deny(..) => {}
         }
     }
 

@@ -15,6 +15,8 @@ pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credenti
 pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Present (`shadow`) on a request whose address the credential's list does not hold.
+pub const ENFORCEMENT: HeaderName = HeaderName::from_static("x-ipgate-enforcement");
 const OWN_PREFIX: &[u8] = b"x-ipgate-";
 
 /// What the forwarder needs to know about the request beyond the request itself.
@@ -30,6 +32,9 @@ pub struct Forwarding<'a> {
     pub strip: Option<&'a HeaderName>,
     /// The request's id, passed on as `X-Request-Id`.
     pub request_id: &'a HeaderValue,
+    /// Let through only because the credential is in shadow mode: the upstream is told
+    /// with `X-Ipgate-Enforcement: shadow`.
+    pub shadow: bool,
 }
 
 /// Rewrites the headers of a request on its way up.
@@ -59,6 +64,9 @@ pub fn set_forwarding(headers: &mut HeaderMap, how: &Forwarding<'_>) -> Result<(
     };
     headers.insert(CLIENT_IP, client_ip);
     headers.insert(X_REQUEST_ID, how.request_id.clone());
+    if how.shadow {
+        headers.insert(ENFORCEMENT, HeaderValue::from_static("shadow"));
+    }
     Ok(())
 }
 

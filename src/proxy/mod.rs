@@ -18,7 +18,7 @@ pub mod target;
 pub mod tls;
 
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
-pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, USER_ID};
+pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
 pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 

@@ -18,7 +18,7 @@ mod sqlite;
 pub use feed::{
     continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
 };
-pub use insight::{RefusedReport, Sighting, Suggestion, UnusedReport, UsageBatch};
+pub use insight::{RefusedReport, Sighting, Suggestion, UnusedReport, UsageBatch, REFUSED_KEPT};
 pub use model::{
     Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Mode, Page, PermittedIp,
     Timestamp, Usage, User,

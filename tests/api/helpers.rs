@@ -242,9 +242,23 @@ pub(crate) fn is_bunq_time(v: &Value) -> bool {
 pub(crate) fn assert_permitted_ip(v: &Value) {
     assert_eq!(
         keys(v),
-        set(&["id", "ip", "status", "created", "updated"]),
+        set(&[
+            "id",
+            "ip",
+            "status",
+            "created",
+            "updated",
+            "last_seen",
+            "requests"
+        ]),
         "{v}"
     );
+    // ipgate's usage beside bunq's fields.
+    assert!(
+        v["last_seen"].is_null() || is_bunq_time(&v["last_seen"]),
+        "{v}"
+    );
+    assert!(v["requests"].is_u64(), "{v}");
     assert!(v["id"].is_u64(), "{v}");
     assert!(v["ip"].as_str().unwrap().parse::<IpAddr>().is_ok(), "{v}");
     assert!(v["status"] == "ACTIVE" || v["status"] == "INACTIVE", "{v}");
@@ -263,10 +277,13 @@ pub(crate) fn assert_credential(v: &Value) {
             "status",
             "expiry_time",
             "token_value",
-            "permitted_device"
+            "permitted_device",
+            "mode"
         ]),
         "{v}"
     );
+    // ipgate's mode beside bunq's fields.
+    assert!(v["mode"] == "enforce" || v["mode"] == "shadow", "{v}");
     assert!(v["id"].is_u64(), "{v}");
     assert!(is_bunq_time(&v["created"]), "{v}");
     assert!(is_bunq_time(&v["updated"]), "{v}");

@@ -3,10 +3,14 @@
 //! Each command returns one JSON value (printed as is with `--json`) and a plain
 //! rendering for people. Keys are generated here, shown once and never stored.
 
+mod report;
+
+pub use report::ReportCommand;
+
 use crate::acl::{ApiKey, KEY_PREFIX};
 use crate::config::Config;
 use crate::store::{
-    self, Actor, Change, IpStatus, NewCredential, Page, Store, StoreError, Target, Timestamp,
+    self, Actor, Change, IpStatus, Mode, NewCredential, Page, Store, StoreError, Target, Timestamp,
 };
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -41,6 +45,9 @@ pub enum AdminCommand {
         #[arg(long)]
         user: Option<u64>,
     },
+    /// What the gateways saw: refused addresses, unused entries, a list to review.
+    #[command(subcommand)]
+    Report(ReportCommand),
     /// The audit log, newest first.
     Audit {
         /// Only changes to this credential.
@@ -91,6 +98,15 @@ pub enum CredentialCommand {
     Revoke {
         /// The credential to revoke.
         credential_id: u64,
+    },
+    /// How its list is applied. `shadow`: a valid key from an address that is not
+    /// ACTIVE is let through (marked `X-Ipgate-Enforcement: shadow`, counted and
+    /// logged) instead of refused; see `report suggest`. `enforce`: refused again.
+    Mode {
+        /// The credential.
+        credential_id: u64,
+        /// enforce or shadow.
+        mode: String,
     },
 }
 
@@ -316,6 +332,11 @@ pub async fn run(
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
             credential_revoke(&cx, credential_id).await
         }
+        AdminCommand::Credential(CredentialCommand::Mode {
+            credential_id,
+            mode,
+        }) => credential_mode(&cx, credential_id, &mode).await,
+        AdminCommand::Report(command) => report::run(&cx, command).await,
         AdminCommand::Wildcard {
             action,
             credential_id,
@@ -405,13 +426,14 @@ async fn key_create(
 async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, OperatorError> {
     cx.need_user(user).await?;
     let list = cx.store.credentials(user, Page::all()).await?;
-    let header = "ID\tSTATUS\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION";
+    let header = "ID\tSTATUS\tMODE\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION";
     Ok(Output {
         plain: table(header, &list, |c| {
             format!(
-                "{}\t{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                 c.id,
                 c.status,
+                c.mode,
                 if c.wildcard { "*" } else { "-" },
                 or_dash(c.expiry_time),
                 or_dash(
@@ -430,6 +452,19 @@ async fn credential_revoke(cx: &Context<'_>, id: u64) -> Result<Output, Operator
     let c = cx.change(id, Change::Revoke).await?.credential;
     Ok(Output {
         plain: format!("credential {} is {}", c.id, c.status),
+        json: to_value(&c),
+    })
+}
+
+async fn credential_mode(cx: &Context<'_>, id: u64, mode: &str) -> Result<Output, OperatorError> {
+    let mode: Mode = mode.parse().map_err(OperatorError::Input)?;
+    let c = cx.change(id, Change::Mode(mode)).await?.credential;
+    let what = match c.mode {
+        Mode::Shadow => "shadow (keys from unlisted addresses are let through and reported)",
+        Mode::Enforce => "enforce (keys from unlisted addresses are refused)",
+    };
+    Ok(Output {
+        plain: format!("credential {}: {what}", c.id),
         json: to_value(&c),
     })
 }
@@ -457,15 +492,21 @@ async fn wildcard(
 async fn ip_list(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
     let c = cx.need_credential(id).await?;
     let list = cx.store.ips(id, Page::all()).await?;
-    let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED");
+    let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED\tLAST_SEEN\tREQUESTS");
     if c.wildcard {
-        plain.push_str("\n-\t*\tACTIVE\t-\t- (operator wildcard)");
+        plain.push_str("\n-\t*\tACTIVE\t-\t-\t-\t- (operator wildcard)");
     }
     for p in &list {
         write!(
             plain,
-            "\n{}\t{}\t{}\t{}\t{}",
-            p.id, p.ip, p.status, p.created, p.updated
+            "\n{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            p.id,
+            p.ip,
+            p.status,
+            p.created,
+            p.updated,
+            or_dash(p.last_seen),
+            p.requests
         )
         .expect("write to String");
     }

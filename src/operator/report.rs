@@ -1,0 +1,155 @@
+//! `ipgate admin report …`: what the gateways saw, for the owner of a whitelist
+//! (SPEC section 9). The gateways count requests per credential and address and write
+//! them to the store about once a minute; these commands read them back.
+
+use super::{or_dash, table, to_value, Context, OperatorError, Output};
+use crate::store::{Timestamp, REFUSED_KEPT};
+use clap::Subcommand;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Longest look-back `report unused` takes: the store keeps no older usage than the
+/// gateway has run anyway, and a bigger number is a typo.
+const MAX_DAYS: u32 = 36_500;
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Addresses a valid key was used from although they are not ACTIVE on its list:
+    /// the sign of a stolen key (or of a list that is not finished yet).
+    Refused {
+        /// Only this credential.
+        #[arg(long = "credential")]
+        credential_id: Option<u64>,
+    },
+    /// ACTIVE entries with no allowed request in the last N days, and ACTIVE
+    /// credentials with none at all: candidates for removal.
+    Unused {
+        /// How far back a request counts as use.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Only this user's credentials.
+        #[arg(long)]
+        user: Option<u64>,
+    },
+    /// Every address a credential was used from in the kept history, allowed or
+    /// refused, with counts: a whitelist to review before it is enforced.
+    Suggest {
+        /// The credential.
+        credential_id: u64,
+    },
+}
+
+pub(super) async fn run(cx: &Context<'_>, command: ReportCommand) -> Result<Output, OperatorError> {
+    match command {
+        ReportCommand::Refused { credential_id } => refused(cx, credential_id).await,
+        ReportCommand::Unused { days, user } => unused(cx, days, user).await,
+        ReportCommand::Suggest { credential_id } => suggest(cx, credential_id).await,
+    }
+}
+
+async fn refused(cx: &Context<'_>, credential: Option<u64>) -> Result<Output, OperatorError> {
+    if let Some(id) = credential {
+        cx.need_credential(id).await?;
+    }
+    let report = cx.store.refused(credential).await?;
+    let header = "CREDENTIAL\tUSER\tIP\tREQUESTS\tFIRST_SEEN\tLAST_SEEN";
+    let mut plain = table(header, &report.addresses, |a| {
+        format!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            a.credential_id, a.user_id, a.ip, a.requests, a.first_seen, a.last_seen
+        )
+    });
+    for t in &report.truncated {
+        write!(
+            plain,
+            "\ncredential {}: only the {REFUSED_KEPT} most recent addresses are kept; \
+             {} older ones were let go",
+            t.credential_id, t.dropped
+        )
+        .expect("write to String");
+    }
+    Ok(Output {
+        plain,
+        json: json!({
+            "addresses": to_value(&report.addresses),
+            "truncated": to_value(&report.truncated),
+            "kept_per_credential": REFUSED_KEPT,
+        }),
+    })
+}
+
+async fn unused(cx: &Context<'_>, days: u32, user: Option<u64>) -> Result<Output, OperatorError> {
+    if days == 0 || days > MAX_DAYS {
+        return Err(OperatorError::Input(format!(
+            "--days must be 1 to {MAX_DAYS}, not {days}"
+        )));
+    }
+    if let Some(id) = user {
+        cx.need_user(id).await?;
+    }
+    let window = Duration::from_secs(u64::from(days) * 86_400);
+    let since = Timestamp(Timestamp::now().0 - window.as_micros() as i64);
+    let report = cx.store.unused(since, user).await?;
+    let entries = table(
+        "CREDENTIAL\tUSER\tENTRY\tIP\tCREATED\tLAST_SEEN\tREQUESTS",
+        &report.entries,
+        |e| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e.credential_id,
+                e.user_id,
+                e.entry_id,
+                e.ip,
+                e.created,
+                or_dash(e.last_seen),
+                e.requests
+            )
+        },
+    );
+    let credentials = table(
+        "CREDENTIAL\tUSER\tSTATUS\tCREATED\tLAST_SEEN",
+        &report.credentials,
+        |c| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}",
+                c.credential_id,
+                c.user_id,
+                c.status,
+                c.created,
+                or_dash(c.last_seen)
+            )
+        },
+    );
+    Ok(Output {
+        plain: format!(
+            "ACTIVE entries with no allowed request in {days} days:\n{entries}\n\n\
+             ACTIVE credentials with no allowed request in {days} days:\n{credentials}"
+        ),
+        json: json!({
+            "days": days,
+            "since": since,
+            "entries": to_value(&report.entries),
+            "credentials": to_value(&report.credentials),
+        }),
+    })
+}
+
+async fn suggest(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
+    cx.need_credential(id).await?;
+    let list = cx.store.suggest(id).await?;
+    let header = "IP\tALLOWED\tREFUSED\tLAST_SEEN\tLISTED";
+    Ok(Output {
+        plain: table(header, &list, |s| {
+            format!(
+                "{}\t{}\t{}\t{}\t{}",
+                s.ip,
+                s.allowed,
+                s.refused,
+                s.last_seen,
+                or_dash(s.listed)
+            )
+        }),
+        json: to_value(&list),
+    })
+}

@@ -1,0 +1,485 @@
+//! SPEC section 9 end to end: real requests through a real gateway, then the reports
+//! read back through `ipgate admin`: usage per entry, refused addresses and their
+//! bound, unused entries, suggestions, and shadow mode.
+
+mod common;
+
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Counts reach the store this often in these tests (a minute by default).
+fn settings(upstream: &Upstream) -> Settings {
+    Settings::new(&upstream.url()).set("insight.flush_interval", "\"200ms\"")
+}
+
+/// Runs `ipgate admin` until `done` accepts its JSON (counts are flushed in the
+/// background), and returns that JSON.
+fn admin_until(gw: &Gateway, args: &[&str], done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let v = gw.admin(args);
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ipgate admin {args:?} still {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The entry for `address` in `ip list --json`.
+fn entry<'v>(list: &'v Value, address: &str) -> &'v Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == address)
+        .unwrap_or_else(|| panic!("{address} not in {list:#}"))
+}
+
+fn requests(list: &Value, address: &str) -> u64 {
+    entry(list, address)["requests"].as_u64().unwrap()
+}
+
+async fn get_n(gw: &Gateway, from: &str, key: &str, n: usize, want: StatusCode) {
+    for _ in 0..n {
+        let r = gw.get(ip(from), "/data", Some(key)).await;
+        assert_eq!(r.status, want, "from {from}: {}", r.text());
+    }
+}
+
+/// Moves every `created` of the store back by `days`, as if the list were set up that
+/// long ago: `report unused` counts an entry as unused only once it has existed for
+/// the whole window.
+fn age_store(store: &Path, days: i64) {
+    let db = rusqlite::Connection::open(store).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let micros = days * 86_400 * 1_000_000;
+    for table in ["credentials", "permitted_ips"] {
+        db.execute(
+            &format!("UPDATE {table} SET created = created - ?1"),
+            [micros],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn usage_is_counted_per_entry_and_shown_by_ip_list() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(&upstream));
+    gw.wait_ready().await;
+    let (user, cred_id, key) = gw.registered_key(&["127.0.0.2", "127.0.0.3"]).await;
+    let cred = cred_id.to_string();
+    // The registration's probe was one allowed request from .2.
+    let list = admin_until(&gw, &["ip", "list", &cred], |l| {
+        requests(l, "127.0.0.2") == 1
+    });
+    let first_seen = entry(&list, "127.0.0.2")["last_seen"].clone();
+    assert!(first_seen.is_string(), "{list:#}");
+
+    std::thread::sleep(Duration::from_millis(20));
+    get_n(&gw, "127.0.0.2", &key, 5, StatusCode::OK).await;
+    // A refusal from another address is no use of any entry.
+    get_n(&gw, "127.0.0.9", &key, 2, StatusCode::FORBIDDEN).await;
+    let list = admin_until(&gw, &["ip", "list", &cred], |l| {
+        requests(l, "127.0.0.2") == 6
+    });
+    let used = entry(&list, "127.0.0.2");
+    assert!(
+        used["last_seen"].as_str().unwrap() > first_seen.as_str().unwrap(),
+        "last_seen did not move: {list:#}"
+    );
+    let never = entry(&list, "127.0.0.3");
+    assert_eq!(never["last_seen"], Value::Null);
+    assert_eq!(never["requests"], 0);
+
+    // The table for people says the same.
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&gw.config)
+        .args(["ip", "list", &cred])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("ID\tIP\tSTATUS\tCREATED\tUPDATED\tLAST_SEEN\tREQUESTS"));
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("127.0.0.3") && l.ends_with("\t-\t0")),
+        "{table}"
+    );
+
+    // The owner sees the same through the management API, on bunq's object plus two
+    // fields; the call itself is one more use of .2.
+    let listed = gw.admin(&["credential", "list", "--user", &user.to_string()]);
+    assert_eq!(listed[0]["mode"], "enforce");
+    let paths = ApiPaths {
+        user,
+        cred: cred_id,
+    };
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::GET,
+            &paths.ips(),
+            &[(KEY_HEADER, &key)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let text = r.text();
+    assert!(text.contains("\"last_seen\""), "{text}");
+    assert!(text.contains("\"requests\":6"), "{text}");
+    admin_until(&gw, &["ip", "list", &cred], |l| {
+        requests(l, "127.0.0.2") == 7
+    });
+}
+
+#[tokio::test]
+async fn a_valid_key_from_elsewhere_is_reported_and_the_report_is_bounded() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(&upstream));
+    gw.wait_ready().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let (_, other, other_key) = gw.registered_key(&["127.0.0.3"]).await;
+
+    get_n(&gw, "127.0.0.5", &key, 3, StatusCode::FORBIDDEN).await;
+    // An unknown key belongs to no one, wherever it comes from.
+    get_n(&gw, "127.0.0.6", "ipg_unknown", 2, StatusCode::FORBIDDEN).await;
+    // The other credential's own address is no refusal of the first one.
+    get_n(&gw, "127.0.0.3", &other_key, 1, StatusCode::OK).await;
+
+    let mine = ["report", "refused", "--credential", &cred.to_string()];
+    let report = admin_until(&gw, &mine, |r| {
+        r["addresses"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let addresses = report["addresses"].as_array().unwrap();
+    assert_eq!(addresses.len(), 1, "{report:#}");
+    assert_eq!(addresses[0]["ip"], "127.0.0.5");
+    assert_eq!(addresses[0]["requests"], 3);
+    assert_eq!(addresses[0]["user_id"], user);
+    assert!(addresses[0]["first_seen"].is_string());
+    assert_eq!(report["truncated"], serde_json::json!([]));
+    let everyone = gw.admin(&["report", "refused"]);
+    let text = everyone.to_string();
+    assert!(
+        !text.contains("127.0.0.6"),
+        "unknown key attributed: {text}"
+    );
+    assert!(!text.contains("127.0.0.3"), "{text}");
+    let theirs = gw.admin(&["report", "refused", "--credential", &other.to_string()]);
+    assert_eq!(theirs["addresses"], serde_json::json!([]));
+
+    // An attacker rotating through 300 addresses fills the report to its bound and no
+    // further, and the report says what it let go.
+    for n in 0..300u32 {
+        let from = format!("127.0.{}.{}", 10 + n / 200, 1 + n % 200);
+        let r = gw.get(ip(&from), "/data", Some(&key)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+    let report = admin_until(&gw, &mine, |r| {
+        r["truncated"]
+            .as_array()
+            .is_some_and(|t| t.first().is_some_and(|t| t["dropped"] == 301 - 256))
+    });
+    assert_eq!(report["addresses"].as_array().unwrap().len(), 256);
+    assert_eq!(report["kept_per_credential"], 256);
+    // The most recent are the ones kept: the first address is gone.
+    assert!(!report.to_string().contains("\"127.0.0.5\""));
+
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&gw.config)
+        .args(mine)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("CREDENTIAL\tUSER\tIP\tREQUESTS\tFIRST_SEEN\tLAST_SEEN"));
+    assert!(table.contains("45 older ones were let go"), "{table}");
+}
+
+#[tokio::test]
+async fn unused_entries_and_a_suggested_list() {
+    let upstream = Upstream::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let db = store.path().join("ipgate.db");
+    let gw = Gateway::start(
+        &settings(&upstream).set("store.url", &format!("\"sqlite://{}\"", db.display())),
+    );
+    gw.wait_ready().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2", "127.0.0.3"]).await;
+    // Registered, and never used since.
+    let (_, idle, idle_key) = gw.new_key();
+    let body = serde_json::json!({"description": "idle", "secret": idle_key, "permitted_ips": ["127.0.0.4"]});
+    let r = gw.register_device(ip("127.0.0.4"), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    age_store(&db, 40);
+
+    get_n(&gw, "127.0.0.2", &key, 4, StatusCode::OK).await;
+    get_n(&gw, "127.0.0.7", &key, 2, StatusCode::FORBIDDEN).await;
+    let cred_s = cred.to_string();
+    admin_until(&gw, &["ip", "list", &cred_s], |l| {
+        requests(l, "127.0.0.2") == 5
+    });
+
+    let report = gw.admin(&["report", "unused"]);
+    assert_eq!(report["days"], 30);
+    let entries: Vec<(u64, &str, &Value)> = report["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["credential_id"].as_u64().unwrap(),
+                e["ip"].as_str().unwrap(),
+                &e["last_seen"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            (cred, "127.0.0.3", &Value::Null),
+            (idle, "127.0.0.4", &Value::Null)
+        ],
+        "{report:#}"
+    );
+    let credentials: Vec<u64> = report["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["credential_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(credentials, vec![idle], "{report:#}");
+
+    // Per user, and over a shorter window: a key still pending is no credential in use.
+    gw.key_for(user);
+    let scoped = gw.admin(&[
+        "report",
+        "unused",
+        "--days",
+        "1",
+        "--user",
+        &user.to_string(),
+    ]);
+    assert_eq!(scoped["days"], 1);
+    assert_eq!(scoped["entries"].as_array().unwrap().len(), 1, "{scoped:#}");
+    assert_eq!(scoped["credentials"], serde_json::json!([]), "{scoped:#}");
+    assert!(!gw
+        .admin_raw(&["report", "unused", "--days", "0"])
+        .status
+        .success());
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&gw.config)
+        .args(["report", "unused"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.starts_with("ACTIVE entries with no allowed request in 30 days:"),
+        "{table}"
+    );
+
+    let suggested = gw.admin(&["report", "suggest", &cred_s]);
+    let rows: Vec<(&str, u64, u64, &Value)> = suggested
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["ip"].as_str().unwrap(),
+                s["allowed"].as_u64().unwrap(),
+                s["refused"].as_u64().unwrap(),
+                &s["listed"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("127.0.0.2", 5, 0, &Value::from("ACTIVE")),
+            ("127.0.0.7", 0, 2, &Value::Null),
+        ],
+        "{suggested:#}"
+    );
+    let missing = gw.admin_raw(&["report", "suggest", "999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stdout).contains("not_found"));
+}
+
+#[tokio::test]
+async fn shadow_mode_forwards_marks_and_counts_but_never_admits_a_bad_key() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(&upstream));
+    gw.wait_ready().await;
+    let (user, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let cred_s = cred.to_string();
+    get_n(&gw, "127.0.0.5", &key, 1, StatusCode::FORBIDDEN).await;
+
+    let c = gw.admin(&["credential", "mode", &cred_s, "shadow"]);
+    assert_eq!(c["mode"], "shadow");
+    gw.wait_for_status(ip("127.0.0.5"), &key, StatusCode::OK)
+        .await;
+    let leaked = gw.metric("ipgate_key_from_unlisted_ip_total").await;
+    let r = gw
+        .send(
+            ip("127.0.0.5"),
+            Method::GET,
+            "/data",
+            &[(KEY_HEADER, &key), ("x-ipgate-enforcement", "enforce")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.echoed("x-ipgate-enforcement"),
+        Some(vec!["shadow".into()])
+    );
+    assert_eq!(
+        r.echoed("x-ipgate-credential-id"),
+        Some(vec![cred_s.clone()])
+    );
+    // From a listed address nothing is marked, whatever the client claims.
+    let r = gw
+        .send(
+            ip("127.0.0.2"),
+            Method::GET,
+            "/data",
+            &[(KEY_HEADER, &key), ("x-ipgate-enforcement", "shadow")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.echoed("x-ipgate-enforcement"), None);
+
+    let shadowed = "ipgate_requests_total{decision=\"shadow\",reason=\"ip_not_active\"}";
+    gw.wait_metric(shadowed, 2.0).await;
+    assert_eq!(
+        gw.metric("ipgate_key_from_unlisted_ip_total").await,
+        leaked,
+        "a shadowed request is no leaked-key refusal"
+    );
+    gw.wait_log("\"decision\":\"shadow\"").await;
+    let line = gw
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("\"decision\":\"shadow\""))
+        .unwrap();
+    assert!(line.contains("\"reason\":\"ip_not_active\""), "{line}");
+    assert!(
+        line.contains(&format!("\"credential_id\":{cred}")),
+        "{line}"
+    );
+
+    // Shadow mode does not open the management API.
+    let paths = ApiPaths { user, cred };
+    let r = gw
+        .send(
+            ip("127.0.0.5"),
+            Method::GET,
+            &paths.ips(),
+            &[(KEY_HEADER, &key)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Shown, and audited.
+    let list = gw.admin(&["credential", "list", "--user", &user.to_string()]);
+    assert_eq!(list[0]["mode"], "shadow");
+    let audit = gw.admin(&["audit", "--credential", &cred_s]);
+    let change = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "credential.mode")
+        .unwrap_or_else(|| panic!("mode change not audited: {audit:#}"));
+    assert!(change["before"].to_string().contains("enforce"), "{change}");
+    assert!(change["after"].to_string().contains("shadow"), "{change}");
+    assert!(change["actor"].as_str().unwrap().starts_with("admin"));
+    // The suggested list has the shadowed address, refused by the list's measure.
+    let suggested = admin_until(&gw, &["report", "suggest", &cred_s], |s| {
+        s.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["ip"] == "127.0.0.5" && s["refused"].as_u64() >= Some(3))
+    });
+    assert!(suggested.to_string().contains("127.0.0.2"));
+
+    // Unknown and pending keys are refused as ever.
+    get_n(&gw, "127.0.0.5", "ipg_unknown", 1, StatusCode::FORBIDDEN).await;
+    let (pending, pending_key) = gw.key_for(user);
+    gw.admin(&["credential", "mode", &pending.to_string(), "shadow"]);
+    get_n(&gw, "127.0.0.5", &pending_key, 1, StatusCode::FORBIDDEN).await;
+
+    // Back to enforce: refused again.
+    gw.admin(&["credential", "mode", &cred_s, "enforce"]);
+    gw.wait_for_status(ip("127.0.0.5"), &key, StatusCode::FORBIDDEN)
+        .await;
+    gw.admin(&["credential", "mode", &cred_s, "shadow"]);
+    gw.wait_for_status(ip("127.0.0.5"), &key, StatusCode::OK)
+        .await;
+    // A revoked key is refused in shadow mode too, from everywhere.
+    gw.admin(&["credential", "revoke", &cred_s]);
+    gw.wait_for_status(ip("127.0.0.5"), &key, StatusCode::FORBIDDEN)
+        .await;
+    get_n(&gw, "127.0.0.2", &key, 1, StatusCode::FORBIDDEN).await;
+    let bad = gw.admin_raw(&["credential", "mode", &cred_s, "relaxed"]);
+    assert!(!bad.status.success());
+}
+
+#[tokio::test]
+async fn usage_survives_a_restart_and_a_graceful_stop_flushes_it() {
+    let upstream = Upstream::start().await;
+    let store = tempfile::tempdir().unwrap();
+    let settings = Settings::new(&upstream.url())
+        .set(
+            "store.url",
+            &format!("\"sqlite://{}\"", store.path().join("ipgate.db").display()),
+        )
+        // Only the stop flushes.
+        .set("insight.flush_interval", "\"1h\"");
+    let mut gw = Gateway::start(&settings);
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let cred = cred.to_string();
+    get_n(&gw, "127.0.0.2", &key, 4, StatusCode::OK).await;
+    get_n(&gw, "127.0.0.8", &key, 1, StatusCode::FORBIDDEN).await;
+    assert_eq!(requests(&gw.admin(&["ip", "list", &cred]), "127.0.0.2"), 0);
+    signal(gw.pid(), "TERM");
+    assert!(gw.wait_exit().success());
+    let list = gw.admin(&["ip", "list", &cred]);
+    assert_eq!(requests(&list, "127.0.0.2"), 5, "{list:#}");
+    let refused = gw.admin(&["report", "refused", "--credential", &cred]);
+    assert_eq!(refused["addresses"][0]["ip"], "127.0.0.8");
+
+    // A second life adds to the first.
+    let mut gw = Gateway::start(&settings);
+    gw.wait_ready().await;
+    get_n(&gw, "127.0.0.2", &key, 2, StatusCode::OK).await;
+    signal(gw.pid(), "TERM");
+    assert!(gw.wait_exit().success());
+    let list = gw.admin(&["ip", "list", &cred]);
+    assert_eq!(requests(&list, "127.0.0.2"), 7, "{list:#}");
+}
+
+#[tokio::test]
+async fn recording_off_records_nothing() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(&upstream).set("insight.record_usage", "false"));
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let cred = cred.to_string();
+    get_n(&gw, "127.0.0.2", &key, 3, StatusCode::OK).await;
+    get_n(&gw, "127.0.0.5", &key, 1, StatusCode::FORBIDDEN).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(requests(&gw.admin(&["ip", "list", &cred]), "127.0.0.2"), 0);
+    let refused = gw.admin(&["report", "refused"]);
+    assert_eq!(refused["addresses"], serde_json::json!([]));
+}

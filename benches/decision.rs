@@ -26,7 +26,7 @@
 
 mod fixture;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipgate::acl::{
     decide, CredentialState, Decision, DigestHasher, KeyHash, Reason, Snapshot, SnapshotCell,
@@ -514,4 +514,52 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2));
     targets = benches
 }
-criterion_main!(decision);
+/// `IPGATE_BENCH_LOOP=VARIANT:CASE:N`: runs one variant N times at 10 credentials and
+/// exits, for counting instructions under callgrind (timings on a shared machine
+/// drift; instruction counts repeat). VARIANT is `gatekeeper`, `recording` or
+/// `recording_off`; CASE `allowed` or `refused_ip`. The cost per check is the
+/// difference between two counts divided by the difference in N:
+///
+/// ```text
+/// cargo bench --bench decision --no-run
+/// for n in 10000 110000; do IPGATE_BENCH_LOOP=recording:allowed:$n valgrind --tool=callgrind \
+///   --callgrind-out-file=/dev/null target/release/deps/decision-* 2>&1 | grep refs; done
+/// ```
+fn instruction_loop(spec: &str) {
+    let mut parts = spec.split(':');
+    let (variant, case, n) = (parts.next(), parts.next(), parts.next());
+    let n: u64 = n
+        .and_then(|n| n.parse().ok())
+        .expect("IPGATE_BENCH_LOOP=VARIANT:CASE:N");
+    let case = Case::ALL
+        .into_iter()
+        .find(|c| Some(c.name()) == case)
+        .expect("CASE: allowed or refused_ip");
+    let w = world(10, 1);
+    let recorder = match variant {
+        Some("gatekeeper") => None,
+        Some("recording") => Some(Recorder::new(true)),
+        Some("recording_off") => Some(Recorder::new(false)),
+        other => panic!("unknown variant {other:?}"),
+    };
+    let mut check = rotate(&w.probes, |p| {
+        let ip = Some(case.ip(p));
+        let d = w.gate.check(black_box(&p.headers), black_box(ip));
+        if let Some(r) = &recorder {
+            r.note(d, ip);
+        }
+        d
+    });
+    for _ in 0..n {
+        black_box(check());
+    }
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("IPGATE_BENCH_LOOP") {
+        instruction_loop(&spec);
+        return;
+    }
+    decision();
+    Criterion::default().configure_from_args().final_summary();
+}

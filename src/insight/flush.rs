@@ -12,6 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long a flush gives the workers to hand their counts over.
+const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
+
 /// Sightings kept for a store that is down, at most.
 const MAX_PENDING: usize = 200_000;
 
@@ -51,6 +54,9 @@ pub async fn flush(
     metrics: &Metrics,
     pending: &mut UsageBatch,
 ) {
+    recorder.ask();
+    // Busy workers hand over with their next request, idle ones did when they parked.
+    tokio::time::sleep(HAND_OVER_WAIT).await;
     let dropped = recorder.take_dropped();
     let batch = combine(std::mem::take(pending), recorder.drain());
     if batch.is_empty() {

@@ -1,19 +1,19 @@
 //! What each credential is used from, counted off the hot path's back.
 //!
-//! The hot path calls [`Recorder::allowed`] or [`Recorder::refused`]: a thread-local
-//! lookup, an uncontended lock (only the flusher ever takes it from another thread,
-//! once a minute) and a map update. No lock is shared between workers and nothing is
-//! allocated per request once an address has been seen. [`flush`] drains the counts
-//! into the store in batches; the store adds up every gateway's.
+//! The hot path calls [`Recorder::note`] with its decision: a thread-local lookup and
+//! a map update, with no lock, nothing shared written and nothing allocated once an
+//! address has been seen. Workers hand their counts over when a flush asks (with their
+//! next request) and whenever they go idle; [`flush`] writes them to the store in
+//! batches, and the store adds up every gateway's.
 //!
 //! Memory is bounded: each worker keeps at most [`MAX_PER_WORKER`] addresses between
-//! flushes (an attacker rotating addresses with a stolen key fills it, then further
-//! sightings are counted as dropped), and the store keeps the 256 most recent refused
-//! addresses per credential.
+//! hand-overs and the flusher's outbox at most [`MAX_WAITING`] (an attacker rotating
+//! addresses with a stolen key fills them, then further sightings are counted as
+//! dropped), and the store keeps the 256 most recent refused addresses per credential.
 
 pub mod flush;
 
-use crate::acl::{normalize, Decision, Reason};
+use crate::acl::{Decision, Reason};
 use crate::store::{Sighting, Timestamp, UsageBatch};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,11 +21,33 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Addresses (allowed and refused together) a worker holds between two flushes.
+/// Addresses (allowed and refused together) a worker holds between two hand-overs.
 pub const MAX_PER_WORKER: usize = 100_000;
 
-/// One credential and one address.
-type Key = (u64, IpAddr);
+/// Addresses handed over and not yet flushed, at most.
+pub const MAX_WAITING: usize = 200_000;
+
+/// One credential and one address, the address as one integer: IPv6, with IPv4 in its
+/// IPv4-mapped form (so `::ffff:a.b.c.d` and `a.b.c.d` are one address for free).
+type Key = (u64, u128);
+
+#[inline]
+fn key(credential: u64, ip: IpAddr) -> Key {
+    let bits = match ip {
+        IpAddr::V4(v4) => (0xffff << 32) | u128::from(v4.to_bits()),
+        IpAddr::V6(v6) => v6.to_bits(),
+    };
+    (credential, bits)
+}
+
+fn address(bits: u128) -> IpAddr {
+    std::net::Ipv6Addr::from(bits).to_canonical()
+}
+
+/// Seeded per process: the addresses are the client's choice, so the hash must not be
+/// predictable (the maps are bounded besides). foldhash costs a few nanoseconds where
+/// std's SipHash cost about twenty, a tenth of the whole decision.
+type Map = HashMap<Key, Seen, foldhash::fast::RandomState>;
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -40,37 +62,119 @@ struct Seen {
     last: i64,
 }
 
-/// One worker's counts since the last flush.
+impl Seen {
+    fn add(&mut self, other: Seen) {
+        self.requests += other.requests;
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+}
+
+/// Counts since the last hand-over.
 #[derive(Default)]
 struct Tally {
-    allowed: HashMap<Key, Seen>,
-    refused: HashMap<Key, Seen>,
+    allowed: Map,
+    refused: Map,
 }
 
 impl Tally {
     fn len(&self) -> usize {
         self.allowed.len() + self.refused.len()
     }
+
+    /// Adds `from` into this one, up to `max` addresses (returns how many sightings
+    /// did not fit), and empties it, keeping its capacity: a worker's tally does not
+    /// allocate again for the addresses it sees every minute.
+    fn absorb(&mut self, from: &mut Tally, max: usize) -> u64 {
+        let mut room = max.saturating_sub(self.len());
+        let mut lost = 0;
+        for (into, from) in [
+            (&mut self.allowed, &mut from.allowed),
+            (&mut self.refused, &mut from.refused),
+        ] {
+            for (key, seen) in from.drain() {
+                if let Some(s) = into.get_mut(&key) {
+                    s.add(seen);
+                } else if room > 0 {
+                    room -= 1;
+                    into.insert(key, seen);
+                } else {
+                    lost += seen.requests;
+                }
+            }
+        }
+        lost
+    }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// This thread's tally for each recorder it has recorded for (one, but for tests
-    /// that run several gateways in one process).
-    static TALLIES: RefCell<Vec<(u64, Arc<Mutex<Tally>>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Counts requests per credential and address on the threads that serve them.
-pub struct Recorder {
-    id: u64,
-    enabled: bool,
+/// What the workers share with the flusher; no worker touches it per request.
+struct Shared {
+    /// Advanced by the flusher to ask every worker for its counts.
+    epoch: AtomicU64,
+    /// Counts handed over by the workers, waiting for the flusher.
+    outbox: Mutex<Tally>,
     /// Unix microseconds, refreshed every second by the flusher: the hot path reads an
     /// atomic instead of the clock.
     now: AtomicI64,
-    /// Every thread's tally, for the flusher.
-    tallies: Mutex<Vec<Arc<Mutex<Tally>>>>,
     dropped: AtomicU64,
+}
+
+impl Shared {
+    fn receive(&self, tally: &mut Tally) {
+        if tally.len() > 0 {
+            let lost = self
+                .outbox
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .absorb(tally, MAX_WAITING);
+            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One thread's counts for one recorder.
+struct Local {
+    shared: Arc<Shared>,
+    /// The last epoch this thread handed over for.
+    epoch: u64,
+    tally: Tally,
+}
+
+impl Drop for Local {
+    /// A thread that ends hands over what it counted.
+    fn drop(&mut self) {
+        self.shared.receive(&mut self.tally);
+    }
+}
+
+thread_local! {
+    /// This thread's tally for each recorder it has counted for (one, but for tests
+    /// that run several gateways in one process).
+    static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hands this thread's counts over to the flusher. The runtime calls it whenever a
+/// worker goes idle (`on_thread_park`), so the counts of a quiet worker are never
+/// stuck on it; a busy worker hands over at its next request after a flush asked.
+pub fn hand_over() {
+    let _ = LOCALS.try_with(|cell| {
+        if let Ok(mut locals) = cell.try_borrow_mut() {
+            for local in locals.iter_mut() {
+                local.shared.receive(&mut local.tally);
+            }
+        }
+    });
+}
+
+/// Counts requests per credential and address on the threads that serve them.
+///
+/// Per request: a thread-local lookup and a map update, nothing shared written, no
+/// lock, no allocation once an address has been seen. The flusher asks for the counts
+/// (an epoch); each worker hands its tally over with its next request, or when it goes
+/// idle, under a lock taken once per worker per flush.
+pub struct Recorder {
+    enabled: bool,
+    shared: Arc<Shared>,
 }
 
 impl Recorder {
@@ -78,11 +182,13 @@ impl Recorder {
     /// recording costs).
     pub fn new(enabled: bool) -> Self {
         Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             enabled,
-            now: AtomicI64::new(Timestamp::now().0),
-            tallies: Mutex::new(Vec::new()),
-            dropped: AtomicU64::new(0),
+            shared: Arc::new(Shared {
+                epoch: AtomicU64::new(0),
+                outbox: Mutex::new(Tally::default()),
+                now: AtomicI64::new(Timestamp::now().0),
+                dropped: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -125,105 +231,188 @@ impl Recorder {
     }
 
     fn count(&self, kind: Kind, credential: u64, ip: IpAddr) {
-        let now = self.now.load(Ordering::Relaxed);
-        let key = (credential, normalize(ip));
-        self.with_tally(|tally| {
-            let full = tally.len() >= MAX_PER_WORKER;
+        let now = self.shared.now.load(Ordering::Relaxed);
+        let key = key(credential, ip);
+        let _ = LOCALS.try_with(|cell| {
+            let Ok(mut locals) = cell.try_borrow_mut() else {
+                return;
+            };
+            let local = match locals
+                .iter()
+                .position(|l| Arc::ptr_eq(&l.shared, &self.shared))
+            {
+                Some(i) => &mut locals[i],
+                None => self.first_on_this_thread(&mut locals),
+            };
+            let epoch = self.shared.epoch.load(Ordering::Relaxed);
+            if epoch != local.epoch {
+                local.epoch = epoch;
+                local.shared.receive(&mut local.tally);
+            }
+            let full = local.tally.len() >= MAX_PER_WORKER;
             let map = match kind {
-                Kind::Allowed => &mut tally.allowed,
-                Kind::Refused => &mut tally.refused,
+                Kind::Allowed => &mut local.tally.allowed,
+                Kind::Refused => &mut local.tally.refused,
             };
             if let Some(seen) = map.get_mut(&key) {
                 seen.requests += 1;
                 seen.last = now;
             } else if full {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                map.insert(
-                    key,
-                    Seen {
-                        requests: 1,
-                        first: now,
-                        last: now,
-                    },
-                );
+                first_sighting(map, key, now);
             }
         });
     }
 
-    /// Runs `f` on this thread's tally, making one on first use.
-    fn with_tally(&self, f: impl FnOnce(&mut Tally)) {
-        TALLIES.with(|cell| {
-            let mut mine = cell.borrow_mut();
-            let tally = match mine.iter().find(|(id, _)| *id == self.id) {
-                Some((_, t)) => Arc::clone(t),
-                None => {
-                    let t = Arc::new(Mutex::new(Tally::default()));
-                    self.tallies
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(Arc::clone(&t));
-                    mine.push((self.id, Arc::clone(&t)));
-                    t
-                }
-            };
-            drop(mine);
-            let mut guard = tally.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard);
+    /// This thread's tally for this recorder, made on its first count here.
+    #[cold]
+    fn first_on_this_thread<'l>(&self, locals: &'l mut Vec<Local>) -> &'l mut Local {
+        // Tallies of recorders that are gone (only the thread holds them still) are
+        // handed over to no one: let them go.
+        locals.retain(|l| Arc::strong_count(&l.shared) > 1);
+        locals.push(Local {
+            shared: Arc::clone(&self.shared),
+            epoch: self.shared.epoch.load(Ordering::Acquire),
+            tally: Tally::default(),
         });
+        locals.last_mut().expect("just pushed")
     }
 
     /// Moves the clock the hot path stamps sightings with.
     pub fn tick(&self) {
-        self.now.store(Timestamp::now().0, Ordering::Relaxed);
+        self.shared.now.store(Timestamp::now().0, Ordering::Relaxed);
+    }
+
+    /// Asks every worker for its counts: each hands them over with its next request,
+    /// or at once if idle (it did when it parked). This thread hands over now.
+    pub fn ask(&self) {
+        self.shared.epoch.fetch_add(1, Ordering::Release);
+        hand_over();
     }
 
     /// Sightings not kept because a worker's tally was full, since the last call.
     pub fn take_dropped(&self) -> u64 {
-        self.dropped.swap(0, Ordering::Relaxed)
+        self.shared.dropped.swap(0, Ordering::Relaxed)
     }
 
-    /// Takes every worker's counts, merged, leaving them empty.
+    /// Takes the counts handed over so far (and this thread's), leaving them empty.
     pub fn drain(&self) -> UsageBatch {
-        let tallies: Vec<Arc<Mutex<Tally>>> = self
-            .tallies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut allowed: HashMap<Key, Seen> = HashMap::new();
-        let mut refused: HashMap<Key, Seen> = HashMap::new();
-        for tally in tallies {
-            let taken = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
-            merge(&mut allowed, taken.allowed);
-            merge(&mut refused, taken.refused);
-        }
+        hand_over();
+        let taken =
+            std::mem::take(&mut *self.shared.outbox.lock().unwrap_or_else(|p| p.into_inner()));
         UsageBatch {
-            allowed: sightings(allowed),
-            refused: sightings(refused),
+            allowed: sightings(taken.allowed),
+            refused: sightings(taken.refused),
         }
     }
 }
 
-fn merge(into: &mut HashMap<Key, Seen>, from: HashMap<Key, Seen>) {
-    for (key, seen) in from {
-        into.entry(key)
-            .and_modify(|s| {
-                s.requests += seen.requests;
-                s.first = s.first.min(seen.first);
-                s.last = s.last.max(seen.last);
-            })
-            .or_insert(seen);
-    }
+/// An address not seen since the last hand-over: out of line, the hot path is a hit.
+#[cold]
+fn first_sighting(map: &mut Map, key: Key, now: i64) {
+    map.insert(
+        key,
+        Seen {
+            requests: 1,
+            first: now,
+            last: now,
+        },
+    );
 }
 
-fn sightings(map: HashMap<Key, Seen>) -> Vec<Sighting> {
+fn sightings(map: Map) -> Vec<Sighting> {
     map.into_iter()
         .map(|((credential_id, ip), s)| Sighting {
             credential_id,
-            ip,
+            ip: address(ip),
             requests: s.requests,
             first_seen: Timestamp(s.first),
             last_seen: Timestamp(s.last),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn ip() -> IpAddr {
+        "10.0.0.1".parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_are_one_integer_and_come_back_as_they_were() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(key(1, v4), key(1, mapped));
+        assert_ne!(key(1, v4), key(2, v4));
+        assert_eq!(address(key(1, mapped).1), v4);
+        assert_eq!(address(key(1, v6).1), v6);
+        assert_eq!(address(key(1, "::1".parse().unwrap()).1).to_string(), "::1");
+    }
+
+    fn allowed(r: &Recorder) -> u64 {
+        r.drain().allowed.iter().map(|s| s.requests).sum()
+    }
+
+    #[test]
+    fn workers_hand_over_when_asked_when_idle_and_when_they_end() {
+        let r = Arc::new(Recorder::new(true));
+        let (go, wait) = mpsc::channel::<&str>();
+        let (done, finished) = mpsc::channel();
+        let worker = {
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || {
+                for step in wait {
+                    match step {
+                        "count" => r.allowed(1, ip()),
+                        "park" => hand_over(),
+                        _ => return,
+                    }
+                    done.send(()).unwrap();
+                }
+            })
+        };
+        let step = |s| {
+            go.send(s).unwrap();
+            finished.recv().unwrap();
+        };
+        step("count");
+        assert_eq!(allowed(&r), 0, "a busy worker keeps its counts until asked");
+        r.ask();
+        step("count");
+        assert_eq!(
+            allowed(&r),
+            1,
+            "handed over with the next request after the ask"
+        );
+        step("park");
+        assert_eq!(allowed(&r), 1, "an idle worker hands over");
+        step("count");
+        go.send("end").unwrap();
+        worker.join().unwrap();
+        assert_eq!(allowed(&r), 1, "a thread that ends hands over");
+    }
+
+    #[test]
+    fn the_outbox_is_bounded() {
+        let r = Recorder::new(true);
+        let mut big = Tally::default();
+        for i in 0..(MAX_WAITING as u64 + 10) {
+            big.refused.insert(
+                key(i, ip()),
+                Seen {
+                    requests: 2,
+                    first: 0,
+                    last: 0,
+                },
+            );
+        }
+        r.shared.receive(&mut big);
+        assert_eq!(r.take_dropped(), 20);
+        assert_eq!(r.drain().refused.len(), MAX_WAITING);
+    }
 }

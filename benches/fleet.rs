@@ -21,7 +21,7 @@ mod pg;
 
 use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
 use ipgate::config::{Config, StoreConfig};
-use ipgate::metrics::Metrics;
+use ipgate::metrics::{Metrics, RefreshResult};
 use ipgate::refresh::{Refresher, MIN_HINT_SPACING};
 use ipgate::store::{self, Actor, Change, IpStatus, NewCredential, Store, Target, Timestamp};
 use pg::Postgres;
@@ -626,7 +626,11 @@ async fn cpu(pg: &Postgres) {
 }
 
 /// Writes/s through one real gateway's API, 8 clients, with no other gateway, and with
-/// 100 pollers attached polling only and with notify.
+/// 100 pollers attached polling only and with notify. Each client flips the status of
+/// one of its credential's four spare entries per write, so a credential's list keeps
+/// its size: adding an entry per write instead grew each list to hundreds of entries,
+/// and every write re-reads its credential's whole list, so that measured list length
+/// rather than the write path.
 async fn writes(pg: &Postgres) {
     for (pollers, notify) in [(0, false), (100, false), (100, true)] {
         writes_with(pg, pollers, notify).await;
@@ -646,7 +650,6 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"http://127.0.0.1:9\"\n[store]\nurl = \"{}\"\npool_size = 8\n\
-             [limits]\nmax_ips_per_credential = 1000\n\
              [log]\nformat = \"json\"\nlevel = \"warn,ipgate=info,ipgate::access=warn\"\n",
             pg.url(&db)
         ),
@@ -676,7 +679,8 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
         let key = created["key"].as_str().unwrap().to_owned();
         let cred = created["credential_id"].as_u64().unwrap();
         let body = format!(
-            "{{\"description\":\"w{c}\",\"secret\":\"{key}\",\"permitted_ips\":[\"127.0.0.2\"]}}"
+            "{{\"description\":\"w{c}\",\"secret\":\"{key}\",\"permitted_ips\":[\"127.0.0.2\",\
+             \"10.{c}.0.1\",\"10.{c}.0.2\",\"10.{c}.0.3\",\"10.{c}.0.4\"]}}"
         );
         assert_eq!(
             http(
@@ -691,16 +695,28 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
             .0,
             200
         );
+        // The entries to flip: every one but the address the client calls from.
+        let listed = run(&["ip", "list", &cred.to_string()]);
+        let spare: Vec<u64> = listed
+            .as_array()
+            .or(listed["ips"].as_array())
+            .unwrap()
+            .iter()
+            .filter(|e| e["ip"] != "127.0.0.2")
+            .map(|e| e["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(spare.len(), 4);
         clients.push((
             format!("/v1/user/{user}/credential-password-ip/{cred}/ip"),
             key,
+            spare,
         ));
     }
     let window = Duration::from_secs(15);
     let cpu_ticks = pg_ticks(pg);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (c, (path, key)) in clients.into_iter().enumerate() {
+    for (path, key, spare) in clients {
         let public = gw.public;
         tasks.push(tokio::spawn(async move {
             let headers = [
@@ -709,13 +725,18 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
             ];
             let (mut ok, mut failed, mut n) = (0u64, 0u64, 0u64);
             while started.elapsed() < window {
-                let body = format!(
-                    "{{\"ip\":\"10.{c}.{}.{}\",\"status\":\"INACTIVE\"}}",
-                    n / 250,
-                    n % 250 + 1
-                );
+                // Each visit flips the entry (they start ACTIVE), so every write
+                // changes something and advances the store's version.
+                let entry = spare[n as usize % spare.len()];
+                let status = if (n / spare.len() as u64) % 2 == 0 {
+                    "INACTIVE"
+                } else {
+                    "ACTIVE"
+                };
+                let body = format!("{{\"status\":\"{status}\"}}");
                 n += 1;
-                match http(public, "127.0.0.2", "POST", &path, &headers, &body)
+                let entry_path = format!("{path}/{entry}");
+                match http(public, "127.0.0.2", "PUT", &entry_path, &headers, &body)
                     .await
                     .0
                 {
@@ -793,18 +814,17 @@ async fn million(pg: &Postgres) {
     refresher.refresh().await.unwrap();
     let (mut steps, mut applies) = (Vec::new(), Vec::new());
     for i in 0..200u64 {
+        // 200 different credentials, all filled without the wildcard: setting it is a
+        // real change every time (unsetting it would be a no-op and no new version).
         let id = 1 + (i * 4_999) % N;
-        s.change(
-            Target::Id(id),
-            Change::Wildcard(i % 2 == 0),
-            100,
-            &Actor::admin(),
-        )
-        .await
-        .unwrap();
+        s.change(Target::Id(id), Change::Wildcard(true), 100, &Actor::admin())
+            .await
+            .unwrap();
         let t = Instant::now();
-        refresher.refresh().await.unwrap();
+        let result = refresher.refresh().await.unwrap();
         steps.push(t.elapsed().as_secs_f64());
+        // A full load here would be timed as if it were one change.
+        assert_eq!(result, RefreshResult::Updated, "change {i} was not a delta");
         let snap = cell.load_full().unwrap();
         let key = KeyHash::of(&i.to_le_bytes());
         let c = one_credential(&snap);
@@ -868,10 +888,17 @@ fn fill(pg: &Postgres, db: &str, n: u64) {
             ips.display()
         ),
     );
+    // The version moves with its change-log row, as every real write does: a version
+    // without its row reads as a rewritten history, and the first poll after the load
+    // would be a full resync instead of a delta.
     pg.psql(
         db,
-        "SELECT setval('credentials_id_seq', (SELECT max(id) FROM credentials)); \
-         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; ANALYZE",
+        &format!(
+            "SELECT setval('credentials_id_seq', (SELECT max(id) FROM credentials)); \
+             UPDATE meta SET value = value + 1 WHERE name = 'change_version'; \
+             INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+             SELECT value, NULL, 1, {now} FROM meta WHERE name = 'change_version'; ANALYZE"
+        ),
     );
 }
 

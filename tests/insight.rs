@@ -139,6 +139,14 @@ async fn usage_is_counted_per_entry_and_shown_by_ip_list() {
     admin_until(&gw, &["ip", "list", &cred], |l| {
         requests(l, "127.0.0.2") == 7
     });
+
+    // The audit log keeps what was set, not how much it was used.
+    let added = gw.admin(&["ip", "add", &cred, "127.0.0.4"]);
+    assert_eq!(added["requests"], 0);
+    let audit = gw.admin(&["audit", "--credential", &cred]).to_string();
+    assert!(audit.contains("ip.add"), "{audit}");
+    assert!(!audit.contains("\"requests\""), "{audit}");
+    assert!(!audit.contains("\"last_seen\""), "{audit}");
 }
 
 #[tokio::test]

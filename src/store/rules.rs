@@ -270,12 +270,22 @@ pub fn audit_values(
             }
             (json(&before.credential), after_json)
         }
-        Change::AddIp { ip, .. } => (None, after.entry_by_ip(normalize(*ip)).and_then(json)),
+        Change::AddIp { ip, .. } => (None, after.entry_by_ip(normalize(*ip)).and_then(entry_json)),
         Change::SetIpStatus { item, .. } => (
-            before.entry(*item).and_then(json),
-            after.entry(*item).and_then(json),
+            before.entry(*item).and_then(entry_json),
+            after.entry(*item).and_then(entry_json),
         ),
     }
+}
+
+/// An entry as the audit log keeps it: what was set, not how much it was used.
+fn entry_json(entry: &PermittedIp) -> Option<Value> {
+    let mut v = json(entry)?;
+    if let Value::Object(m) = &mut v {
+        m.remove("last_seen");
+        m.remove("requests");
+    }
+    Some(v)
 }
 
 /// Who the audit log names for a change to credential `id`: a device registration is

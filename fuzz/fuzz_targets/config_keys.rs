@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-const KEYS: [(&str, &[&str]); 8] = [
+const KEYS: [(&str, &[&str]); 9] = [
     (
         "server",
         &[
@@ -26,9 +26,10 @@ const KEYS: [(&str, &[&str]); 8] = [
     ("auth", &["header", "registration_window", "forward_key"]),
     ("client_ip", &["trusted_proxies", "header"]),
     ("store", &["url"]),
-    ("refresh", &["interval", "max_staleness"]),
+    ("refresh", &["interval", "max_staleness", "notify"]),
     ("limits", &["max_ips_per_credential", "max_body_bytes"]),
     ("log", &["format", "level"]),
+    ("insight", &["record_usage", "flush_interval"]),
 ];
 
 /// Values that are near a boundary of some key's validation.

@@ -47,6 +47,7 @@ pub fn check_config(text: &str) {
                 ("auth.registration_window", c.auth.registration_window),
                 ("refresh.interval", c.refresh.interval),
                 ("refresh.max_staleness", c.refresh.max_staleness),
+                ("insight.flush_interval", c.insight.flush_interval),
             ] {
                 assert!(
                     Instant::now().checked_add(d).is_some(),

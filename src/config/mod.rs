@@ -363,4 +363,118 @@ mod tests {
             assert!(!e.contains("s3cret"), "{e}");
         }
     }
+
+    // The fuzz targets' properties (fuzz/src/lib.rs `check_config`), always on.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::time::Instant;
+
+        const KEYS: [(&str, &[&str]); 9] = [
+            (
+                "server",
+                &[
+                    "listen",
+                    "admin_listen",
+                    "workers",
+                    "shutdown_grace",
+                    "header_read_timeout",
+                    "proxy_protocol",
+                ],
+            ),
+            ("upstream", &["url", "connect_timeout", "timeout"]),
+            ("auth", &["header", "registration_window", "forward_key"]),
+            ("client_ip", &["trusted_proxies", "header"]),
+            ("store", &["url", "pool_size", "timeout", "keep_changes"]),
+            ("refresh", &["interval", "max_staleness", "notify"]),
+            ("limits", &["max_ips_per_credential", "max_body_bytes"]),
+            ("log", &["format", "level"]),
+            ("insight", &["record_usage", "flush_interval"]),
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            let text = prop_oneof![
+                prop::sample::select(vec![
+                    "0s",
+                    "1s",
+                    "4h",
+                    "1y",
+                    "101y",
+                    "18446744073709551615s",
+                    "127.0.0.1:0",
+                    "[::1]:80",
+                    "http://h:1",
+                    "ftp://x",
+                    "sqlite://x.db",
+                    "postgres://u:pw@h/db",
+                    "10.0.0.0/8",
+                    "::/0",
+                    "Authorization",
+                    "forwarded",
+                    "json",
+                    "info",
+                    "bad header",
+                    "",
+                ])
+                .prop_map(String::from),
+                "[ -~]{0,12}",
+            ];
+            prop_oneof![
+                text.clone().prop_map(|t| format!("{t:?}")),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                prop::collection::vec(text, 0..3).prop_map(|v| format!("{v:?}")),
+            ]
+        }
+
+        fn file() -> impl Strategy<Value = String> {
+            let setting = (0..KEYS.len(), any::<prop::sample::Index>(), value());
+            prop::collection::vec(setting, 0..8).prop_map(|settings| {
+                settings
+                    .into_iter()
+                    .map(|(s, k, v)| {
+                        let (section, keys) = KEYS[s];
+                        format!("[{section}]\n{} = {v}\n", k.get(keys))
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn accepted_values_are_usable_and_refusals_name_their_key(
+                text in prop_oneof![file(), "[ -~\n]{0,80}"]
+            ) {
+                match Config::parse(&text, Path::new("/nonexistent")) {
+                    Ok(c) => {
+                        prop_assert!(!c.refresh.interval.is_zero());
+                        prop_assert!(!c.insight.flush_interval.is_zero());
+                        prop_assert!(c.limits.max_ips_per_credential >= 1);
+                        prop_assert!(!c.server.proxy_protocol || !c.client_ip.trusted_proxies.is_empty());
+                        for d in [
+                            c.server.shutdown_grace,
+                            c.server.header_read_timeout,
+                            c.upstream.timeout,
+                            c.auth.registration_window,
+                            c.refresh.interval,
+                            c.insight.flush_interval,
+                        ] {
+                            prop_assert!(Instant::now().checked_add(d).is_some(), "{:?}", d);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(!e.0.is_empty());
+                        prop_assert!(e.0.iter().all(|p| !p.message.trim().is_empty()));
+                        if toml::de::DeTable::parse(&text).is_ok() {
+                            for p in &e.0 {
+                                prop_assert!(!p.key.is_empty(), "{:?}", p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

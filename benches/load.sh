@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark (issue 5, item 1): ipgate beside nginx's allow/deny and haproxy's `src`
-# ACL, all in front of ONE upstream, on loopback, with equal worker counts.
+# ACL, all in front of ONE upstream, on loopback, with equal worker counts, and beside
+# bare-hyper (issue 12), the floor: a minimal hyper proxy doing the same check
+# (benches/bare_hyper.rs), which shows how far ipgate is from what hyper allows.
 #
 #   benches/load.sh                                   # defaults below
 #   DURATION=2 ROUNDS=1 SIZES="10 10000" benches/load.sh
@@ -15,7 +17,13 @@
 #   IPS_PER_CREDENTIAL=3  addresses on each ipgate credential
 #   IPGATE_LOG_LEVEL=warn ipgate's [log] level; "info" adds its access log (a line per
 #                         request; nginx and haproxy run without access logs)
+#   IPGATE_REFUSALS_PER_SECOND=1000000000  ipgate's limits.refusals_per_second: the
+#                         limiter runs (its cost is in every refusal) at a limit one
+#                         client cannot reach; the default (100) would answer most of
+#                         a refused run 429, held a second, as it is meant to
 #   IPGATE_BIN=target/release/ipgate   built with `cargo build --release` if missing
+#   BARE_BIN              the floor; built with `cargo bench --bench bare_hyper --no-run`
+#                         when unset; BARE_BIN=none skips it
 #   SWAP_EVERY=0.1        seconds between the writes of accepted_swapping
 #   KEEP=0                1 keeps the work folder (configs, lists, logs, raw results)
 #
@@ -28,10 +36,12 @@
 #                holds 127.0.0.1 (last in nginx's file: nginx checks rules in order)
 #   refused_ip   ipgate: a known ACTIVE key whose list lacks 127.0.0.1 (wrk cannot bind
 #                another source address); nginx/haproxy: a list without 127.0.0.1
-#   unknown_key  ipgate only: a well-formed key that is not in the store
+#   unknown_key  ipgate and bare-hyper: a well-formed key that is not in the store
 #   accepted_swapping  ipgate only: "accepted" while the key holder flips one of its
 #                entries ACTIVE/INACTIVE through the management API every SWAP_EVERY
 #                seconds: each write publishes a new snapshot under the load
+# bare-hyper's accepted, refused_ip and unknown_key use keys of its own, as ipgate's:
+# its map holds SIZE keys (an allowed address set each), 127.0.0.1 on the accepted one.
 # CPU per request is user+sys of the target's processes (/proc/PID/stat) over a run,
 # divided by the requests it answered; for "direct" it is the upstream's.
 #
@@ -47,6 +57,7 @@ WORKERS=${WORKERS:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 IPS_PER_CREDENTIAL=${IPS_PER_CREDENTIAL:-3}
 IPGATE_LOG_LEVEL=${IPGATE_LOG_LEVEL:-warn}
+IPGATE_REFUSALS_PER_SECOND=${IPGATE_REFUSALS_PER_SECOND:-1000000000}
 SWAP_EVERY=${SWAP_EVERY:-0.1}
 KEEP=${KEEP:-0}
 KEY_HEADER="X-Bunq-Client-Authentication"
@@ -374,6 +385,9 @@ start_ipgate() { # SIZE
 		[store]
 		url = "sqlite://ipgate.db"
 
+		[limits]
+		refusals_per_second = $IPGATE_REFUSALS_PER_SECOND
+
 		[log]
 		level = "$IPGATE_LOG_LEVEL"
 	EOF
@@ -399,6 +413,34 @@ start_ipgate() { # SIZE
 print(next(e["PermittedIp"]["id"] for e in json.load(sys.stdin)["Response"]
            if e["PermittedIp"]["ip"] != "127.0.0.1"))') || die "cannot find an entry to flip"
 	IPGATE_FLIP_URL="${IPGATE_URL}v1/user/$user/credential-password-ip/$cred/ip/$item"
+}
+
+# The floor's executable: cargo prints where it put it.
+build_bare() {
+	note "building the floor (cargo bench --bench bare_hyper --no-run)"
+	BARE_BIN=$(cd "$ROOT" && cargo bench --bench bare_hyper --no-run --message-format=json |
+		python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "bare_hyper":
+        print(m["executable"])')
+	[[ -x $BARE_BIN ]] || die "no bare_hyper executable from cargo"
+}
+
+start_bare() { # SIZE
+	local size=$1 dir=$WORK/bare-$1 port
+	mkdir -p "$dir"
+	port=$(free_ports 1)
+	BARE_KEY_OK=$(new_key)
+	BARE_KEY_NOIP=$(new_key)
+	BARE_KEY_UNKNOWN=$(new_key)
+	LOG_TO=$dir/log
+	start "$BARE_BIN" "127.0.0.1:$port" "$UPSTREAM_ADDR" "$size" "$BARE_KEY_OK" "$BARE_KEY_NOIP"
+	BARE_PID=$LAST_PID
+	BARE_URL="http://127.0.0.1:$port/"
+	wait_status "$BARE_URL" 200 -H "$KEY_HEADER: $BARE_KEY_OK"
+	wait_status "$BARE_URL" 403 -H "$KEY_HEADER: $BARE_KEY_NOIP"
+	wait_status "$BARE_URL" 403 -H "$KEY_HEADER: $BARE_KEY_UNKNOWN"
 }
 
 # Flips the entry behind IPGATE_FLIP_URL INACTIVE and ACTIVE again, SWAP_EVERY apart,
@@ -455,6 +497,11 @@ round() { # SIZE ROUND
 		measure "$size" haproxy accepted "$r" ok "$HAPROXY_OK" "" "$HAPROXY_PID"
 		measure "$size" haproxy refused_ip "$r" refused "$HAPROXY_NO" "" "$HAPROXY_PID"
 	fi
+	if [[ -n ${BARE_PID:-} ]]; then
+		measure "$size" bare-hyper accepted "$r" ok "$BARE_URL" "$BARE_KEY_OK" "$BARE_PID"
+		measure "$size" bare-hyper refused_ip "$r" refused "$BARE_URL" "$BARE_KEY_NOIP" "$BARE_PID"
+		measure "$size" bare-hyper unknown_key "$r" refused "$BARE_URL" "$BARE_KEY_UNKNOWN" "$BARE_PID"
+	fi
 	measure "$size" ipgate accepted "$r" ok "$IPGATE_URL" "$IPGATE_KEY_OK" "$IPGATE_PID"
 	measure "$size" ipgate refused_ip "$r" refused "$IPGATE_URL" "$IPGATE_KEY_NOIP" "$IPGATE_PID"
 	measure "$size" ipgate unknown_key "$r" refused "$IPGATE_URL" "$IPGATE_KEY_UNKNOWN" "$IPGATE_PID"
@@ -480,13 +527,15 @@ tick_us = 1e6 / int(sys.argv[2])
 med = {k: statistics.median(r["rps"] for r in v) for k, v in rows.items()}
 def ratio(size, path, other):
     # unknown_key has no nginx/haproxy counterpart: compare with their refused path
+    if other != "direct" and (size, other, path) in med:
+        return (size, other, path)
     same = {"unknown_key": "refused_ip", "accepted_swapping": "accepted"}.get(path, path)
     key = (size, other, "accepted" if other == "direct" else same)
     return key if key in med else None
 head = ("target", "list", "path", "req/s", "±%", "p50 ms", "p99 ms", "cpu us/req",
-        "vs direct", "vs nginx", "vs haproxy", "check")
+        "vs direct", "vs nginx", "vs haproxy", "vs bare-hyper", "check")
 out = [head]
-order = {"direct": 0, "nginx": 1, "haproxy": 2, "ipgate": 3}
+order = {"direct": 0, "nginx": 1, "haproxy": 2, "bare-hyper": 3, "ipgate": 4}
 for (size, target, path) in sorted(rows, key=lambda k: (k[0], order[k[1]], k[2])):
     runs = rows[(size, target, path)]
     rps = med[(size, target, path)]
@@ -497,7 +546,7 @@ for (size, target, path) in sorted(rows, key=lambda k: (k[0], order[k[1]], k[2])
     sock = sum(r["sock"] for r in runs)
     check = "ok" if wrong == 0 and sock == 0 else f"{wrong} wrong, {sock} socket errors"
     cells = []
-    for other in ("direct", "nginx", "haproxy"):
+    for other in ("direct", "nginx", "haproxy", "bare-hyper"):
         k = ratio(size, path, other)
         cells.append(f"{rps / med[k]:.2f}" if k else "-")
     out.append((target, f"{size:,}" if target != "direct" else f"({size:,})", path, f"{rps:,.0f}",
@@ -529,6 +578,13 @@ main() {
 		note "building $IPGATE_BIN (cargo build --release)"
 		(cd "$ROOT" && cargo build --release)
 	fi
+	if [[ ${BARE_BIN:-} == none ]]; then
+		BARE_BIN=""
+		note "BARE_BIN=none: bare-hyper skipped"
+	else
+		[[ -n ${BARE_BIN:-} ]] || build_bare
+		per_round=$((per_round + 3))
+	fi
 
 	local measuring=$((n_sizes * ROUNDS * per_round * DURATION))
 	note "load.sh: $n_sizes list sizes x $ROUNDS rounds x $per_round runs x ${DURATION}s" \
@@ -551,15 +607,16 @@ main() {
 	note "upstream: $UPSTREAM_KIND at $UPSTREAM_URL"
 	for size in $SIZES; do
 		note "list size $size: starting targets"
-		NGINX_PID="" HAPROXY_PID=""
+		NGINX_PID="" HAPROXY_PID="" BARE_PID=""
 		if have nginx; then start_nginx "$size"; fi
 		if have haproxy; then start_haproxy "$size"; fi
+		if [[ -n $BARE_BIN ]]; then start_bare "$size"; fi
 		start_ipgate "$size"
 		for r in $(seq "$ROUNDS"); do
 			note "list size $size: round $r/$ROUNDS"
 			round "$size" "$r"
 		done
-		for pid in ${NGINX_PID:-} ${HAPROXY_PID:-} "$IPGATE_PID"; do stop_pid "$pid"; done
+		for pid in ${NGINX_PID:-} ${HAPROXY_PID:-} ${BARE_PID:-} "$IPGATE_PID"; do stop_pid "$pid"; done
 	done
 
 	printf '\nload.sh: wrk -t1 -c%s, %s s per run, %s rounds, %s worker(s) per target, ' \

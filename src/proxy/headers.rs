@@ -8,7 +8,7 @@
 use crate::acl::Identity;
 use crate::metrics::UpstreamError;
 use crate::request_id::X_REQUEST_ID;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
@@ -92,8 +92,12 @@ pub const CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
 
 /// Removes hop-by-hop headers, every header the `Connection` header names, and with
 /// `own` every `X-Ipgate-*` (only the gateway may set those). One pass over the names
-/// finds out whether there is anything to remove at all; for most messages there is
+/// finds out whether there is anything to remove at all; for most requests there is
 /// not, and hashing each candidate name for a `remove` cost more than the check.
+/// Most answers do carry one (`Connection: keep-alive` from nginx and others): the
+/// `Connection` lines are taken out whole and the names they list removed by their
+/// text, so that common case allocates nothing (no list of names, no new
+/// `HeaderName` for each listed one).
 pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
     // Hop-by-hop headers: RFC 9110 section 7.6.1, plus the common non-standard ones.
     // A match on the text compiles to a length switch and one compare; comparing
@@ -115,17 +119,20 @@ pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
     if !headers.keys().any(doomed) {
         return;
     }
-    let mut names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
-    names.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-    );
-    for name in names {
-        headers.remove(name);
+    if let Entry::Occupied(lines) = headers.entry(header::CONNECTION) {
+        let mut lines = lines.remove_entry_mult().1;
+        // Usually one line; a second and later ones are rare enough to be collected.
+        let first = lines.next();
+        let rest: Vec<HeaderValue> = lines.collect();
+        for line in first.iter().chain(&rest) {
+            for token in line.to_str().unwrap_or_default().split(',') {
+                // A token that is no valid header name names nothing here.
+                headers.remove(token.trim());
+            }
+        }
+    }
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -148,6 +155,24 @@ mod tests {
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert(header::TE, "trailers".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_headers(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_connection_line_counts_and_odd_tokens_name_nothing() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            "Keep-Alive, ,  X-Hop-One ".parse().unwrap(),
+        );
+        h.append(header::CONNECTION, "x-hop-two, not a name".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-hop-one", "1".parse().unwrap());
+        h.insert("x-hop-two", "1".parse().unwrap());
+        h.insert("proxy-connection", "close".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         strip_headers(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");

@@ -7,6 +7,11 @@
 //! sniffing has none), and every later head within it too (hyper's own timer, which
 //! also runs while a kept-alive connection waits for its next request, so an idle
 //! HTTP/1 connection is closed after that long).
+//!
+//! A connection known to speak HTTP/1 (TLS ALPN `http/1.1`, or first bytes that are
+//! not the HTTP/2 preface) is served by hyper's HTTP/1 server directly; the others by
+//! hyper-util's `auto`, which reads the first bytes itself and wraps the connection to
+//! give them back: a layer every later read and write of the connection goes through.
 
 use super::connections::{Admission, ConnectionTable, Seat};
 use super::proxy_protocol::read_header;
@@ -14,18 +19,21 @@ use super::{ClientConn, Door};
 use crate::acl::normalize;
 use crate::metrics::{ClientError, Metrics};
 use hyper::body::{Body, Frame, SizeHint};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -119,7 +127,13 @@ pub async fn serve<D: Door>(
         .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(30));
+    let mut http1_builder = http1::Builder::new();
+    http1_builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
+    let http1_builder = Arc::new(http1_builder);
     let graceful = GracefulShutdown::new();
     raise_open_file_limit(options.max_connections);
     let table = ConnectionTable::new(options.max_connections);
@@ -166,6 +180,7 @@ pub async fn serve<D: Door>(
             door: Arc::clone(&door),
             metrics: Arc::clone(&metrics),
             builder: Arc::clone(&builder),
+            http1: Arc::clone(&http1_builder),
         };
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
@@ -221,6 +236,60 @@ struct Client<D> {
     door: Arc<D>,
     metrics: Arc<Metrics>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The same HTTP/1 settings, for connections known to speak HTTP/1.
+    http1: Arc<http1::Builder>,
+}
+
+/// What a connection is known to speak before it is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Speaks {
+    /// HTTP/1 for sure: hyper's HTTP/1 server, no sniffing layer.
+    Http1,
+    /// HTTP/2, or not known yet: hyper-util's `auto` reads the first bytes and picks.
+    Unknown,
+}
+
+/// The first bytes of every HTTP/2 connection without TLS (prior knowledge).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes a client sent say. Anything that may still become the HTTP/2
+/// preface (nothing yet, or a prefix of it) is left to `auto`.
+fn speaks(first: &[u8]) -> Speaks {
+    if !first.is_empty() && !H2_PREFACE.starts_with(first) && !first.starts_with(H2_PREFACE) {
+        Speaks::Http1
+    } else {
+        Speaks::Unknown
+    }
+}
+
+/// A client connection the listener serves HTTP on.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Which HTTP it speaks, as far as can be told without consuming a byte.
+    fn speaks(&self) -> impl Future<Output = Speaks> + Send;
+}
+
+impl Stream for TcpStream {
+    /// Waits for the first bytes and looks at them (a peek: they stay in the socket).
+    /// The wait is bounded by the first-head deadline around it.
+    async fn speaks(&self) -> Speaks {
+        let mut first = [0u8; H2_PREFACE.len()];
+        match self.peek(&mut first).await {
+            Ok(n) => speaks(&first[..n]),
+            Err(_) => Speaks::Unknown,
+        }
+    }
+}
+
+impl Stream for TlsStream<TcpStream> {
+    /// What ALPN settled; without ALPN the client may still send the HTTP/2 preface.
+    fn speaks(&self) -> impl Future<Output = Speaks> + Send {
+        let alpn = self.get_ref().1.alpn_protocol();
+        std::future::ready(if alpn == Some(b"http/1.1".as_slice()) {
+            Speaks::Http1
+        } else {
+            Speaks::Unknown
+        })
+    }
 }
 
 impl<D: Door> Client<D> {
@@ -288,10 +357,7 @@ impl<D: Door> Client<D> {
         }
     }
 
-    async fn serve_http<I>(&self, io: I, peer: IpAddr, watcher: Watcher, seat: &Arc<Seat>)
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    async fn serve_http<I: Stream>(&self, io: I, peer: IpAddr, watcher: Watcher, seat: &Arc<Seat>) {
         let conn = Arc::new(ClientConn::new(peer));
         let service = service_fn(|req| {
             // Busy from the head's arrival until the response has been sent or dropped.
@@ -304,7 +370,19 @@ impl<D: Door> Client<D> {
                 Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
             }
         });
-        let served = watcher.watch(self.builder.serve_connection(TokioIo::new(io), service));
+        let served = async {
+            match io.speaks().await {
+                Speaks::Http1 => watcher
+                    .watch(self.http1.serve_connection(TokioIo::new(io), service))
+                    .await
+                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from),
+                Speaks::Unknown => {
+                    watcher
+                        .watch(self.builder.serve_connection(TokioIo::new(io), service))
+                        .await
+                }
+            }
+        };
         tokio::select! {
             result = served => {
                 let Err(error) = result else { return };
@@ -372,5 +450,26 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bytes_that_cannot_become_the_http2_preface_are_http1() {
+        assert_eq!(speaks(b"GET / HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(speaks(b"POST"), Speaks::Http1);
+        assert_eq!(speaks(b"PUT / HTTP/1.1"), Speaks::Http1);
+        assert_eq!(speaks(b"PR"), Speaks::Unknown, "may still be the preface");
+        assert_eq!(speaks(b"P"), Speaks::Unknown);
+        assert_eq!(speaks(b""), Speaks::Unknown);
+        assert_eq!(speaks(H2_PREFACE), Speaks::Unknown);
+        assert_eq!(
+            speaks(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            Speaks::Unknown
+        );
+        assert_eq!(speaks(b"PRI * HTTP/1.1"), Speaks::Http1);
     }
 }

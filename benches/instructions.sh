@@ -32,7 +32,8 @@
 # targets hash once per request; the "sha2" column is that part (self cost of sha2::
 # functions per request), and "w/o sha2" the rest, the figure to compare.
 #
-# Knobs: N=2000, W=200, TARGETS="ipgate bare-hyper", KEEP=0 (1 keeps the work folder
+# Knobs: N=2000, W=200, TARGETS="ipgate bare-hyper", IPGATE_RECORD_USAGE=true (false:
+# ipgate without usage counting, to measure what it costs), KEEP=0 (1 keeps the work folder
 # with callgrind.out files for callgrind_annotate), IPGATE_BIN (target/release/ipgate,
 # built if missing), BARE_BIN (built with `cargo bench --bench bare_hyper --no-run`).
 # Needs valgrind, python3, curl, and nginx (the upstream; else a python3 server).
@@ -45,6 +46,7 @@ N=${N:-2000}
 W=${W:-200}
 TARGETS=${TARGETS:-"ipgate bare-hyper"}
 KEEP=${KEEP:-0}
+IPGATE_RECORD_USAGE=${IPGATE_RECORD_USAGE:-true}
 KEY_HEADER="X-Bunq-Client-Authentication"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -160,6 +162,8 @@ prepare_ipgate() {
 		interval = "1h"
 		[limits]
 		refusals_per_second = 1000000000
+		[insight]
+		record_usage = $IPGATE_RECORD_USAGE
 		[log]
 		level = "warn"
 	EOF

@@ -21,6 +21,8 @@
 #                         limiter runs (its cost is in every refusal) at a limit one
 #                         client cannot reach; the default (100) would answer most of
 #                         a refused run 429, held a second, as it is meant to
+#   IPGATE_RECORD_USAGE=true  ipgate's insight.record_usage (usage counting on the hot
+#                         path); false only to measure what counting costs
 #   IPGATE_BIN=target/release/ipgate   built with `cargo build --release` if missing
 #   BARE_BIN              the floor; built with `cargo bench --bench bare_hyper --no-run`
 #                         when unset; BARE_BIN=none skips it
@@ -58,6 +60,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 IPS_PER_CREDENTIAL=${IPS_PER_CREDENTIAL:-3}
 IPGATE_LOG_LEVEL=${IPGATE_LOG_LEVEL:-warn}
 IPGATE_REFUSALS_PER_SECOND=${IPGATE_REFUSALS_PER_SECOND:-1000000000}
+IPGATE_RECORD_USAGE=${IPGATE_RECORD_USAGE:-true}
 SWAP_EVERY=${SWAP_EVERY:-0.1}
 KEEP=${KEEP:-0}
 KEY_HEADER="X-Bunq-Client-Authentication"
@@ -387,6 +390,9 @@ start_ipgate() { # SIZE
 
 		[limits]
 		refusals_per_second = $IPGATE_REFUSALS_PER_SECOND
+
+		[insight]
+		record_usage = $IPGATE_RECORD_USAGE
 
 		[log]
 		level = "$IPGATE_LOG_LEVEL"

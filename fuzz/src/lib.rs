@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub const CONFIG_BASE: &str = "/nonexistent/ipgate-fuzz";
 
 /// The sections every validation message starts with.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server.",
     "upstream.",
     "auth.",
@@ -19,6 +19,7 @@ const SECTIONS: [&str; 8] = [
     "refresh.",
     "limits.",
     "log.",
+    "insight.",
 ];
 
 /// `Config::parse` over `text`, with its properties: it never panics; a refusal is a

@@ -36,11 +36,6 @@ impl Decision {
             Decision::Deny(reason, _) | Decision::Shadow(_, reason) => Some(*reason),
         }
     }
-
-    /// Passes the request on to the upstream.
-    pub fn forwards(&self) -> bool {
-        !matches!(self, Decision::Deny(..))
-    }
 }
 
 /// Why a request was refused. The true reason goes to logs and metrics; the client sees

@@ -153,15 +153,28 @@ mod tests {
         assert_eq!(c.refused, [s(1, "192.0.2.1", 1, 5, 5)]);
     }
 
+    fn note(r: &Recorder, allowed: bool, credential_id: u64, ip: &str) {
+        let who = crate::acl::Identity {
+            credential_id,
+            user_id: 1,
+        };
+        let decision = if allowed {
+            crate::acl::Decision::Allow(who)
+        } else {
+            crate::acl::Decision::Deny(crate::acl::Reason::IpNotActive, Some(who))
+        };
+        r.note(decision, Some(ip.parse().unwrap()));
+    }
+
     #[test]
     fn workers_count_apart_and_drain_together() {
         let r = Arc::new(Recorder::new(true));
-        r.allowed(1, "10.0.0.1".parse().unwrap());
-        r.allowed(1, "::ffff:10.0.0.1".parse().unwrap());
+        note(&r, true, 1, "10.0.0.1");
+        note(&r, true, 1, "::ffff:10.0.0.1");
         let other = Arc::clone(&r);
         std::thread::spawn(move || {
-            other.allowed(1, "10.0.0.1".parse().unwrap());
-            other.refused(1, "192.0.2.9".parse().unwrap());
+            note(&other, true, 1, "10.0.0.1");
+            note(&other, false, 1, "192.0.2.9");
         })
         .join()
         .unwrap();
@@ -171,7 +184,7 @@ mod tests {
         assert_eq!(batch.refused.len(), 1);
         assert!(r.drain().is_empty(), "drained");
         let off = Recorder::new(false);
-        off.allowed(1, "10.0.0.1".parse().unwrap());
+        note(&off, true, 1, "10.0.0.1");
         assert!(off.drain().is_empty());
     }
 }

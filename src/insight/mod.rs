@@ -192,25 +192,6 @@ impl Recorder {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-
-    /// An allowed request from `ip` with `credential`.
-    pub fn allowed(&self, credential: u64, ip: IpAddr) {
-        if self.enabled {
-            self.count(Kind::Allowed, credential, ip);
-        }
-    }
-
-    /// A valid, registered key from an address that is not ACTIVE on it (refused, or
-    /// forwarded in shadow mode). Unknown keys are never recorded: they belong to no one.
-    pub fn refused(&self, credential: u64, ip: IpAddr) {
-        if self.enabled {
-            self.count(Kind::Refused, credential, ip);
-        }
-    }
-
     /// Records what `decision` says about who used which address: an allowed request,
     /// or a valid key from an address not ACTIVE on it (refused, or forwarded in
     /// shadow mode). Every other refusal is no one's usage.
@@ -354,6 +335,14 @@ mod tests {
         assert_eq!(address(key(1, "::1".parse().unwrap()).1).to_string(), "::1");
     }
 
+    fn allow(r: &Recorder, credential_id: u64, at: IpAddr) {
+        let who = crate::acl::Identity {
+            credential_id,
+            user_id: 1,
+        };
+        r.note(Decision::Allow(who), Some(at));
+    }
+
     fn allowed(r: &Recorder) -> u64 {
         r.drain().allowed.iter().map(|s| s.requests).sum()
     }
@@ -368,7 +357,7 @@ mod tests {
             std::thread::spawn(move || {
                 for step in wait {
                     match step {
-                        "count" => r.allowed(1, ip()),
+                        "count" => allow(&r, 1, ip()),
                         "park" => hand_over(),
                         _ => return,
                     }

@@ -71,11 +71,11 @@ async fn refused(cx: &Context<'_>, credential: Option<u64>) -> Result<Output, Op
     }
     Ok(Output {
         plain,
-        json: json!({
-            "addresses": to_value(&report.addresses),
-            "truncated": to_value(&report.truncated),
-            "kept_per_credential": REFUSED_KEPT,
-        }),
+        json: {
+            let mut v = to_value(&report);
+            v["kept_per_credential"] = json!(REFUSED_KEPT);
+            v
+        },
     })
 }
 

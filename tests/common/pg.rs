@@ -317,50 +317,40 @@ impl Postgres {
         }
     }
 
-    /// Runs SQL as the superuser on `database`; panics on failure.
-    pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-            ])
-            .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+    /// Runs a client program (`psql`, `pg_dump`) as the superuser against this server
+    /// with `args`; panics with its stderr on failure, returns its stdout trimmed.
+    fn client<I, A>(&self, program: &str, args: I) -> String
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<std::ffi::OsStr>,
+    {
+        let port = self.port.to_string();
+        let out = Command::new(self.bin.join(program))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER])
+            .args(args)
             .env("PGPASSWORD", PASSWORD)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "psql {sql:?}: {}",
+            "{program}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Runs SQL as the superuser on `database`; panics on failure.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        self.client(
+            "psql",
+            ["-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
+        )
+    }
+
     /// A logical backup of `database` into `file` (pg_dump).
     pub fn dump(&self, database: &str, file: &Path) {
-        let out = Command::new(self.bin.join("pg_dump"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-            ])
-            .args(["-d", database, "-f"])
-            .arg(file)
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let d = std::ffi::OsStr::new;
+        self.client("pg_dump", [d("-d"), d(database), d("-f"), file.as_os_str()]);
     }
 
     /// Replaces `database` with the backup in `file`, as an operator restoring it would
@@ -371,24 +361,18 @@ impl Postgres {
             &format!("DROP DATABASE {database} WITH (FORCE)"),
         );
         self.psql("postgres", &format!("CREATE DATABASE {database}"));
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                SUPERUSER,
-            ])
-            .args(["-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-f"])
-            .arg(file)
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "restore: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let d = std::ffi::OsStr::new;
+        self.client(
+            "psql",
+            [
+                d("-d"),
+                d(database),
+                d("-v"),
+                d("ON_ERROR_STOP=1"),
+                d("-q"),
+                d("-f"),
+                file.as_os_str(),
+            ],
         );
     }
 

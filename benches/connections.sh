@@ -27,6 +27,8 @@ KEEP=${KEEP:-0}
 KEY_HEADER="X-Bunq-Client-Authentication"
 READY_TIMEOUT=60
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 IPGATE_BIN=${IPGATE_BIN:-$ROOT/target/release/ipgate}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ipgate-conns.XXXXXX")
 STARTED=()
@@ -37,21 +39,6 @@ die() {
 	exit 1
 }
 
-stop_pid() {
-	local pid=$1 i kept=()
-	if kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-	for i in "${STARTED[@]}"; do [[ $i == "$pid" ]] || kept+=("$i"); done
-	STARTED=("${kept[@]}")
-}
-
 cleanup() {
 	local pid
 	for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
@@ -59,29 +46,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-}
-
-wait_status() {
-	local url=$1 want=$2 i got
-	shift 2
-	for i in $(seq $((READY_TIMEOUT * 5))); do
-		got=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$url" || true)
-		[[ $got == "$want" ]] && return 0
-		sleep 0.2
-	done
-	die "$url answered $got, expected $want, after ${READY_TIMEOUT}s"
-}
 
 # Holds N silent connections to PORT from 127.0.0.(FIRST..), 1,000 per address, until
 # the file STOP exists (at most 600 s). Writes "ready" to READY once all are open.

@@ -44,6 +44,8 @@ UNKNOWN_KEY="ipg_0000000000000000000000000000000000000000000"
 READY_TIMEOUT=60
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 IPGATE_BIN=${IPGATE_BIN:-$ROOT/target/release/ipgate}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ipgate-flood.XXXXXX")
 RESULTS=$WORK/results.tsv
@@ -55,22 +57,6 @@ die() {
 	exit 1
 }
 have() { command -v "$1" >/dev/null 2>&1; }
-
-# Stops one process this script started (TERM, then KILL after 5 s) and forgets it.
-stop_pid() {
-	local pid=$1 i kept=()
-	if kill -0 "$pid" 2>/dev/null; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for i in $(seq 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$pid" 2>/dev/null || true
-	fi
-	wait "$pid" 2>/dev/null || true
-	for i in "${STARTED[@]}"; do [[ $i == "$pid" ]] || kept+=("$i"); done
-	STARTED=("${kept[@]}")
-}
 
 cleanup() {
 	local pid
@@ -85,30 +71,6 @@ start() {
 	"$@" >"$LOG_TO" 2>&1 &
 	LAST_PID=$!
 	STARTED+=("$LAST_PID")
-}
-
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-}
-
-# Waits until `curl URL` answers STATUS (bounded); extra args go to curl.
-wait_status() {
-	local url=$1 want=$2 i got
-	shift 2
-	for i in $(seq $((READY_TIMEOUT * 5))); do
-		got=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" "$url" || true)
-		[[ $got == "$want" ]] && return 0
-		sleep 0.2
-	done
-	die "$url answered $got, expected $want, after ${READY_TIMEOUT}s"
 }
 
 start_upstream() {

@@ -163,6 +163,7 @@ pub async fn serve(
         grace: config.server.shutdown_grace,
         tls: acceptor,
         proxy_protocol: config.server.proxy_protocol,
+        proxy_protocol_local: config.server.proxy_protocol_local,
         max_connections: config.server.max_connections,
     };
     proxy::serve(

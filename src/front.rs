@@ -15,8 +15,8 @@ use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
-    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, RefusalLimiter, Upstream,
-    UpstreamSetupError,
+    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, Origin, RefusalLimiter,
+    Upstream, UpstreamSetupError,
 };
 use crate::request_id::{RequestIds, X_REQUEST_ID};
 use arc_swap::ArcSwap;
@@ -155,10 +155,24 @@ impl Front {
         line: &mut Line<'_>,
     ) -> Response<Body> {
         let client_ip = line.client_ip;
+        if conn.origin == Origin::HealthCheck {
+            line.route = "health";
+            line.reason = "health_check";
+            return health(&live.gate).map(Either::Right);
+        }
         if let Some(malformed) = target::check(&req) {
             self.metrics.record_client_error(ClientError::Request);
             line.reason = malformed.label();
             let resp = closing(bunq::error(StatusCode::BAD_REQUEST, malformed.message()));
+            return resp.map(Either::Right);
+        }
+        if disguised_api_path(req.uri().path()) {
+            self.metrics.record_client_error(ClientError::Request);
+            line.reason = "ambiguous_path";
+            let resp = closing(bunq::error(
+                StatusCode::BAD_REQUEST,
+                "This path reads as a management API path once normalised; send it as such.",
+            ));
             return resp.map(Either::Right);
         }
 
@@ -219,7 +233,11 @@ impl Front {
             identity,
             // Only a known address is ever allowed or shadowed.
             client_ip: client_ip.unwrap_or(conn.peer),
-            via_trusted_proxy: trusted,
+            // Resolving succeeded, so reading the same chain again does too.
+            verified: trusted.then(|| {
+                client_ip::verified_chain(conn.peer, req.headers(), &live.client_ip)
+                    .unwrap_or_default()
+            }),
             peer: &conn.peer_value,
             tls: self.tls,
             strip: (!live.gate.auth.forward_key).then_some(&live.gate.auth.header),
@@ -348,6 +366,55 @@ impl Drop for Line<'_> {
     }
 }
 
+/// The answer to a balancer's health check (a PROXY header that named no client, with
+/// `server.proxy_protocol_local = "health"`): ready or not, never forwarded.
+fn health(gate: &crate::gate::Gatekeeper) -> Response<Full<Bytes>> {
+    let ready = gate.cell.is_loaded()
+        && (gate.max_staleness.is_zero() || !gate.cell.is_stale(gate.max_staleness));
+    let (status, text) = if ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// True when `path` is not a management API path as written, but becomes one once
+/// normalised the way many upstream servers do (percent-decoded, a backslash as `/`, `;`
+/// parameters dropped, empty, `.` and `..` segments resolved). Routing is an exact
+/// match, so such a path would go to the upstream; it is refused instead, as the
+/// ambiguous request it is. Most paths hold none of those bytes and cost one pass.
+fn disguised_api_path(path: &str) -> bool {
+    let mut previous = 0u8;
+    let odd = path.bytes().any(|b| {
+        let odd = matches!(b, b';' | b'%' | b'\\') || (previous == b'/' && matches!(b, b'/' | b'.'));
+        previous = b;
+        odd
+    });
+    if !odd || Api::owns(path) {
+        return false;
+    }
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        let segment = segment.split(';').next().unwrap_or_default();
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    Api::owns(&format!("/{}", segments.join("/")))
+}
+
 /// Marks an answer as the connection's last: after a malformed request the rest of
 /// the stream cannot be trusted to be where the client meant it.
 fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
@@ -368,5 +435,39 @@ fn upstream_failure(kind: UpstreamError) -> Response<Full<Bytes>> {
             StatusCode::BAD_GATEWAY,
             "The upstream service is unavailable.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disguised_api_path;
+
+    #[test]
+    fn management_paths_in_disguise_are_told_apart() {
+        for disguised in [
+            "//v1/device-server",
+            "/v1/./user/1/credential-password-ip",
+            "/v1/user/1/credential-password-ip;x",
+            "/v1/user/1/credential-password-ip;x/3/ip",
+            "/v1%2Fdevice-server",
+            "/v1%2fuser%2f1/credential-password-ip",
+            "/x/../v1/device-server",
+            "/v1\\device-server",
+            "/v1/user/1/%63redential-password-ip",
+        ] {
+            assert!(disguised_api_path(disguised), "{disguised}");
+        }
+        for plain in [
+            "/",
+            "/v1/device-server",
+            "/v1/user/1/credential-password-ip/2/ip",
+            "/v1/user/1/payment",
+            "/v1/user/1/payment;x",
+            "//static/a.css",
+            "/files/a%20b",
+            "/v1/user/1/./payment",
+        ] {
+            assert!(!disguised_api_path(plain), "{plain}");
+        }
     }
 }

@@ -71,6 +71,17 @@ impl Reloader {
         };
         let kept = self.running.fixed_differences(&next);
         let applied = self.running.reloaded(&next);
+        let problems = applied.merged_problems();
+        if !problems.is_empty() {
+            tracing::error!(
+                file = %self.path.display(),
+                kept = %kept.join(", "),
+                problems = %problems.join("; "),
+                "configuration reload refused: with the keys that cannot change while \
+                 running, it could not run; the running configuration stays"
+            );
+            return ConfigReload::Error;
+        }
         let current = self.front.live();
         let live = match Live::build(&applied, &self.cell, Some(&current)) {
             Ok(live) => live,
@@ -104,6 +115,9 @@ impl Reloader {
         }
         let generation = live.generation;
         self.front.swap(live);
+        for (key, was, now) in self.running.widened_trust(&applied) {
+            tracing::warn!(key, was, now, "a reload widened whom the gateway trusts");
+        }
         match self.log_level.set(applied.log.level.as_deref()) {
             Ok(true) => {}
             Ok(false) if applied.log.level != self.running.log.level => {

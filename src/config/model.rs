@@ -63,7 +63,20 @@ pub struct ServerConfig {
     /// Every connection starts with a PROXY protocol (v1 or v2) header from a
     /// trusted proxy, naming the client.
     pub proxy_protocol: bool,
+    /// What a PROXY header that names no client (v1 `UNKNOWN`, v2 `LOCAL`, no address
+    /// family) gets.
+    pub proxy_protocol_local: ProxyLocal,
     pub tls: Option<TlsConfig>,
+}
+
+/// A PROXY header that names no client: the balancer speaking for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyLocal {
+    /// Closed at once (the default): the gateway never guesses who the client is.
+    Refuse,
+    /// Served as a health check: every request on it is answered by the gateway
+    /// (200 when ready, 503 otherwise) and none reaches the upstream.
+    Health,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +93,13 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// PEM roots for an `https` upstream; the system's roots when absent.
     pub ca_file: Option<PathBuf>,
+    /// The `Host` every forwarded request carries, whatever the client sent
+    /// (`host[:port]`); when absent, the client's own, once checked.
+    pub host: Option<http::HeaderValue>,
+    /// Also write an RFC 7239 `Forwarded` header (the verified chain and the scheme).
+    pub send_forwarded: bool,
+    /// Also write `X-Real-IP` (the client address the gateway decided with).
+    pub send_real_ip: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

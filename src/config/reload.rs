@@ -2,9 +2,12 @@
 //!
 //! Applied to new requests: `[upstream]`, `[auth]`, `[client_ip]`, `[limits]`,
 //! `log.level`, the TLS certificate and key files, `refresh.max_staleness`. Bound at
-//! start and kept: the listeners and what they were built with, the worker threads,
-//! the store, the poller's schedule, the log format, `[insight]`. A file that changes those is not
-//! refused: the rest applies, and the keys kept are named.
+//! start and kept: the listeners and what they were built with (TLS on or off
+//! included), the worker threads, the store, the poller's schedule, the log format,
+//! `[insight]`. A file that changes those is not refused: the rest applies, and the
+//! keys kept are named. But the configuration that would run, the kept keys with the
+//! new ones, is checked as a whole ([`Config::merged_problems`]): a file that is valid
+//! on its own but not beside what is kept is refused whole.
 
 use super::Config;
 
@@ -42,6 +45,10 @@ impl Config {
             a.server.proxy_protocol == b.server.proxy_protocol,
         );
         check(
+            "server.proxy_protocol_local",
+            a.server.proxy_protocol_local == b.server.proxy_protocol_local,
+        );
+        check(
             "server.tls",
             a.server.tls.is_some() == b.server.tls.is_some(),
         );
@@ -62,10 +69,64 @@ impl Config {
         out.limits = next.limits.clone();
         out.log.level = next.log.level.clone();
         out.refresh.max_staleness = next.refresh.max_staleness;
-        if out.server.tls.is_some() {
-            out.server.tls = next.server.tls.clone();
+        // TLS on or off is the listener's; only new files for a TLS listener apply. A
+        // file without `[server.tls]` keeps the running files (named as kept), so that
+        // the next reload still re-reads them.
+        if let (Some(_), Some(files)) = (&out.server.tls, &next.server.tls) {
+            out.server.tls = Some(files.clone());
         }
         out
+    }
+
+    /// What is wrong with this configuration as a whole, for the rules that tie a key a
+    /// reload may change to one it may not; empty when it can run. A file is checked
+    /// on its own when it is read; a reload checks the merge with this.
+    pub fn merged_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.server.proxy_protocol && self.client_ip.trusted_proxies.is_empty() {
+            problems.push(
+                "client_ip.trusted_proxies is empty while server.proxy_protocol = true (kept \
+                 from start): every connection would be refused"
+                    .to_string(),
+            );
+        }
+        let (interval, staleness) = (self.refresh.interval, self.refresh.max_staleness);
+        if !staleness.is_zero() && staleness <= interval {
+            problems.push(format!(
+                "refresh.max_staleness ({}) must be longer than refresh.interval ({}, kept \
+                 from start), or 0s",
+                humantime::format_duration(staleness),
+                humantime::format_duration(interval)
+            ));
+        }
+        problems
+    }
+
+    /// The trust settings `next` widens, each as (key, running value, new value): a
+    /// trusted network the running ones do not cover, another forwarding header. A
+    /// reload applies them, and says so at warn.
+    pub fn widened_trust(&self, next: &Config) -> Vec<(&'static str, String, String)> {
+        let (a, b) = (&self.client_ip, &next.client_ip);
+        let mut widened = Vec::new();
+        let covered = |net: &ipnet::IpNet| a.trusted_proxies.iter().any(|old| old.contains(net));
+        if !b.trusted_proxies.iter().all(covered) {
+            let list = |nets: &[ipnet::IpNet]| {
+                format!("{:?}", nets.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            };
+            widened.push((
+                "client_ip.trusted_proxies",
+                list(&a.trusted_proxies),
+                list(&b.trusted_proxies),
+            ));
+        }
+        if a.header != b.header {
+            widened.push((
+                "client_ip.header",
+                format!("{:?}", a.header),
+                format!("{:?}", b.header),
+            ));
+        }
+        widened
     }
 }
 
@@ -100,5 +161,34 @@ mod tests {
         assert_eq!(applied.log.level.as_deref(), Some("debug"));
         assert!(applied.fixed_differences(&running).is_empty());
         assert!(running.fixed_differences(&running.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_merge_that_cannot_run_is_found() {
+        let running = parse(
+            "[server]\nproxy_protocol = true\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+             [refresh]\ninterval = \"5s\"\n",
+        );
+        assert!(running.merged_problems().is_empty());
+        // Valid on its own: no PROXY protocol, so no trusted proxy is needed; a
+        // staleness longer than its own (default) interval.
+        let next = parse("[refresh]\nmax_staleness = \"2s\"\n");
+        let merged = running.reloaded(&next);
+        let problems = merged.merged_problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("client_ip.trusted_proxies"));
+        assert!(problems[1].contains("refresh.max_staleness (2s)"));
+    }
+
+    #[test]
+    fn widened_trust_is_named() {
+        let running = parse("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
+        let narrower = parse("[client_ip]\ntrusted_proxies = [\"10.1.0.0/16\"]\n");
+        assert!(running.widened_trust(&narrower).is_empty());
+        let wider = parse("[client_ip]\ntrusted_proxies = [\"0.0.0.0/0\"]\nheader = \"forwarded\"\n");
+        let widened = running.widened_trust(&wider);
+        let keys: Vec<_> = widened.iter().map(|w| w.0).collect();
+        assert_eq!(keys, ["client_ip.trusted_proxies", "client_ip.header"]);
+        assert_eq!(widened[0].2, "[\"0.0.0.0/0\"]");
     }
 }

@@ -79,6 +79,7 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
             "header_read_timeout",
             "max_connections",
             "proxy_protocol",
+            "proxy_protocol_local",
             "tls",
         ],
     );
@@ -142,6 +143,18 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
         }
     });
     let proxy_protocol = r.boolean(&s, "proxy_protocol", false);
+    let local_field = r.string(&s, "proxy_protocol_local", "refuse");
+    let proxy_protocol_local = match local_field.value.as_str() {
+        "refuse" => ProxyLocal::Refuse,
+        "health" => ProxyLocal::Health,
+        other => {
+            r.problem(
+                &local_field,
+                format!("{other:?}: expected \"refuse\" or \"health\""),
+            );
+            ProxyLocal::Refuse
+        }
+    };
     let server = ServerConfig {
         listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
         admin_listen: admin_listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -150,6 +163,7 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
         header_read_timeout,
         max_connections: max_connections.value as usize,
         proxy_protocol: proxy_protocol.value,
+        proxy_protocol_local,
         tls,
     };
     (server, proxy_protocol)
@@ -159,7 +173,15 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
     let s = r.section(
         root,
         "upstream",
-        &["url", "connect_timeout", "timeout", "ca_file"],
+        &[
+            "url",
+            "connect_timeout",
+            "timeout",
+            "ca_file",
+            "host",
+            "send_forwarded",
+            "send_real_ip",
+        ],
     );
     let url_field = r.string(&s, "url", DEFAULT_UPSTREAM);
     let url = match upstream_url(&url_field.value) {
@@ -182,11 +204,27 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
         .value
         .clone()
         .map(|name| readable_file(r, &ca, base.join(name)));
+    let host_field = r.optional_string(&s, "host");
+    let host = host_field.value.as_deref().and_then(|text| {
+        let value = http::HeaderValue::from_str(text)
+            .ok()
+            .filter(|v| crate::proxy::target::valid_authority(v.as_bytes()));
+        if value.is_none() {
+            r.problem(
+                &host_field,
+                format!("{text:?} is not a host[:port] such as \"api.internal\" or \"api.internal:8443\""),
+            );
+        }
+        value
+    });
     UpstreamConfig {
         url,
         connect_timeout,
         timeout,
         ca_file,
+        host,
+        send_forwarded: r.boolean(&s, "send_forwarded", false).value,
+        send_real_ip: r.boolean(&s, "send_real_ip", false).value,
     }
 }
 

@@ -30,6 +30,32 @@ pub fn resolve(
     if !peer_trusted {
         return Some(peer);
     }
+    walk(peer, headers, config, |_| {})
+}
+
+/// What a trusted peer's forwarding header says that the gateway can vouch for: the
+/// client and then every trusted proxy after it, in order, left to right (the peer
+/// itself not included). Anything the header holds to the left of the client was
+/// written by the client and is left out. `None` when [`resolve`] fails closed.
+pub fn verified_chain(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    config: &ClientIpConfig,
+) -> Option<Vec<IpAddr>> {
+    let mut chain = Vec::new();
+    walk(peer, headers, config, |hop| chain.push(hop))?;
+    chain.reverse();
+    Some(chain)
+}
+
+/// Reads a trusted peer's forwarding header from the right, showing `visit` every hop
+/// it believes (normalised), the client last; returns the client.
+fn walk(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    config: &ClientIpConfig,
+    mut visit: impl FnMut(IpAddr),
+) -> Option<IpAddr> {
     let name = match config.header {
         ForwardedHeader::XForwardedFor => http::HeaderName::from_static("x-forwarded-for"),
         ForwardedHeader::Forwarded => FORWARDED,
@@ -50,6 +76,7 @@ pub fn resolve(
             ForwardedHeader::Forwarded => forwarded_for(hop)?,
         };
         client = normalize(ip);
+        visit(client);
         if !is_trusted(client, &config.trusted_proxies) {
             break;
         }
@@ -137,6 +164,19 @@ mod tests {
             resolve_from_peer(ip("10.0.0.1"), &h, &c),
             Some(ip("203.0.113.5"))
         );
+    }
+
+    #[test]
+    fn the_verified_chain_leaves_out_what_the_client_wrote() {
+        let c = config(ForwardedHeader::XForwardedFor, &["10.0.0.0/8"]);
+        let h = headers("x-forwarded-for", &["6.6.6.6, 203.0.113.5", "10.1.1.1"]);
+        assert_eq!(
+            verified_chain(ip("10.0.0.1"), &h, &c),
+            Some(vec![ip("203.0.113.5"), ip("10.1.1.1")])
+        );
+        assert_eq!(verified_chain(ip("10.0.0.1"), &HeaderMap::new(), &c), Some(vec![]));
+        let h = headers("x-forwarded-for", &["1.2.3.4, nonsense"]);
+        assert_eq!(verified_chain(ip("10.0.0.1"), &h, &c), None);
     }
 
     #[test]

@@ -311,15 +311,23 @@ impl Upstream {
         how: &Forwarding<'_>,
         absolute: bool,
     ) -> Result<(), UpstreamError> {
-        // HTTP/2 requests carry the host in the URI only; HTTP/1.1 needs it as a header.
-        if !req.headers().contains_key(header::HOST) {
-            if let Some(host) = req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                req.headers_mut().insert(header::HOST, host);
+        // One Host upstream (`target::check` has vetted the client's): the pinned one,
+        // else an absolute-form target's or HTTP/2's authority (RFC 9112 section 3.2.2:
+        // it wins over `Host`), else the client's `Host`, else (HTTP/1.0 without one)
+        // the upstream's own.
+        let host = match (&self.config.host, req.uri().authority()) {
+            (Some(pinned), _) => Some(pinned.clone()),
+            (None, Some(a)) => {
+                Some(HeaderValue::from_str(a.as_str()).map_err(|_| UpstreamError::Protocol)?)
             }
+            (None, None) if req.headers().contains_key(header::HOST) => None,
+            (None, None) => Some(
+                HeaderValue::from_str(self.authority.as_str())
+                    .map_err(|_| UpstreamError::Protocol)?,
+            ),
+        };
+        if let Some(host) = host {
+            req.headers_mut().insert(header::HOST, host);
         }
         let path = req
             .uri()
@@ -338,7 +346,7 @@ impl Upstream {
         };
         *req.version_mut() = Version::HTTP_11;
 
-        set_forwarding(req.headers_mut(), how)
+        set_forwarding(req.headers_mut(), how, &self.config)
     }
 }
 

@@ -1,11 +1,18 @@
 //! The headers an allowed request goes upstream with, and those an answer comes back
 //! without.
 //!
-//! Up: hop-by-hop headers go, the key goes (unless `auth.forward_key`), every
-//! `X-Ipgate-*` the client sent goes; then the gateway's own identity, `X-Forwarded-*`
-//! and `X-Request-Id` are set. Down: hop-by-hop headers go.
+//! Up, the forwarding policy: the service behind believes only what the gateway
+//! vouches for. Hop-by-hop headers go, the key goes (unless `auth.forward_key`), and
+//! every header in which a client could claim an address, an identity, a host or a
+//! scheme goes ([`spoofable`]: `Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! `True-Client-IP`, …, every `X-Ipgate-*`, and every name with `_`, which some
+//! servers read as `-`). Then the gateway writes its own: `X-Forwarded-For` (the
+//! address it decided with, and behind trusted proxies only the part of their chain it
+//! verified), `X-Forwarded-Proto`, the identity, `X-Request-Id`, and when configured
+//! `Forwarded` (RFC 7239) and `X-Real-IP`. Down: hop-by-hop headers go.
 
 use crate::acl::Identity;
+use crate::config::UpstreamConfig;
 use crate::metrics::UpstreamError;
 use crate::request_id::X_REQUEST_ID;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
@@ -15,6 +22,7 @@ pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credenti
 pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Present (`shadow`) on a request whose address the credential's list does not hold.
 pub const ENFORCEMENT: HeaderName = HeaderName::from_static("x-ipgate-enforcement");
 const OWN_PREFIX: &[u8] = b"x-ipgate-";
@@ -23,8 +31,10 @@ const OWN_PREFIX: &[u8] = b"x-ipgate-";
 pub struct Forwarding<'a> {
     pub identity: Identity,
     pub client_ip: IpAddr,
-    /// The peer is a trusted proxy: its `X-Forwarded-*` are kept and extended.
-    pub via_trusted_proxy: bool,
+    /// When the peer is a trusted proxy: what its forwarding header says that the
+    /// gateway verified, the client first (`client_ip::verified_chain`). `None`: the
+    /// peer is the client.
+    pub verified: Option<Vec<IpAddr>>,
     /// The TCP peer's address as a header value, made once per connection.
     pub peer: &'a HeaderValue,
     pub tls: bool,
@@ -38,31 +48,44 @@ pub struct Forwarding<'a> {
 }
 
 /// Rewrites the headers of a request on its way up.
-pub fn set_forwarding(headers: &mut HeaderMap, how: &Forwarding<'_>) -> Result<(), UpstreamError> {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    how: &Forwarding<'_>,
+    policy: &UpstreamConfig,
+) -> Result<(), UpstreamError> {
+    // A trusted proxy's scheme is kept when it is one; anything else is the gateway's.
+    let proto = match &how.verified {
+        Some(_) => kept_proto(headers),
+        None => None,
+    }
+    .unwrap_or(if how.tls { "https" } else { "http" });
     strip_headers(headers, true);
     if let Some(name) = how.strip {
         headers.remove(name);
     }
 
-    let chain = if how.via_trusted_proxy {
-        forwarded_chain(headers, how.peer)?
-    } else {
-        how.peer.clone()
+    let chain = match &how.verified {
+        Some(hops) if !hops.is_empty() => chain_value(hops, how.peer)?,
+        _ => how.peer.clone(),
     };
     headers.insert(X_FORWARDED_FOR, chain);
-    if !(how.via_trusted_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = if how.tls { "https" } else { "http" };
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(CREDENTIAL_ID, HeaderValue::from(how.identity.credential_id));
     headers.insert(USER_ID, HeaderValue::from(how.identity.user_id));
     // The resolved client address: set by us, never taken from the client.
-    let client_ip = if how.via_trusted_proxy {
+    let client_ip = if how.verified.is_some() {
         ip_value(how.client_ip)
     } else {
         how.peer.clone()
     };
+    if policy.send_real_ip {
+        headers.insert(X_REAL_IP, client_ip.clone());
+    }
     headers.insert(CLIENT_IP, client_ip);
+    if policy.send_forwarded {
+        let hops = how.verified.as_deref().unwrap_or_default();
+        headers.insert(header::FORWARDED, forwarded_value(hops, how.peer, proto)?);
+    }
     headers.insert(X_REQUEST_ID, how.request_id.clone());
     if how.shadow {
         headers.insert(ENFORCEMENT, HeaderValue::from_static("shadow"));
@@ -70,28 +93,81 @@ pub fn set_forwarding(headers: &mut HeaderMap, how: &Forwarding<'_>) -> Result<(
     Ok(())
 }
 
-/// The `X-Forwarded-For` a trusted proxy's request goes on with: every line it came
-/// with, in order, joined into one list (as `client_ip::resolve` read them), and the
-/// proxy itself appended.
-fn forwarded_chain(headers: &HeaderMap, peer: &HeaderValue) -> Result<HeaderValue, UpstreamError> {
-    let mut lines = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if lines.peek().is_none() {
-        return Ok(peer.clone());
+/// A trusted proxy's `X-Forwarded-Proto`, when it sent exactly one that is a scheme.
+fn kept_proto(headers: &HeaderMap) -> Option<&'static str> {
+    let mut lines = headers.get_all(&X_FORWARDED_PROTO).iter();
+    match (lines.next(), lines.next()) {
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"https") => Some("https"),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"http") => Some("http"),
+        _ => None,
     }
-    let mut chain = Vec::with_capacity(64);
-    for line in lines {
-        chain.extend_from_slice(line.as_bytes());
-        chain.extend_from_slice(b", ");
+}
+
+/// `X-Forwarded-For` behind trusted proxies: the verified hops, then the peer.
+fn chain_value(hops: &[IpAddr], peer: &HeaderValue) -> Result<HeaderValue, UpstreamError> {
+    let mut chain = String::with_capacity(16 * (hops.len() + 1));
+    for hop in hops {
+        chain.push_str(&hop.to_string());
+        chain.push_str(", ");
     }
-    chain.extend_from_slice(peer.as_bytes());
-    HeaderValue::from_bytes(&chain).map_err(|_| UpstreamError::Protocol)
+    chain.push_str(peer.to_str().map_err(|_| UpstreamError::Protocol)?);
+    HeaderValue::try_from(chain).map_err(|_| UpstreamError::Protocol)
+}
+
+/// RFC 7239: one element per hop the gateway verified and one for its own peer, with
+/// the scheme the request arrived with on the gateway's own element.
+fn forwarded_value(
+    hops: &[IpAddr],
+    peer: &HeaderValue,
+    proto: &str,
+) -> Result<HeaderValue, UpstreamError> {
+    let node = |ip: &str| {
+        if ip.contains(':') {
+            format!("for=\"[{ip}]\"")
+        } else {
+            format!("for={ip}")
+        }
+    };
+    let mut elements: Vec<String> = hops.iter().map(|h| node(&h.to_string())).collect();
+    let peer = peer.to_str().map_err(|_| UpstreamError::Protocol)?;
+    elements.push(format!("{};proto={proto}", node(peer)));
+    HeaderValue::try_from(elements.join(", ")).map_err(|_| UpstreamError::Protocol)
 }
 
 /// The address the gateway judged the request by.
 pub const CLIENT_IP: HeaderName = HeaderName::from_static("x-ipgate-client-ip");
 
-/// Removes hop-by-hop headers, every header the `Connection` header names, and with
-/// `own` every `X-Ipgate-*` (only the gateway may set those). One pass over the names
+/// Headers in which a client could claim an address, an identity, a host or a
+/// scheme. No client may send them upstream: the gateway writes its own (or none).
+/// A name with `_` goes too: servers that fold `_` into `-` (gunicorn before 22, Puma
+/// before 6.4.3) would read `X_Ipgate_User_Id` as the gateway's own header.
+pub fn spoofable(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-scheme"
+            | "x-forwarded-ssl"
+            | "x-forwarded-server"
+            | "x-original-forwarded-for"
+            | "x-original-host"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "x-cluster-client-ip"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+    ) || name.as_bytes().starts_with(OWN_PREFIX)
+        || name.as_bytes().contains(&b'_')
+}
+
+/// Removes hop-by-hop headers, every header the `Connection` header names (never
+/// `Host`: the upstream must get one), and with `own` every [`spoofable`] one (only
+/// the gateway may set those). One pass over the names
 /// finds out whether there is anything to remove at all; for most requests there is
 /// not, and hashing each candidate name for a `remove` cost more than the check.
 /// Most answers do carry one (`Connection: keep-alive` from nginx and others): the
@@ -114,7 +190,7 @@ pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
                 | "te"
                 | "trailer"
                 | "upgrade"
-        ) || (own && name.as_bytes().starts_with(OWN_PREFIX))
+        ) || (own && spoofable(name))
     };
     if !headers.keys().any(doomed) {
         return;
@@ -126,8 +202,13 @@ pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
         let rest: Vec<HeaderValue> = lines.collect();
         for line in first.iter().chain(&rest) {
             for token in line.to_str().unwrap_or_default().split(',') {
+                let token = token.trim();
+                // `Connection: host` must not leave the upstream without a Host.
+                if token.eq_ignore_ascii_case("host") {
+                    continue;
+                }
                 // A token that is no valid header name names nothing here.
-                headers.remove(token.trim());
+                headers.remove(token);
             }
         }
     }
@@ -180,16 +261,58 @@ mod tests {
     }
 
     #[test]
-    fn every_forwarded_for_line_joins_the_chain() {
+    fn the_chain_is_what_was_verified_and_the_peer() {
         let peer = HeaderValue::from_static("10.0.0.5");
-        let mut h = HeaderMap::new();
-        assert_eq!(forwarded_chain(&h, &peer).unwrap(), "10.0.0.5");
-        h.append(X_FORWARDED_FOR, "1.1.1.1, 2.2.2.2".parse().unwrap());
-        h.append(X_FORWARDED_FOR, "3.3.3.3".parse().unwrap());
+        let hops: Vec<IpAddr> = vec!["203.0.113.5".parse().unwrap(), "2001:db8::1".parse().unwrap()];
         assert_eq!(
-            forwarded_chain(&h, &peer).unwrap(),
-            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.5"
+            chain_value(&hops, &peer).unwrap(),
+            "203.0.113.5, 2001:db8::1, 10.0.0.5"
         );
+        assert_eq!(
+            forwarded_value(&hops, &peer, "https").unwrap(),
+            "for=203.0.113.5, for=\"[2001:db8::1]\", for=10.0.0.5;proto=https"
+        );
+        let v6 = HeaderValue::from_static("::1");
+        assert_eq!(forwarded_value(&[], &v6, "http").unwrap(), "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "host, x-a".parse().unwrap());
+        h.insert(header::HOST, "a.example".parse().unwrap());
+        h.insert("x-a", "1".parse().unwrap());
+        strip_headers(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::HOST], "a.example");
+    }
+
+    #[test]
+    fn every_spoofable_header_goes_up_never() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-forwarded-for",
+            "x_ipgate_user_id",
+            "x_forwarded_for",
+            "x-ipgate-client-ip",
+        ] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "10.0.0.1".parse().unwrap());
+        }
+        h.insert("x-kept", "1".parse().unwrap());
+        let mut answer = h.clone();
+        strip_headers(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        // An answer keeps them: they are the upstream's business.
+        strip_headers(&mut answer, false);
+        assert_eq!(answer.len(), 13);
     }
 
     #[test]

@@ -15,8 +15,10 @@
 
 use super::connections::{Admission, ConnectionTable, Seat};
 use super::proxy_protocol::read_header;
-use super::{ClientConn, Door};
+use super::warn_limit::WarnLimit;
+use super::{ClientConn, Door, Origin};
 use crate::acl::normalize;
+use crate::config::ProxyLocal;
 use crate::metrics::{ClientError, Metrics};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
@@ -45,6 +47,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_H2_STREAMS: u32 = 256;
 /// At most one warning per this long about connections refused at the cap.
 const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// At most one warning per this long about connections refused for their PROXY header.
+const PROXY_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Descriptors beside the connections: listeners, the store, logs.
 const SPARE_FILES: u64 = 64;
 
@@ -57,6 +61,8 @@ pub struct ListenerOptions {
     pub tls: Option<TlsAcceptor>,
     /// Read a PROXY protocol header first (from trusted proxies only).
     pub proxy_protocol: bool,
+    /// What a PROXY header that names no client gets.
+    pub proxy_protocol_local: ProxyLocal,
     /// Client connections open at once, at most.
     pub max_connections: usize,
 }
@@ -175,6 +181,8 @@ pub async fn serve<D: Door>(
         let peer_ip = normalize(peer.ip());
         let client = Client {
             proxy_protocol: options.proxy_protocol,
+            proxy_protocol_local: options.proxy_protocol_local,
+            proxy_warnings: WarnLimit::new(PROXY_WARNING_EVERY),
             tls: options.tls.clone(),
             handshake_timeout: options.header_read_timeout,
             door: Arc::clone(&door),
@@ -231,6 +239,10 @@ pub async fn serve<D: Door>(
 /// What serving one client connection needs.
 struct Client<D> {
     proxy_protocol: bool,
+    proxy_protocol_local: ProxyLocal,
+    /// Connections refused for their PROXY header: warned about, but never a log line
+    /// each (anyone who can connect can cause one).
+    proxy_warnings: WarnLimit,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     door: Arc<D>,
@@ -302,24 +314,27 @@ impl<D: Door> Client<D> {
         seat: &Arc<Seat>,
     ) {
         let mut stream = stream;
-        let peer_ip = if self.proxy_protocol {
+        let (peer_ip, origin) = if self.proxy_protocol {
             match self.client_from_proxy_header(&mut stream, peer_ip).await {
-                Some(ip) => ip,
-                None => {
+                Ok(named) => named,
+                Err(why) => {
                     self.metrics.proxy_header_failures.inc();
+                    if let Some(left_out) = self.proxy_warnings.allow() {
+                        tracing::warn!(peer = %peer_ip, why, left_out, "PROXY protocol connection refused");
+                    }
                     return;
                 }
             }
         } else {
-            peer_ip
+            (peer_ip, Origin::Direct)
         };
         match &self.tls {
-            None => self.serve_http(stream, peer_ip, watcher, seat).await,
+            None => self.serve_http(stream, peer_ip, origin, watcher, seat).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
                 match handshake {
-                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, watcher, seat).await,
+                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, origin, watcher, seat).await,
                     Ok(Err(error)) => {
                         self.metrics.tls_handshake_failures.inc();
                         tracing::debug!(%error, "TLS handshake failed");
@@ -333,32 +348,42 @@ impl<D: Door> Client<D> {
         }
     }
 
-    /// The client a trusted proxy names in its PROXY header (the proxy itself for its
-    /// own health checks); `None` closes the connection.
+    /// The client a trusted proxy names in its PROXY header, or the proxy itself for a
+    /// health check when those are allowed; `Err` (why, for the log) closes the
+    /// connection.
     async fn client_from_proxy_header(
         &self,
         stream: &mut tokio::net::TcpStream,
         peer: IpAddr,
-    ) -> Option<IpAddr> {
+    ) -> Result<(IpAddr, Origin), String> {
         if !self.door.trusts(peer) {
-            tracing::warn!(%peer, "PROXY protocol connection from a peer that is not a trusted proxy");
-            return None;
+            return Err("the peer is not in client_ip.trusted_proxies".into());
         }
         match tokio::time::timeout(self.handshake_timeout, read_header(stream)).await {
-            Ok(Ok(named)) => Some(named.map_or(peer, normalize)),
-            Ok(Err(error)) => {
-                tracing::warn!(%peer, %error, "PROXY protocol header refused");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "PROXY protocol header not received in time");
-                None
-            }
+            Ok(Ok(Some(named))) => Ok((normalize(named), Origin::Proxied)),
+            Ok(Ok(None)) => match self.proxy_protocol_local {
+                ProxyLocal::Health => Ok((peer, Origin::HealthCheck)),
+                ProxyLocal::Refuse => Err(
+                    "the header names no client (UNKNOWN, LOCAL or no address); set \
+                     server.proxy_protocol_local = \"health\" to answer the balancer's health \
+                     checks"
+                        .into(),
+                ),
+            },
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("the header was not received in time".into()),
         }
     }
 
-    async fn serve_http<I: Stream>(&self, io: I, peer: IpAddr, watcher: Watcher, seat: &Arc<Seat>) {
-        let conn = Arc::new(ClientConn::new(peer));
+    async fn serve_http<I: Stream>(
+        &self,
+        io: I,
+        peer: IpAddr,
+        origin: Origin,
+        watcher: Watcher,
+        seat: &Arc<Seat>,
+    ) {
+        let conn = Arc::new(ClientConn::new(peer, origin));
         let service = service_fn(|req| {
             // Busy from the head's arrival until the response has been sent or dropped.
             seat.request_started();

@@ -16,9 +16,10 @@ pub mod proxy_protocol;
 mod refusal_limit;
 pub mod target;
 pub mod tls;
+mod warn_limit;
 
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
-pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
+pub use headers::{ip_value, spoofable, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
 pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
@@ -51,10 +52,26 @@ pub trait Door: Send + Sync + 'static {
     fn cutting_off(&self);
 }
 
+/// How a connection's client address became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The TCP peer is the client (or a proxy in front of it that may vouch for it).
+    Direct,
+    /// A trusted layer-4 balancer named the client in a PROXY header. The client wrote
+    /// every HTTP header itself: its forwarding headers are never believed, whatever
+    /// its address.
+    Proxied,
+    /// A balancer's own health check (PROXY v1 `UNKNOWN`, v2 `LOCAL` or no address),
+    /// allowed by `server.proxy_protocol_local = "health"`: answered by the gateway,
+    /// never forwarded, never authenticated.
+    HealthCheck,
+}
+
 /// What every request on one client connection shares.
 pub struct ClientConn {
     /// The TCP peer (or the client a PROXY header named), normalised.
     pub peer: IpAddr,
+    pub origin: Origin,
     /// `peer` as a header value, formatted once per connection.
     pub peer_value: http::HeaderValue,
     /// The upstream connection this client connection owns (HTTP/1 only).
@@ -66,17 +83,22 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    pub fn new(peer: IpAddr) -> Self {
+    pub fn new(peer: IpAddr, origin: Origin) -> Self {
         Self {
             peer,
+            origin,
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
             trusted: AtomicU64::new(0),
         }
     }
 
-    /// Whether the peer is inside `trusted` (the proxies of configuration `generation`).
+    /// Whether the peer is inside `trusted` (the proxies of configuration `generation`)
+    /// and connected directly: only then are its forwarding headers believed.
     pub fn peer_trusted(&self, generation: u64, trusted: &[IpNet]) -> bool {
+        if self.origin != Origin::Direct {
+            return false;
+        }
         let tag = generation.wrapping_add(1) << 1;
         let known = self.trusted.load(Ordering::Relaxed);
         if known & !1 == tag {
@@ -95,11 +117,20 @@ mod tests {
 
     #[test]
     fn trust_is_worked_out_again_for_a_new_configuration() {
-        let conn = ClientConn::new("10.0.0.5".parse().unwrap());
+        let conn = ClientConn::new("10.0.0.5".parse().unwrap(), Origin::Direct);
         let net: IpNet = "10.0.0.0/8".parse().unwrap();
         assert!(!conn.peer_trusted(0, &[]));
         assert!(!conn.peer_trusted(0, &[net]), "cached for generation 0");
         assert!(conn.peer_trusted(1, &[net]));
         assert!(!conn.peer_trusted(2, &[]));
+    }
+
+    #[test]
+    fn a_client_named_by_a_proxy_header_is_never_a_trusted_proxy() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        for origin in [Origin::Proxied, Origin::HealthCheck] {
+            let conn = ClientConn::new("10.0.0.5".parse().unwrap(), origin);
+            assert!(!conn.peer_trusted(0, &[net]), "{origin:?}");
+        }
     }
 }

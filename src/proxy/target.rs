@@ -1,11 +1,18 @@
 //! What a request must look like before the gateway routes it anywhere: a target it
-//! can forward (no tunnel) and one unambiguous `Host`.
+//! can forward (no tunnel) and one unambiguous authority.
 //!
 //! A gateway in front of one upstream never opens tunnels, so `CONNECT` and the
 //! authority-form target (`host:port`, only meaningful for `CONNECT`) are refused
 //! before authentication, and nothing reaches the upstream. RFC 9112 section 3.2: a
 //! request with more than one `Host` line, an invalid one, or (HTTP/1.1) none at all is
-//! answered 400. Every check here is a few comparisons on what hyper already parsed.
+//! answered 400.
+//!
+//! One rule for every version: the request's authority (the `Host` header, an
+//! absolute-form target's authority, or HTTP/2's `:authority`) is a host with an
+//! optional numeric port and nothing else: no userinfo, no path, no empty host. An
+//! HTTP/2 request whose `Host` names another authority than its `:authority` is
+//! refused (RFC 9113 section 8.3.1). Every check here is a few comparisons on what
+//! hyper already parsed.
 
 use http::header::HOST;
 use http::uri::Authority;
@@ -18,6 +25,8 @@ pub enum Malformed {
     NoHost,
     ManyHosts,
     BadHost,
+    /// HTTP/2: `Host` and `:authority` disagree.
+    TwoHosts,
 }
 
 impl Malformed {
@@ -28,7 +37,8 @@ impl Malformed {
             }
             Malformed::NoHost => "An HTTP/1.1 request needs a Host header.",
             Malformed::ManyHosts => "A request may carry only one Host header.",
-            Malformed::BadHost => "The Host header is not a valid host[:port].",
+            Malformed::BadHost => "The request's host is not a valid host[:port].",
+            Malformed::TwoHosts => "The Host header and the :authority name different hosts.",
         }
     }
 
@@ -39,6 +49,7 @@ impl Malformed {
             Malformed::NoHost => "no_host",
             Malformed::ManyHosts => "many_hosts",
             Malformed::BadHost => "bad_host",
+            Malformed::TwoHosts => "two_hosts",
         }
     }
 }
@@ -52,27 +63,48 @@ pub fn check<B>(req: &Request<B>) -> Option<Malformed> {
         return Some(Malformed::Tunnel);
     }
     let mut hosts = req.headers().get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if req.version() == Version::HTTP_11 => Some(Malformed::NoHost),
-        (None, _) => None,
-        (Some(_), Some(_)) => Some(Malformed::ManyHosts),
-        // An authority with userinfo (`user@host`), or a port that is no number, is no
-        // Host value. `@` is looked for in the bytes first (a memchr, not a char
-        // search), and the host split off once: this runs for every request.
-        (Some(host), None) if host.as_bytes().contains(&b'@') => Some(Malformed::BadHost),
-        (Some(host), None) => match Authority::try_from(host.as_bytes()) {
-            Ok(a) => {
-                let host = a.host();
-                let port = &a.as_str()[host.len()..];
-                match port.strip_prefix(':') {
-                    _ if host.is_empty() => Some(Malformed::BadHost),
-                    None if port.is_empty() => None,
-                    Some(p) if p.parse::<u16>().is_ok() => None,
-                    _ => Some(Malformed::BadHost),
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Some(Malformed::ManyHosts),
+        (host, _) => host,
+    };
+    // An absolute-form target (HTTP/1) or `:authority` (HTTP/2): RFC 9112 section 3.2.2
+    // says it wins over `Host`, so it is the one that is forwarded and must be valid.
+    if let Some(authority) = uri.authority() {
+        if !valid_authority(authority.as_str().as_bytes()) {
+            return Some(Malformed::BadHost);
+        }
+        if req.version() == Version::HTTP_2 {
+            if let Some(host) = host {
+                if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+                    return Some(Malformed::TwoHosts);
                 }
             }
-            Err(_) => Some(Malformed::BadHost),
-        },
+        }
+    }
+    match host {
+        None if req.version() == Version::HTTP_11 => Some(Malformed::NoHost),
+        None => None,
+        Some(host) if valid_authority(host.as_bytes()) => None,
+        Some(_) => Some(Malformed::BadHost),
+    }
+}
+
+/// Whether `text` is `host` or `host:port`: no userinfo, a numeric port, a non-empty
+/// host. `@` is looked for in the bytes first (a memchr, not a char search), and the
+/// host split off once: this runs for every request.
+pub fn valid_authority(text: &[u8]) -> bool {
+    if text.contains(&b'@') {
+        return false;
+    }
+    let Ok(a) = Authority::try_from(text) else {
+        return false;
+    };
+    let host = a.host();
+    let port = &a.as_str()[host.len()..];
+    match port.strip_prefix(':') {
+        _ if host.is_empty() => false,
+        None => port.is_empty(),
+        Some(p) => p.parse::<u16>().is_ok(),
     }
 }
 
@@ -129,5 +161,39 @@ mod tests {
         for good in ["a.example", "a.example:8080", "127.0.0.1", "[::1]:80"] {
             assert_eq!(check(&req("GET", "/", h11, &[good])), None, "{good:?}");
         }
+    }
+
+    #[test]
+    fn one_host_rule_for_every_version() {
+        let bad = "http://evil@api.internal:xyz/y";
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            assert_eq!(
+                check(&req("GET", bad, version, &[])),
+                Some(Malformed::BadHost),
+                "{version:?}"
+            );
+            for target in ["http://u@a.example/", "http://a.example:x/"] {
+                assert_eq!(
+                    check(&req("GET", target, version, &["a.example"])),
+                    Some(Malformed::BadHost),
+                    "{version:?} {target}"
+                );
+            }
+            assert_eq!(check(&req("GET", "http://a.example:81/", version, &[])).is_none(), version != Version::HTTP_11);
+        }
+        // HTTP/1.1 absolute-form: the target's authority wins over Host (RFC 9112).
+        let h11 = Version::HTTP_11;
+        assert_eq!(check(&req("GET", "http://b.example/x", h11, &["a"])), None);
+        // HTTP/2: Host must agree with :authority.
+        let h2 = Version::HTTP_2;
+        assert_eq!(check(&req("GET", "https://a.example/", h2, &["A.example"])), None);
+        assert_eq!(
+            check(&req("GET", "https://a.example/", h2, &["b.example"])),
+            Some(Malformed::TwoHosts)
+        );
+        assert_eq!(
+            check(&req("GET", "/", Version::HTTP_10, &["u@a.example"])),
+            Some(Malformed::BadHost)
+        );
     }
 }

@@ -393,7 +393,8 @@ fn health(gate: &crate::gate::Gatekeeper) -> Response<Full<Bytes>> {
 fn disguised_api_path(path: &str) -> bool {
     let mut previous = 0u8;
     let odd = path.bytes().any(|b| {
-        let odd = matches!(b, b';' | b'%' | b'\\') || (previous == b'/' && matches!(b, b'/' | b'.'));
+        let odd =
+            matches!(b, b';' | b'%' | b'\\') || (previous == b'/' && matches!(b, b'/' | b'.'));
         previous = b;
         odd
     });

@@ -543,3 +543,37 @@ fn completions_and_the_manual_are_generated() {
     assert!(page.contains("check\\-config"), "{page}");
     assert!(!ipgate(&["completions", "tcsh"], &[]).status.success());
 }
+
+#[test]
+fn stored_text_is_shown_escaped_in_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let admin = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["admin", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // A description that would forge a second row and colour the terminal.
+    let forged = "laptop\n99\tACTIVE\tenforce\t*\t-\t-\tfake\u{1b}[2J";
+    let user = admin(&["user", "add", "--name", "eve\u{1b}]0;owned\u{7}"]);
+    let user = user.trim();
+    admin(&["key", "create", "--user", user, "--description", forged]);
+    let table = admin(&["credential", "list", "--user", user]);
+    assert_eq!(table.trim_end().lines().count(), 2, "{table}");
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains("laptop\\n99\\tACTIVE"), "{table}");
+    let users = admin(&["user", "list"]);
+    assert!(
+        !users.contains('\u{1b}') && !users.contains('\u{7}'),
+        "{users:?}"
+    );
+}

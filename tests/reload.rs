@@ -166,3 +166,65 @@ async fn sighup_applies_what_may_change_and_names_what_may_not() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// One request after a PROXY v1 header from `from`; the status line, or `None` when
+/// the connection was closed unanswered.
+async fn through_proxy(gw: &Gateway, from: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect_from(ip(from), gw.target(ip(from))).await;
+    let req = "PROXY TCP4 192.0.2.9 127.0.0.1 40000 443\r\nGET / HTTP/1.1\r\nhost: x\r\n\
+               connection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_reload_is_checked_whole_with_the_keys_it_cannot_change() {
+    let upstream = Upstream::start().await;
+    let settings = Settings::new(&upstream.url())
+        .set("server.proxy_protocol", "true")
+        .set("client_ip.trusted_proxies", "[\"127.0.0.5\"]")
+        .set("refresh.interval", "\"5s\"");
+    let gw = Gateway::start(&settings);
+    gw.wait_ready().await;
+    assert_eq!(
+        through_proxy(&gw, "127.0.0.5").await.as_deref(),
+        Some("HTTP/1.1 401 Unauthorized")
+    );
+
+    // Valid on its own (no PROXY protocol, so no trusted proxy is needed), but the
+    // listener goes on reading PROXY headers: every connection would be refused.
+    reload(&gw, &Settings::new(&upstream.url()), "error").await;
+    let refused = wait_line(&gw, &["ERROR", "reload refused", "trusted_proxies"]).await;
+    assert!(refused.contains("server.proxy_protocol"), "{refused}");
+    assert_eq!(
+        through_proxy(&gw, "127.0.0.5").await.as_deref(),
+        Some("HTTP/1.1 401 Unauthorized"),
+        "the running trust stays"
+    );
+
+    // A staleness longer than the file's own interval, but not than the one kept.
+    let stale = settings
+        .clone()
+        .set("refresh.interval", "\"1s\"")
+        .set("refresh.max_staleness", "\"2s\"");
+    reload(&gw, &stale, "error").await;
+    wait_line(&gw, &["ERROR", "refresh.max_staleness (2s)"]).await;
+    assert_eq!(gw.admin_get("/readyz").await.0, StatusCode::OK);
+
+    // Trust that widens applies, and says so with the old and new values.
+    let wider = settings
+        .clone()
+        .set("client_ip.trusted_proxies", "[\"127.0.0.0/8\"]");
+    reload(&gw, &wider, "ok").await;
+    let warning = wait_line(&gw, &["WARN", "widened whom the gateway trusts"]).await;
+    assert!(warning.contains("127.0.0.0/8"), "{warning}");
+    assert!(warning.contains("127.0.0.5/32"), "{warning}");
+    assert_eq!(
+        through_proxy(&gw, "127.0.0.6").await.as_deref(),
+        Some("HTTP/1.1 401 Unauthorized")
+    );
+}

@@ -67,6 +67,13 @@ impl Api {
         if reg.description.len() > 1024 {
             return Err(BadInput::Invalid("description is longer than 1024 bytes.".into()).into());
         }
+        // Shown to operators in tables and terminals: no newline, tab or escape code.
+        if reg.description.chars().any(char::is_control) {
+            return Err(BadInput::Invalid(
+                "description may not hold control characters (newlines, tabs, escapes).".into(),
+            )
+            .into());
+        }
         let key = reg.secret.hash();
         // Only a key the snapshot knows as pending reaches the store's write lock. One it
         // does not know may be newer than the last poll: look once more, in a poll begun

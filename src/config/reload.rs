@@ -111,7 +111,10 @@ impl Config {
         let covered = |net: &ipnet::IpNet| a.trusted_proxies.iter().any(|old| old.contains(net));
         if !b.trusted_proxies.iter().all(covered) {
             let list = |nets: &[ipnet::IpNet]| {
-                format!("{:?}", nets.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                format!(
+                    "{:?}",
+                    nets.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+                )
             };
             widened.push((
                 "client_ip.trusted_proxies",
@@ -181,11 +184,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_stays_on_when_a_file_leaves_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.pem", "a.key", "b.pem", "b.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let parse_in = |text: &str| Config::parse(text, dir.path()).unwrap();
+        let running = parse_in("[server.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n");
+        let without = parse_in("");
+        assert_eq!(running.fixed_differences(&without), ["server.tls"]);
+        let applied = running.reloaded(&without);
+        assert_eq!(applied.server.tls, running.server.tls);
+        // So the next file's certificate still applies.
+        let next = parse_in("[server.tls]\ncert = \"b.pem\"\nkey = \"b.key\"\n");
+        let tls = applied.reloaded(&next).server.tls.unwrap();
+        assert_eq!(tls.cert, dir.path().join("b.pem"));
+        // And a plain listener stays plain.
+        assert_eq!(without.reloaded(&next).server.tls, None);
+    }
+
+    #[test]
     fn widened_trust_is_named() {
         let running = parse("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]\n");
         let narrower = parse("[client_ip]\ntrusted_proxies = [\"10.1.0.0/16\"]\n");
         assert!(running.widened_trust(&narrower).is_empty());
-        let wider = parse("[client_ip]\ntrusted_proxies = [\"0.0.0.0/0\"]\nheader = \"forwarded\"\n");
+        let wider =
+            parse("[client_ip]\ntrusted_proxies = [\"0.0.0.0/0\"]\nheader = \"forwarded\"\n");
         let widened = running.widened_trust(&wider);
         let keys: Vec<_> = widened.iter().map(|w| w.0).collect();
         assert_eq!(keys, ["client_ip.trusted_proxies", "client_ip.header"]);

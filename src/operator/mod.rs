@@ -370,6 +370,24 @@ fn table<T>(header: &str, rows: &[T], row: impl Fn(&T) -> String) -> String {
     out
 }
 
+/// Text someone else wrote (a registration's description, a name), as a table cell:
+/// control characters (newlines, tabs, terminal escapes) are shown escaped, so that no
+/// stored text can forge a row or drive the operator's terminal.
+fn shown(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn or_dash(v: Option<impl std::fmt::Display>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -389,7 +407,7 @@ async fn user_list(cx: &Context<'_>) -> Result<Output, OperatorError> {
             format!(
                 "{}\t{}\t{}",
                 u.id,
-                u.name.as_deref().unwrap_or("-"),
+                shown(u.name.as_deref().unwrap_or("-")),
                 u.created
             )
         }),
@@ -436,12 +454,12 @@ async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, Operator
                 c.mode,
                 if c.wildcard { "*" } else { "-" },
                 or_dash(c.expiry_time),
-                or_dash(
-                    c.permitted_device
-                        .as_ref()
-                        .map(|d| format!("{} ({})", d.description, d.ip))
-                ),
-                c.description.as_deref().unwrap_or("-"),
+                or_dash(c.permitted_device.as_ref().map(|d| format!(
+                    "{} ({})",
+                    shown(&d.description),
+                    d.ip
+                ))),
+                shown(c.description.as_deref().unwrap_or("-")),
             )
         }),
         json: to_value(&list),
@@ -614,6 +632,13 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_text_cannot_forge_rows_or_escape_codes() {
+        assert_eq!(shown("laptop"), "laptop");
+        assert_eq!(shown("a\tb\nc\u{1b}[31m"), "a\\tb\\nc\\u{1b}[31m");
+        assert_eq!(shown("café"), "café");
+    }
 
     #[test]
     fn keys_are_prefixed_random_and_long() {

@@ -174,7 +174,10 @@ mod tests {
             verified_chain(ip("10.0.0.1"), &h, &c),
             Some(vec![ip("203.0.113.5"), ip("10.1.1.1")])
         );
-        assert_eq!(verified_chain(ip("10.0.0.1"), &HeaderMap::new(), &c), Some(vec![]));
+        assert_eq!(
+            verified_chain(ip("10.0.0.1"), &HeaderMap::new(), &c),
+            Some(vec![])
+        );
         let h = headers("x-forwarded-for", &["1.2.3.4, nonsense"]);
         assert_eq!(verified_chain(ip("10.0.0.1"), &h, &c), None);
     }

@@ -263,7 +263,10 @@ mod tests {
     #[test]
     fn the_chain_is_what_was_verified_and_the_peer() {
         let peer = HeaderValue::from_static("10.0.0.5");
-        let hops: Vec<IpAddr> = vec!["203.0.113.5".parse().unwrap(), "2001:db8::1".parse().unwrap()];
+        let hops: Vec<IpAddr> = vec![
+            "203.0.113.5".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+        ];
         assert_eq!(
             chain_value(&hops, &peer).unwrap(),
             "203.0.113.5, 2001:db8::1, 10.0.0.5"
@@ -273,7 +276,10 @@ mod tests {
             "for=203.0.113.5, for=\"[2001:db8::1]\", for=10.0.0.5;proto=https"
         );
         let v6 = HeaderValue::from_static("::1");
-        assert_eq!(forwarded_value(&[], &v6, "http").unwrap(), "for=\"[::1]\";proto=http");
+        assert_eq!(
+            forwarded_value(&[], &v6, "http").unwrap(),
+            "for=\"[::1]\";proto=http"
+        );
     }
 
     #[test]
@@ -304,7 +310,10 @@ mod tests {
             "x_forwarded_for",
             "x-ipgate-client-ip",
         ] {
-            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), "10.0.0.1".parse().unwrap());
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                "10.0.0.1".parse().unwrap(),
+            );
         }
         h.insert("x-kept", "1".parse().unwrap());
         let mut answer = h.clone();

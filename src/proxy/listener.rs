@@ -329,12 +329,18 @@ impl<D: Door> Client<D> {
             (peer_ip, Origin::Direct)
         };
         match &self.tls {
-            None => self.serve_http(stream, peer_ip, origin, watcher, seat).await,
+            None => {
+                self.serve_http(stream, peer_ip, origin, watcher, seat)
+                    .await
+            }
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
                 match handshake {
-                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, origin, watcher, seat).await,
+                    Ok(Ok(stream)) => {
+                        self.serve_http(stream, peer_ip, origin, watcher, seat)
+                            .await
+                    }
                     Ok(Err(error)) => {
                         self.metrics.tls_handshake_failures.inc();
                         tracing::debug!(%error, "TLS handshake failed");

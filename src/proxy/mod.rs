@@ -19,7 +19,9 @@ pub mod tls;
 mod warn_limit;
 
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
-pub use headers::{ip_value, spoofable, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
+pub use headers::{
+    ip_value, spoofable, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID,
+};
 pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 

@@ -75,7 +75,10 @@ pub fn check<B>(req: &Request<B>) -> Option<Malformed> {
         }
         if req.version() == Version::HTTP_2 {
             if let Some(host) = host {
-                if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+                {
                     return Some(Malformed::TwoHosts);
                 }
             }
@@ -179,14 +182,20 @@ mod tests {
                     "{version:?} {target}"
                 );
             }
-            assert_eq!(check(&req("GET", "http://a.example:81/", version, &[])).is_none(), version != Version::HTTP_11);
+            assert_eq!(
+                check(&req("GET", "http://a.example:81/", version, &[])).is_none(),
+                version != Version::HTTP_11
+            );
         }
         // HTTP/1.1 absolute-form: the target's authority wins over Host (RFC 9112).
         let h11 = Version::HTTP_11;
         assert_eq!(check(&req("GET", "http://b.example/x", h11, &["a"])), None);
         // HTTP/2: Host must agree with :authority.
         let h2 = Version::HTTP_2;
-        assert_eq!(check(&req("GET", "https://a.example/", h2, &["A.example"])), None);
+        assert_eq!(
+            check(&req("GET", "https://a.example/", h2, &["A.example"])),
+            None
+        );
         assert_eq!(
             check(&req("GET", "https://a.example/", h2, &["b.example"])),
             Some(Malformed::TwoHosts)

@@ -309,6 +309,24 @@ async fn proxy_headers_naming_no_client_are_refused_by_default() {
     .await
     .unwrap();
     assert!(spoofing.starts_with("HTTP/1.1 403"), "{spoofing}");
+
+    // Anyone who can connect can be refused: ten more from an untrusted peer, and the
+    // warning is still one line (with how many it left out when it is next written).
+    for _ in 0..10 {
+        assert_eq!(
+            with_preamble(&gw, ip("127.0.0.6"), v1, &key, "").await,
+            None
+        );
+    }
+    gw.wait_metric("ipgate_proxy_protocol_failures_total", 13.0)
+        .await;
+    gw.wait_log("PROXY protocol connection refused").await;
+    let warnings = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("PROXY protocol connection refused"))
+        .count();
+    assert_eq!(warnings, 1);
 }
 
 #[tokio::test]

@@ -148,6 +148,7 @@ pub async fn serve<D: Door>(
     let cut = CancellationToken::new();
     let mut refused = RefusedWarning::default();
 
+    let proxy_warnings = Arc::new(WarnLimit::new(PROXY_WARNING_EVERY));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -182,7 +183,7 @@ pub async fn serve<D: Door>(
         let client = Client {
             proxy_protocol: options.proxy_protocol,
             proxy_protocol_local: options.proxy_protocol_local,
-            proxy_warnings: WarnLimit::new(PROXY_WARNING_EVERY),
+            proxy_warnings: Arc::clone(&proxy_warnings),
             tls: options.tls.clone(),
             handshake_timeout: options.header_read_timeout,
             door: Arc::clone(&door),
@@ -242,7 +243,7 @@ struct Client<D> {
     proxy_protocol_local: ProxyLocal,
     /// Connections refused for their PROXY header: warned about, but never a log line
     /// each (anyone who can connect can cause one).
-    proxy_warnings: WarnLimit,
+    proxy_warnings: Arc<WarnLimit>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     door: Arc<D>,

@@ -192,6 +192,18 @@ impl Front {
             line.allowed = ok;
             line.reason = reason;
             line.credential_id = credential_id;
+            // The API's refusals count against the same per-address limit as the
+            // proxy's: a key guessed at through the API is no cheaper.
+            let refused = matches!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            );
+            if refused && live.refusals.over_limit(client_ip.unwrap_or(conn.peer)) {
+                self.metrics.refusals_limited.inc();
+                line.done = true;
+                live.refusals.hold().await;
+                return bunq::too_many_refusals().map(Either::Right);
+            }
             return resp.map(Either::Right);
         }
 

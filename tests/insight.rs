@@ -432,6 +432,18 @@ async fn shadow_mode_forwards_marks_and_counts_but_never_admits_a_bad_key() {
     get_n(&gw, "127.0.0.5", "ipg_unknown", 1, StatusCode::FORBIDDEN).await;
     let (pending, pending_key) = gw.key_for(user);
     gw.admin(&["credential", "mode", &pending.to_string(), "shadow"]);
+    // Refused until, and after, this gateway's snapshot knows the key as pending (in
+    // shadow mode): a 403 as an unknown key would prove nothing.
+    let as_pending = "ipgate_requests_total{decision=\"deny\",reason=\"pending_key\"}";
+    let before = gw.metric(as_pending).await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while gw.metric(as_pending).await <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pending key never reached the snapshot"
+        );
+        get_n(&gw, "127.0.0.5", &pending_key, 1, StatusCode::FORBIDDEN).await;
+    }
     get_n(&gw, "127.0.0.5", &pending_key, 1, StatusCode::FORBIDDEN).await;
 
     // Back to enforce: refused again.

@@ -3,7 +3,8 @@
 //! The hot path calls [`Recorder::note`] with its decision: a thread-local lookup and
 //! a map update, with no lock, nothing shared written and nothing allocated once an
 //! address has been seen. Workers hand their counts over when a flush asks (with their
-//! next request) and whenever they go idle; [`flush`] writes them to the store in
+//! next request) and whenever they go idle, moving the whole tally (never entry by
+//! entry under the shared lock); [`flush`] merges them and writes them to the store in
 //! batches, and the store adds up every gateway's.
 //!
 //! Memory is bounded: each worker keeps at most [`MAX_PER_WORKER`] addresses between
@@ -112,23 +113,79 @@ struct Shared {
     /// Advanced by the flusher to ask every worker for its counts.
     epoch: AtomicU64,
     /// Counts handed over by the workers, waiting for the flusher.
-    outbox: Mutex<Tally>,
+    outbox: Mutex<Outbox>,
     /// Unix microseconds, refreshed every second by the flusher: the hot path reads an
     /// atomic instead of the clock.
     now: AtomicI64,
     dropped: AtomicU64,
 }
 
+/// Tallies handed over whole, and emptied ones to hand back. A hand-over runs on a
+/// serving thread and holds the lock every worker shares: it only moves a tally in and
+/// a spare out, whatever their size; the merging is the flusher's, off the lock.
+#[derive(Default)]
+struct Outbox {
+    pending: Vec<Tally>,
+    /// Addresses in `pending`, counted per tally (so the same address from two workers
+    /// counts twice: the bound errs on the side of less memory).
+    waiting: usize,
+    /// Emptied tallies with their capacity, for workers to count into again.
+    spares: Vec<Tally>,
+}
+
+/// Spare tallies kept for reuse; more workers than this allocate afresh.
+const MAX_SPARES: usize = 64;
+
 impl Shared {
     fn receive(&self, tally: &mut Tally) {
-        if tally.len() > 0 {
-            let lost = self
-                .outbox
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .absorb(tally, MAX_WAITING);
-            self.dropped.fetch_add(lost, Ordering::Relaxed);
+        let n = tally.len();
+        if n == 0 {
+            return;
         }
+        let refused = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            if outbox.waiting + n <= MAX_WAITING {
+                let spare = outbox.spares.pop().unwrap_or_default();
+                outbox.pending.push(std::mem::replace(tally, spare));
+                outbox.waiting += n;
+                None
+            } else {
+                Some(std::mem::take(tally))
+            }
+        };
+        // The outbox is full: what did not fit is counted as dropped, off the lock.
+        if let Some(mut lost) = refused {
+            let requests: u64 = lost
+                .allowed
+                .values()
+                .chain(lost.refused.values())
+                .map(|s| s.requests)
+                .sum();
+            self.dropped.fetch_add(requests, Ordering::Relaxed);
+            lost.allowed.clear();
+            lost.refused.clear();
+            *tally = lost;
+        }
+    }
+
+    /// Everything handed over so far, merged, with the emptied tallies given back.
+    fn take(&self) -> Tally {
+        let pending = {
+            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            outbox.waiting = 0;
+            std::mem::take(&mut outbox.pending)
+        };
+        let mut merged = Tally::default();
+        let mut emptied = Vec::with_capacity(pending.len());
+        for mut tally in pending {
+            // Cannot lose anything: the bound was kept when they were handed over.
+            merged.absorb(&mut tally, usize::MAX);
+            emptied.push(tally);
+        }
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_SPARES.saturating_sub(outbox.spares.len());
+        outbox.spares.extend(emptied.into_iter().take(room));
+        merged
     }
 }
 
@@ -185,7 +242,7 @@ impl Recorder {
             enabled,
             shared: Arc::new(Shared {
                 epoch: AtomicU64::new(0),
-                outbox: Mutex::new(Tally::default()),
+                outbox: Mutex::new(Outbox::default()),
                 now: AtomicI64::new(Timestamp::now().0),
                 dropped: AtomicU64::new(0),
             }),
@@ -280,8 +337,7 @@ impl Recorder {
     /// Takes the counts handed over so far (and this thread's), leaving them empty.
     pub fn drain(&self) -> UsageBatch {
         hand_over();
-        let taken =
-            std::mem::take(&mut *self.shared.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let taken = self.shared.take();
         UsageBatch {
             allowed: sightings(taken.allowed),
             refused: sightings(taken.refused),
@@ -401,7 +457,74 @@ mod tests {
             );
         }
         r.shared.receive(&mut big);
-        assert_eq!(r.take_dropped(), 20);
+        assert_eq!(
+            r.take_dropped(),
+            2 * (MAX_WAITING as u64 + 10),
+            "too big: all dropped"
+        );
+        assert_eq!(big.len(), 0);
+        let mut half = |from: u64| {
+            let mut t = Tally::default();
+            for i in from..from + MAX_WAITING as u64 / 2 {
+                t.refused.insert(
+                    key(i, ip()),
+                    Seen {
+                        requests: 1,
+                        first: 0,
+                        last: 0,
+                    },
+                );
+            }
+            r.shared.receive(&mut t);
+        };
+        half(0);
+        half(1_000_000);
+        half(2_000_000);
+        assert_eq!(
+            r.take_dropped(),
+            MAX_WAITING as u64 / 2,
+            "the third did not fit"
+        );
         assert_eq!(r.drain().refused.len(), MAX_WAITING);
+    }
+
+    #[test]
+    fn a_hand_over_moves_a_tally_whole_and_gets_a_spare_back() {
+        let r = Recorder::new(true);
+        let mut tally = Tally::default();
+        for i in 0..10_000 {
+            tally.allowed.insert(
+                key(i, ip()),
+                Seen {
+                    requests: 1,
+                    first: 0,
+                    last: 0,
+                },
+            );
+        }
+        let capacity = tally.allowed.capacity();
+        r.shared.receive(&mut tally);
+        // Moved, not copied entry by entry under the lock: the outbox holds the very
+        // map (its capacity), and the worker counts on in a fresh one.
+        {
+            let outbox = r.shared.outbox.lock().unwrap();
+            assert_eq!(outbox.pending.len(), 1);
+            assert_eq!(outbox.pending[0].allowed.capacity(), capacity);
+        }
+        assert_eq!(tally.allowed.capacity(), 0);
+        assert_eq!(r.drain().allowed.len(), 10_000);
+        // The emptied map comes back as the next worker's spare, capacity kept.
+        let mut next = Tally::default();
+        next.allowed.insert(
+            key(1, ip()),
+            Seen {
+                requests: 1,
+                first: 0,
+                last: 0,
+            },
+        );
+        r.shared.receive(&mut next);
+        assert!(next.allowed.capacity() >= 10_000);
+        assert_eq!(next.len(), 0);
     }
 }

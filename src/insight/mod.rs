@@ -463,7 +463,7 @@ mod tests {
             "too big: all dropped"
         );
         assert_eq!(big.len(), 0);
-        let mut half = |from: u64| {
+        let half = |from: u64| {
             let mut t = Tally::default();
             for i in from..from + MAX_WAITING as u64 / 2 {
                 t.refused.insert(

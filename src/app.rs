@@ -91,6 +91,7 @@ pub async fn serve(
     let recorder = Arc::new(Recorder::new(config.insight.record_usage));
     let api = Api {
         store: Arc::clone(&store),
+        response_ids: crate::request_id::RequestIds::new(),
         refresher: Arc::clone(&refresher),
         metrics: Arc::clone(&metrics),
         recorder: Arc::clone(&recorder),

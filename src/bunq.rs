@@ -4,15 +4,22 @@
 //! Answers: `{"Response":[{"<Type>":{…}}, …]}`, lists with a `Pagination` object.
 //! What a refused request is told lives here too, so the decision core holds no wire
 //! text: every key problem gets the same 403 body, so the answer is no oracle.
+//! The names of bunq's own request and response id headers live here too.
 
 use crate::acl::Reason;
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 use serde_json::json;
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A bunq client's id for its request; the management API echoes it when it is sane.
+pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-bunq-client-request-id");
+/// A fresh id on every management API answer, as bunq sends; bunq's SDKs quote it in
+/// their error messages.
+pub const CLIENT_RESPONSE_ID: HeaderName = HeaderName::from_static("x-bunq-client-response-id");
 
 /// An error body as a `&'static str`, for answers that never change (refusals on the
 /// hot path): building them with serde for every request cost more than the check.

@@ -44,13 +44,7 @@ impl RequestIds {
 
     /// The client's id if it is a sane one, else a new one.
     pub fn of(&self, headers: &HeaderMap) -> HeaderValue {
-        let mut sent = headers.get_all(X_REQUEST_ID).iter();
-        if let (Some(id), None) = (sent.next(), sent.next()) {
-            if is_sane(id.as_bytes()) {
-                return id.clone();
-            }
-        }
-        self.make()
+        sane_one(headers, &X_REQUEST_ID).unwrap_or_else(|| self.make())
     }
 
     /// A new id. SplitMix64's finaliser is a bijection, so distinct counts give
@@ -69,6 +63,16 @@ impl RequestIds {
             *digit = HEX[((z >> (60 - 4 * i)) & 0xF) as usize];
         }
         HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+    }
+}
+
+/// The one value of header `name` if it is a sane id; `None` when it is missing, sent
+/// more than once, or not sane. For any id a client sends that is shown back or logged.
+pub fn sane_one(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut sent = headers.get_all(name).iter();
+    match (sent.next(), sent.next()) {
+        (Some(id), None) if is_sane(id.as_bytes()) => Some(id.clone()),
+        _ => None,
     }
 }
 

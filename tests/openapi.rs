@@ -220,7 +220,7 @@ impl<'g> Checker<'g> {
         let response = follow(&self.doc, response);
         if let Some(headers) = response.get("headers").and_then(Value::as_object) {
             for (name, h) in headers {
-                if h["required"] == true {
+                if follow(&self.doc, h)["required"] == true {
                     assert!(
                         r.headers.contains_key(name.as_str()),
                         "{what}: documented header {name} is missing"

@@ -19,6 +19,11 @@
 //! Every write is committed to the store and then enforced here (this gateway's
 //! snapshot catches up to the write's version, through the poller's ordered path)
 //! before the answer is sent.
+//!
+//! As bunq's own SDKs expect: a body with no `Content-Type` is read as JSON, every
+//! answer carries a fresh `X-Bunq-Client-Response-Id`, and a sane
+//! `X-Bunq-Client-Request-Id` is echoed. A call takes one of the API's store slots only
+//! once its body is read, so a client that sends its body slowly holds none.
 
 mod error;
 mod registration;
@@ -34,6 +39,7 @@ use crate::gate::Gatekeeper;
 use crate::insight::Recorder;
 use crate::metrics::Metrics;
 use crate::refresh::Refresher;
+use crate::request_id::{self, RequestIds};
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
@@ -54,6 +60,8 @@ pub struct Api {
     pub recorder: Arc<Recorder>,
     /// Store calls the API may have in flight at once: [`API_STORE_SLOTS`].
     pub store_slots: tokio::sync::Semaphore,
+    /// Makes each answer's `X-Bunq-Client-Response-Id`.
+    pub response_ids: RequestIds,
 }
 
 /// What one call was, for its access line: the operation, whether it did what was
@@ -108,8 +116,10 @@ impl Api {
     ) -> (Answer, ApiCall) {
         let route = Route::parse(req.uri().path());
         let operation = route.operation(req.method());
+        // Echoed only when sane: it is the client's text, shown back on every answer.
+        let client_request_id = request_id::sane_one(req.headers(), &bunq::CLIENT_REQUEST_ID);
         let mut credential_id = None;
-        let (answer, reason) = match self
+        let (mut answer, reason) = match self
             .dispatch(route, req, client_ip, &settings, &mut credential_id)
             .await
         {
@@ -119,6 +129,11 @@ impl Api {
                 (e.into_response(), Some(label))
             }
         };
+        let headers = answer.headers_mut();
+        headers.insert(bunq::CLIENT_RESPONSE_ID, self.response_ids.make());
+        if let Some(id) = client_request_id {
+            headers.insert(bunq::CLIENT_REQUEST_ID, id);
+        }
         let class = match answer.status().as_u16() {
             200..=299 => "2xx",
             400..=499 => "4xx",
@@ -160,15 +175,24 @@ impl Api {
         }
 
         let identity = self.authenticate(settings.gate, &req, client_ip, credential_id)?;
+        if let Some(user) = route.user() {
+            self.own_user(identity, user)?;
+        }
         let max_ips = settings.limits.max_ips_per_credential;
-        let _slot = self.store_slot().await?;
         let caller_ip = client_ip.ok_or(ApiError::Refused(Reason::ClientIpUnknown))?;
         let actor = Actor::credential(identity.credential_id, caller_ip);
         let query = req.uri().query().map(str::to_owned);
         let base = req.uri().path().trim_end_matches('/').to_owned();
+        // The body is read before a store slot is taken: a client that sends it slowly
+        // (or never) must not hold one of the few slots every other caller needs.
+        let body = if reading {
+            Bytes::new()
+        } else {
+            self.body(req, settings.limits).await?
+        };
+        let _slot = self.store_slot().await?;
         match route {
             Route::Credentials { user } => {
-                self.own_user(identity, user)?;
                 let page = wire::parse_page(query.as_deref())?;
                 let rows = self
                     .store
@@ -190,12 +214,10 @@ impl Api {
                 ))
             }
             Route::Credential { user, credential } => {
-                self.own_user(identity, user)?;
                 let c = self.own_credential(user, credential).await?;
                 ok("CredentialPasswordIp", &[wire::CredentialView::from(&c)])
             }
             Route::Ips { user, credential } if reading => {
-                self.own_user(identity, user)?;
                 self.own_credential(user, credential).await?;
                 let page = wire::parse_page(query.as_deref())?;
                 let rows = self
@@ -218,8 +240,6 @@ impl Api {
                 ))
             }
             Route::Ips { user, credential } => {
-                self.own_user(identity, user)?;
-                let body = self.body(req, settings.limits).await?;
                 let new: wire::NewIpBody = wire::parse_json(&body)?;
                 let ip = wire::parse_ip(&new.ip)?;
                 let status = match new.status.as_deref() {
@@ -237,7 +257,6 @@ impl Api {
                 credential,
                 item,
             } if reading => {
-                self.own_user(identity, user)?;
                 self.own_credential(user, credential).await?;
                 let entry = self.store.ip(credential, item).await?;
                 ok("PermittedIp", &[wire::PermittedIpView::from(&entry)])
@@ -247,8 +266,6 @@ impl Api {
                 credential,
                 item,
             } => {
-                self.own_user(identity, user)?;
-                let body = self.body(req, settings.limits).await?;
                 let change: wire::UpdateIpBody = wire::parse_json(&body)?;
                 let new_ip = change.ip.as_deref().map(wire::parse_ip).transpose()?;
                 let status = change
@@ -345,7 +362,7 @@ impl Api {
         }
     }
 
-    /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.
+    /// Reads a body of at most `limits.max_body_bytes`, declared as JSON or not declared.
     async fn body(&self, req: Request<Incoming>, limits: &LimitsConfig) -> Result<Bytes, ApiError> {
         wire::require_json(req.headers())?;
         let limit = limits.max_body_bytes;

@@ -65,6 +65,17 @@ impl Route {
         }
     }
 
+    /// The user whose data the route names, if it names one.
+    pub(super) fn user(&self) -> Option<u64> {
+        match *self {
+            Route::Credentials { user }
+            | Route::Credential { user, .. }
+            | Route::Ips { user, .. }
+            | Route::Ip { user, .. } => Some(user),
+            Route::DeviceServer | Route::NotFound => None,
+        }
+    }
+
     /// The methods a route answers, for 405 and `Allow`. HEAD wherever GET is.
     pub(super) fn allowed(&self) -> &'static str {
         match self {

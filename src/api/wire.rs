@@ -19,7 +19,7 @@ pub enum BadInput {
     Invalid(String),
     /// 403: the wildcard is the operator's alone.
     Wildcard,
-    /// 415: a write whose body is not declared `application/json`.
+    /// 415: a write whose body is declared as something other than `application/json`.
     NotJson,
 }
 
@@ -51,14 +51,17 @@ pub struct UpdateIpBody {
     pub status: Option<String>,
 }
 
-/// A write's body must be declared `application/json`: any case, parameters allowed,
-/// but a `charset` only if it is UTF-8 (RFC 8259). Another type, several
-/// `Content-Type` lines, or none at all is refused before the body is read: a strict
-/// API does not guess what a client meant to send.
+/// A write's body is JSON: declared `application/json` (any case, parameters allowed,
+/// but a `charset` only if it is UTF-8, RFC 8259), or not declared at all, which is how
+/// bunq's own SDKs send it and bunq reads it. Another type or several `Content-Type`
+/// lines are refused before the body is read: what a client declared as something
+/// else is not guessed to be JSON.
 pub fn require_json(headers: &http::HeaderMap) -> Result<(), BadInput> {
     let mut declared = headers.get_all(http::header::CONTENT_TYPE).iter();
-    let (Some(value), None) = (declared.next(), declared.next()) else {
-        return Err(BadInput::NotJson);
+    let value = match (declared.next(), declared.next()) {
+        (None, _) => return Ok(()),
+        (Some(value), None) => value,
+        (Some(_), Some(_)) => return Err(BadInput::NotJson),
     };
     let mut parts = value.to_str().map_err(|_| BadInput::NotJson)?.split(';');
     let essence = parts.next().unwrap_or("").trim();
@@ -347,7 +350,8 @@ mod tests {
         ] {
             assert_eq!(with(&[bad]), Err(BadInput::NotJson), "{bad}");
         }
-        assert_eq!(with(&[]), Err(BadInput::NotJson));
+        // bunq's SDKs declare nothing: read as JSON.
+        assert_eq!(with(&[]), Ok(()));
         assert_eq!(
             with(&["application/json", "text/plain"]),
             Err(BadInput::NotJson)

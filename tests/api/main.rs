@@ -10,6 +10,7 @@
 mod common;
 
 mod access;
+mod bunq_clients;
 mod helpers;
 mod reading;
 mod registration;

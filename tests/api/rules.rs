@@ -208,7 +208,6 @@ async fn writes_must_be_declared_json() {
         Some("application/json-patch+json"),
         Some("multipart/form-data; boundary=x"),
         Some(""),
-        None,
     ] {
         let r = send(Method::POST, holder.ips(), declared, add).await;
         assert_error(&r, StatusCode::UNSUPPORTED_MEDIA_TYPE, "application/json");

@@ -165,6 +165,10 @@ impl Api {
         let reading = matches!(*req.method(), Method::GET | Method::HEAD);
         let allowed = route.allowed();
         if route == Route::NotFound {
+            let shape = Route::shape_allows(req.uri().path());
+            if !shape.is_empty() && !shape.split(", ").any(|m| m == req.method().as_str()) {
+                return Err(ApiError::MethodNotAllowed(shape));
+            }
             return Err(ApiError::NotFound("endpoint"));
         }
         if !allowed.split(", ").any(|m| m == req.method().as_str()) {

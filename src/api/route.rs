@@ -27,13 +27,23 @@ pub enum Route {
 
 impl Route {
     pub fn parse(path: &str) -> Route {
+        Route::parse_with(path, |s| s.parse::<u64>().ok())
+    }
+
+    /// The methods a path's shape answers, whatever its ids say: a path shaped like a
+    /// route but with an id that is no number (`…/ip/-1`) still answers a method no
+    /// such route takes with 405, as the API description says; the others get 404.
+    pub fn shape_allows(path: &str) -> &'static str {
+        Route::parse_with(path, |s| (!s.is_empty()).then_some(0)).allowed()
+    }
+
+    fn parse_with(path: &str, id: impl Fn(&str) -> Option<u64>) -> Route {
         // What precedes the first `/` is not a segment; without this, "x/v1/…" would
         // route although `Api::owns` sends it upstream.
         if !path.starts_with('/') {
             return Route::NotFound;
         }
         let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        let id = |s: &str| s.parse::<u64>().ok();
         match parts.as_slice() {
             ["v1", "device-server"] => Route::DeviceServer,
             ["v1", "user", u, "credential-password-ip", rest @ ..] => {
@@ -156,6 +166,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_malformed_id_keeps_the_shape_of_its_route() {
+        let entry = "/v1/user/3/credential-password-ip/4/ip/-1";
+        assert_eq!(Route::parse(entry), Route::NotFound);
+        assert_eq!(Route::shape_allows(entry), "GET, HEAD, PUT");
+        assert_eq!(
+            Route::shape_allows("/v1/user/x/credential-password-ip"),
+            "GET, HEAD"
+        );
+        assert_eq!(Route::shape_allows("/v1/user/3/other"), "");
     }
 
     /// Found by fuzzing (`fuzz/fuzz_targets/api_route.rs`): a path that does not start

@@ -104,6 +104,14 @@ async fn entries_are_never_deleted() {
         .await;
     assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "");
     assert_eq!(r.headers["allow"], "GET, HEAD");
+    // An id that is no number keeps its route's shape: DELETE is 405, as documented
+    // (deploy/openapi.yaml; found by schemathesis), and GET is 404.
+    let malformed = holder.ips() + "/-1";
+    let r = holder.call(Method::DELETE, &malformed, None).await;
+    assert_error(&r, StatusCode::METHOD_NOT_ALLOWED, "");
+    assert_eq!(r.headers["allow"], "GET, HEAD, PUT");
+    let r = holder.call(Method::GET, &malformed, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     assert_eq!(holder.stored(), before);
     assert_eq!(holder.probe("127.0.0.2").await, StatusCode::OK);

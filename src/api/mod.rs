@@ -373,7 +373,7 @@ impl Api {
         match Limited::new(req.into_body(), limit).collect().await {
             Ok(b) => Ok(b.to_bytes()),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(BadInput::Invalid(format!("Request body is larger than {limit} bytes.")).into())
+                Err(BadInput::TooLarge(limit).into())
             }
             Err(_) => {
                 self.metrics

@@ -50,6 +50,9 @@ pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
 /// What the client is told, as a whole JSON body. Deliberately the same for every 403.
 pub fn refusal_body(reason: Reason) -> &'static str {
     match reason.status() {
+        401 if reason == Reason::ManyKeys => {
+            static_error_body!("More than one authentication token; send exactly one.")
+        }
         401 => static_error_body!("Missing authentication token."),
         403 => static_error_body!("Insufficient authorisation."),
         _ => static_error_body!("Service temporarily unavailable, try again later."),

@@ -7,8 +7,11 @@
 //! The SDK expects bunq's installation, device-server and session handshake; ipgate
 //! has none of that (a key is used as it is, from an address on its whitelist). The
 //! script hands the SDK the context that handshake would leave behind, with the ipgate
-//! key as its session token; its docstring says exactly what it sets and the one SDK
-//! check it replaces (bunq's response signatures, which ipgate does not make).
+//! key as its session token and, as bunq's server public key, the public half of the
+//! gateway's `auth.response_signing_key`, made here with openssl as the README says;
+//! its docstring says exactly what it sets. The SDK itself runs unmodified, verifying
+//! every answer's `X-Bunq-Server-Signature`, and the script shows that answers signed
+//! by another key, changed on the way or unsigned make it raise.
 //!
 //! Without the SDK installed the test prints one "skipped" line and passes; with
 //! `IPGATE_REQUIRE_BUNQ_SDK=1` (CI) the skip is a failure.
@@ -17,6 +20,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const REQUIRE_ENV: &str = "IPGATE_REQUIRE_BUNQ_SDK";
@@ -58,7 +62,11 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
         return;
     }
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    let dir = tempfile::tempdir().unwrap();
+    let public_key = signing_key_pair(dir.path());
+    let settings =
+        Settings::new(&upstream.url()).set("auth.response_signing_key", "\"server-key.pem\"");
+    let gw = Gateway::start_in(dir, &settings, &[]);
     gw.wait_ready().await;
     let (user, cred, key) = gw.registered_key(&["127.0.0.1"]).await;
     let base = format!("http://{}/v1/", gw.target(ip("127.0.0.1")));
@@ -68,6 +76,7 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
         let mut child = Command::new("python3")
             .arg(SCRIPT)
             .args([base, user.to_string(), cred.to_string()])
+            .arg(public_key)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -97,7 +106,40 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        16,
+        18,
         "every check ran:\n{stdout}"
     );
+}
+
+/// Makes the gateway's signing key as the README tells an operator to:
+/// `server-key.pem` in `dir` (the config's folder) and its public half, which key
+/// holders are given; returns the public key's path.
+fn signing_key_pair(dir: &Path) -> PathBuf {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl, to make the gateway's signing key");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        "server-key.pem",
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        "server-key.pem",
+        "-pubout",
+        "-out",
+        "server-public.pem",
+    ]);
+    dir.join("server-public.pem")
 }

@@ -96,7 +96,13 @@ mod tests {
     fn openssl_key(dir: &Path, name: &str) -> std::path::PathBuf {
         let path = dir.join(name);
         let out = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
             .arg("-out")
             .arg(&path)
             .output()
@@ -126,14 +132,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = ResponseSigningKey::load(&missing).unwrap_err();
-        assert!(e.contains("missing.pem") && e.contains("cannot be read"), "{e}");
+        assert!(
+            e.contains("missing.pem") && e.contains("cannot be read"),
+            "{e}"
+        );
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a key\n").unwrap();
         let e = ResponseSigningKey::load(&junk).unwrap_err();
-        assert!(e.contains("junk.pem") && e.contains("no PEM private key"), "{e}");
+        assert!(
+            e.contains("junk.pem") && e.contains("no PEM private key"),
+            "{e}"
+        );
         let ec = dir.path().join("ec.pem");
         let out = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
             .arg("-out")
             .arg(&ec)
             .output()
@@ -143,7 +161,13 @@ mod tests {
         assert!(e.contains("ec.pem") && e.contains("RSA"), "{e}");
         let small = dir.path().join("small.pem");
         let out = Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:1024",
+            ])
             .arg("-out")
             .arg(&small)
             .output()

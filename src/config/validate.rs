@@ -223,11 +223,7 @@ fn auth(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> AuthConfig {
 }
 
 /// `auth.response_signing_key`: read now, so a key that cannot sign is listed here.
-fn signing_key(
-    r: &mut Reader<'_>,
-    s: &Section<'_, '_>,
-    base: &Path,
-) -> Option<ResponseSigningKey> {
+fn signing_key(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path) -> Option<ResponseSigningKey> {
     let f = r.optional_string(s, "response_signing_key");
     let name = f.value.as_deref()?;
     match ResponseSigningKey::load(&base.join(name)) {

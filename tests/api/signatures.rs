@@ -63,15 +63,14 @@ fn verified(r: &Answer, public_key: &[u8]) -> String {
     let signature = signature.to_str().unwrap().to_owned();
     let raw = STANDARD.decode(&signature).expect("standard base64");
     let key = UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, public_key);
-    key.verify(&r.body, &raw).unwrap_or_else(|_| {
-        panic!(
-            "the signature does not verify over the body: {}",
-            r.text()
-        )
-    });
+    key.verify(&r.body, &raw)
+        .unwrap_or_else(|_| panic!("the signature does not verify over the body: {}", r.text()));
     let mut changed = r.body.to_vec();
     changed[0] ^= 1;
-    assert!(key.verify(&changed, &raw).is_err(), "a changed body verified");
+    assert!(
+        key.verify(&changed, &raw).is_err(),
+        "a changed body verified"
+    );
     signature
 }
 
@@ -189,6 +188,10 @@ async fn without_a_signing_key_no_answer_is_signed() {
     ];
     for r in &answers {
         assert!(r.headers.contains_key(RESPONSE_ID), "{:?}", r.headers);
-        assert!(!r.headers.contains_key(SIGNATURE), "{} was signed", r.status);
+        assert!(
+            !r.headers.contains_key(SIGNATURE),
+            "{} was signed",
+            r.status
+        );
     }
 }

@@ -77,7 +77,8 @@ pub struct ApiCall {
     pub operation: &'static str,
     pub ok: bool,
     /// `ok`, or why not: a refusal's reason (`ip_not_active`, …), `bad_input`,
-    /// `not_found`, a registration's `unknown_key`, … (`ApiError::label`).
+    /// `not_found`, a registration's `unknown_key`, … (`ApiError::label`); `not_signed`
+    /// for a successful answer that could not be signed (sent as a 500).
     pub reason: &'static str,
     pub credential_id: Option<u64>,
 }
@@ -125,7 +126,7 @@ impl Api {
         // Echoed only when sane: it is the client's text, shown back on every answer.
         let client_request_id = request_id::sane_one(req.headers(), &bunq::CLIENT_REQUEST_ID);
         let mut credential_id = None;
-        let (mut answer, reason) = match self
+        let (mut answer, mut reason) = match self
             .dispatch(route, req, client_ip, &settings, &mut credential_id)
             .await
         {
@@ -141,7 +142,10 @@ impl Api {
             headers.insert(bunq::CLIENT_REQUEST_ID, id);
         }
         if let (Some(key), true) = (&self.signing_key, answer.status().is_success()) {
-            answer = sign(answer, key).await;
+            answer = sign(answer, key).await.unwrap_or_else(|unsigned| {
+                reason = Some("not_signed");
+                unsigned
+            });
         }
         let class = match answer.status().as_u16() {
             200..=299 => "2xx",
@@ -427,11 +431,12 @@ impl Api {
 /// (HEAD too: its head is GET's, body unsent). Only successful answers are signed: the
 /// SDKs check no other (bunq-sdk raises on any status but 200 before it verifies), and
 /// signing refusals would hand every caller without a key an RSA operation per request.
-/// An answer that cannot be signed is not sent unsigned: it becomes a 500.
+/// An answer that cannot be signed is not sent unsigned: `Err` holds the 500 to send
+/// instead, with the answer's bunq ids.
 ///
 /// An RSA signature takes about a millisecond with a 2048-bit key and ten with 4096
 /// bits: it runs on the blocking pool, not on a worker that serves other connections.
-async fn sign(answer: Answer, key: &ResponseSigningKey) -> Answer {
+async fn sign(answer: Answer, key: &ResponseSigningKey) -> Result<Answer, Answer> {
     let (mut head, body) = answer.into_parts();
     // A `Full` body is one chunk, already there: this never waits.
     let body = match body.collect().await {
@@ -450,17 +455,18 @@ async fn sign(answer: Answer, key: &ResponseSigningKey) -> Answer {
         tracing::error!("cannot sign a management API answer; answering 500 instead");
         let mut failed = bunq::error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "The answer could not be signed.",
+            "The request was carried out (a change it asked for is stored), but its \
+             answer could not be signed.",
         );
         for name in [bunq::CLIENT_RESPONSE_ID, bunq::CLIENT_REQUEST_ID] {
             if let Some(v) = head.headers.remove(&name) {
                 failed.headers_mut().insert(name, v);
             }
         }
-        return failed;
+        return Err(failed);
     };
     head.headers.insert(bunq::SERVER_SIGNATURE, signature);
-    Answer::from_parts(head, http_body_util::Full::new(body))
+    Ok(Answer::from_parts(head, http_body_util::Full::new(body)))
 }
 
 /// Splits a list fetched with one extra row into the page and "more exist". Lists

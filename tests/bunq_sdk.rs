@@ -8,8 +8,9 @@
 //! has none of that (a key is used as it is, from an address on its whitelist). The
 //! script hands the SDK the context that handshake would leave behind, with the ipgate
 //! key as its session token and, as bunq's server public key, the public half of the
-//! gateway's `auth.response_signing_key`, made here with openssl as the README says;
-//! its docstring says exactly what it sets. The SDK itself runs unmodified, verifying
+//! gateway's `auth.response_signing_key` (made with openssl and handed out with
+//! `ipgate admin server-public-key`, as the README says); its docstring says exactly
+//! what it sets. The SDK itself runs unmodified, verifying
 //! every answer's `X-Bunq-Server-Signature`, and the script shows that answers signed
 //! by another key, changed on the way or unsigned make it raise.
 //!
@@ -20,7 +21,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const REQUIRE_ENV: &str = "IPGATE_REQUIRE_BUNQ_SDK";
@@ -63,11 +64,18 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
     }
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let public_key = signing_key_pair(dir.path());
+    signing_key(dir.path());
     let settings =
         Settings::new(&upstream.url()).set("auth.response_signing_key", "\"server-key.pem\"");
     let gw = Gateway::start_in(dir, &settings, &[]);
     gw.wait_ready().await;
+    // What the operator hands key holders, as the README says.
+    let public_key = gw.dir.path().join("server-public.pem");
+    let pem = gw.admin(&["server-public-key"])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&public_key, pem).unwrap();
     let (user, cred, key) = gw.registered_key(&["127.0.0.1"]).await;
     let base = format!("http://{}/v1/", gw.target(ip("127.0.0.1")));
 
@@ -111,35 +119,22 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
     );
 }
 
-/// Makes the gateway's signing key as the README tells an operator to:
-/// `server-key.pem` in `dir` (the config's folder) and its public half, which key
-/// holders are given; returns the public key's path.
-fn signing_key_pair(dir: &Path) -> PathBuf {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("openssl, to make the gateway's signing key");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        "server-key.pem",
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        "server-key.pem",
-        "-pubout",
-        "-out",
-        "server-public.pem",
-    ]);
-    dir.join("server-public.pem")
+/// Makes the gateway's signing key, `server-key.pem` in `dir` (the config's folder),
+/// with openssl as the README tells an operator to.
+fn signing_key(dir: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "server-key.pem",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl, to make the gateway's signing key");
+    assert!(out.status.success(), "openssl genpkey: {out:?}");
 }

@@ -71,6 +71,44 @@ impl ResponseSigningKey {
     pub fn public_key_der(&self) -> &[u8] {
         self.pair.public_key().as_ref()
     }
+
+    /// The public key as key holders are given it: a PEM `PUBLIC KEY`
+    /// (SubjectPublicKeyInfo), as bunq's installation hands out its server key and as
+    /// `openssl pkey -pubout` prints it.
+    pub fn public_key_pem(&self) -> String {
+        // SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING { RSAPublicKey } }
+        const RSA_ENCRYPTION: &[u8] = &[
+            0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+        ];
+        let mut bits = vec![0]; // no unused bits
+        bits.extend_from_slice(self.public_key_der());
+        let mut info = der(0x30, RSA_ENCRYPTION);
+        info.extend(der(0x03, &bits));
+        let spki = der(0x30, &info);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in STANDARD.encode(spki).as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
+    }
+}
+
+/// One DER element: tag, definite length, content.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 impl fmt::Debug for ResponseSigningKey {
@@ -125,6 +163,30 @@ mod tests {
         assert_eq!(key, key.clone());
         let other = ResponseSigningKey::load(&openssl_key(dir.path(), "o.pem")).unwrap();
         assert_ne!(key, other);
+    }
+
+    #[test]
+    fn the_public_key_pem_is_what_openssl_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        for bits in ["2048", "3072", "4096"] {
+            let path = dir.path().join(format!("{bits}.pem"));
+            let out = Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+                .arg(format!("rsa_keygen_bits:{bits}"))
+                .arg("-out")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let out = Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let key = ResponseSigningKey::load(&path).unwrap();
+            assert_eq!(key.public_key_pem(), String::from_utf8(out.stdout).unwrap());
+        }
     }
 
     #[test]

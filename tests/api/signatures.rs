@@ -93,6 +93,17 @@ async fn successful_answers_are_signed_over_their_body_and_errors_are_not() {
         gw.logs().iter().all(|l| !l.contains("PRIVATE KEY")),
         "the key was logged"
     );
+    // What an operator hands key holders is what openssl makes of the same key.
+    let handed_out = gw.admin(&["server-public-key"]);
+    let openssl = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in", "server-key.pem"])
+        .current_dir(gw.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        handed_out["public_key"],
+        String::from_utf8(openssl.stdout).unwrap()
+    );
 
     // The device registration, the one call made before a key is whitelisted.
     let (user, cred, key) = gw.new_key();
@@ -194,4 +205,15 @@ async fn without_a_signing_key_no_answer_is_signed() {
             r.status
         );
     }
+    let out = gw.admin_raw(&["server-public-key"]);
+    assert!(!out.status.success());
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "input", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth.response_signing_key is not set"),
+        "{error}"
+    );
 }

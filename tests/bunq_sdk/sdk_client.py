@@ -16,8 +16,8 @@ What the SDK is handed, and why; the SDK's code itself is not changed in any way
   its environment's `uri_base` is the gateway, and its installation holds a client key
   pair made here (the SDK signs every request body with it; ipgate ignores
   `X-Bunq-Client-Signature`) and, as the server public key, the public half of the
-  gateway's `auth.response_signing_key` (what `openssl pkey -pubout` prints, as the
-  README tells an operator to hand it out). The device was registered before this
+  gateway's `auth.response_signing_key` (what `ipgate admin server-public-key` or
+  `openssl pkey -pubout` prints, as the README tells an operator to hand it out). The device was registered before this
   script ran.
 - With that key the SDK verifies `X-Bunq-Server-Signature` on every successful answer,
   as it does against bunq. To show it really does: a context holding another public

@@ -105,6 +105,7 @@ mod tests {
             header,
             registration_window: Duration::from_secs(60),
             forward_key: false,
+            response_signing_key: None,
         }
     }
 

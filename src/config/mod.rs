@@ -9,11 +9,13 @@
 mod document;
 mod model;
 mod reload;
+mod signing_key;
 mod store_url;
 mod validate;
 mod values;
 
 pub use model::*;
+pub use signing_key::ResponseSigningKey;
 pub use values::{check_log_filter, parse_duration, parse_net};
 
 use std::fmt;

@@ -396,7 +396,15 @@ mod tests {
                     "send_real_ip",
                 ],
             ),
-            ("auth", &["header", "registration_window", "forward_key"]),
+            (
+                "auth",
+                &[
+                    "header",
+                    "registration_window",
+                    "forward_key",
+                    "response_signing_key",
+                ],
+            ),
             ("client_ip", &["trusted_proxies", "header"]),
             ("store", &["url", "pool_size", "timeout", "keep_changes"]),
             ("refresh", &["interval", "max_staleness", "notify"]),

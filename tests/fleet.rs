@@ -374,3 +374,19 @@ async fn a_restored_database_forces_a_full_load_never_a_stale_snapshot() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_notifies_every_listening_gateway() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    // Polls an hour apart: only the notification of a commit can carry a change.
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "1h", true));
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let before = gw.metric("ipgate_changes_applied_total").await;
+    gw.admin(&["credential", "revoke", &cred.to_string()]);
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN)
+        .await;
+    assert!(gw.metric("ipgate_changes_applied_total").await > before);
+}

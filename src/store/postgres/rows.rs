@@ -254,51 +254,39 @@ pub(super) async fn stored_credentials(
 }
 
 /// Advances the change version by one, records what it changed and notifies
-/// listeners, in the caller's transaction. The counter row is updated last: its lock
-/// is what puts versions in commit order, so it is held only until the commit.
+/// listeners, in the caller's transaction and in one statement: the counter row's lock
+/// (what puts versions in commit order) is taken by it and held only until the commit
+/// that follows, never across another round trip. Every 64th version also prunes the
+/// history older than `keep`, in the same statement.
 pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u64) -> Result<u64> {
     let row = query_one(
         tx,
-        "UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value",
-        &[],
-    )
-    .await?;
-    let version: i64 = col(&row, 0)?;
-    execute(
-        tx,
-        "INSERT INTO change_log (version, credential_id, stamp, committed_at) \
-         VALUES ($1, $2, $3, $4)",
+        "WITH bumped AS ( \
+             UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value \
+         ), logged AS ( \
+             INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+             SELECT value, $1::BIGINT, $2::BIGINT, $3::BIGINT FROM bumped RETURNING version \
+         ), pruned AS ( \
+             DELETE FROM change_log WHERE version <= (SELECT value - $4 FROM bumped) \
+             AND (SELECT value % 64 = 0 AND value > $4 FROM bumped) \
+         ), marked AS ( \
+             UPDATE meta SET value = GREATEST(value, (SELECT value - $4::BIGINT FROM bumped)) \
+             WHERE name = 'pruned_through' \
+             AND (SELECT value % 64 = 0 AND value > $4 FROM bumped) \
+         ), notified AS ( \
+             SELECT pg_notify($5::TEXT, version::TEXT) FROM logged \
+         ) \
+         SELECT version FROM logged, notified",
         &[
-            &version,
             &credential.map(|c| c as i64),
             &random_stamp()?,
             &Timestamp::now().0,
+            &(keep.min(i64::MAX as u64) as i64),
+            &CHANNEL,
         ],
     )
     .await?;
-    let version = version as u64;
-    if version % 64 == 0 && version > keep {
-        let through = (version - keep) as i64;
-        execute(
-            tx,
-            "DELETE FROM change_log WHERE version <= $1",
-            &[&through],
-        )
-        .await?;
-        execute(
-            tx,
-            "UPDATE meta SET value = GREATEST(value, $1) WHERE name = 'pruned_through'",
-            &[&through],
-        )
-        .await?;
-    }
-    execute(
-        tx,
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &version.to_string()],
-    )
-    .await?;
-    Ok(version)
+    Ok(col::<i64>(&row, 0)? as u64)
 }
 
 pub(super) async fn get_credential(tx: &Transaction<'_>, credential: u64) -> Result<Credential> {

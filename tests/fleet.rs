@@ -390,3 +390,44 @@ async fn a_commit_notifies_every_listening_gateway() {
         .await;
     assert!(gw.metric("ipgate_changes_applied_total").await > before);
 }
+
+/// Waits until `gw` has at least `n` credentials and a resync for `reason`.
+async fn wait_for_load(gw: &Gateway, n: u32, reason: &str) -> Duration {
+    let started = Instant::now();
+    gw.wait_metric(&format!("ipgate_resyncs_total{{reason=\"{reason}\"}}"), 1.0)
+        .await;
+    gw.wait_metric("ipgate_snapshot_credentials", f64::from(n))
+        .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_far_behind_loads_everything_instead_of_a_delta() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "200ms", false));
+    gw.wait_ready().await;
+    pg.many_changes(&db, 60_000);
+    let took = wait_for_load(&gw, 60_000, "delta_too_large").await;
+    eprintln!("60,000 versions behind: a full load instead of a delta, after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_too_slow_to_read_becomes_a_full_load() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    // The schema first, with the ordinary limits; then a gateway whose statements may
+    // run 20 ms: a delta of 49,000 credentials does not fit, a full load has 120 s.
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "200ms", false));
+    gw.wait_ready().await;
+    drop(gw);
+    let gw = Gateway::start(
+        &settings(pg, &db, &upstream, "200ms", false).set("store.statement_timeout", "\"20ms\""),
+    );
+    gw.wait_ready().await;
+    pg.many_changes(&db, 49_000);
+    let took = wait_for_load(&gw, 49_000, "delta_timed_out").await;
+    eprintln!("49,000 versions behind, the delta timed out: loaded after {took:?}");
+}

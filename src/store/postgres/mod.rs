@@ -26,6 +26,7 @@ use crate::config::PostgresConfig;
 use async_trait::async_trait;
 use pool::{Lane, Lanes, Lease};
 use rows::*;
+use writes::{audit, bump};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

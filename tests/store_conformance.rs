@@ -1144,7 +1144,9 @@ async fn concurrent_flushes_past_the_bound_never_fail(t: TestStore) {
     let kept = REFUSED_KEPT as u32;
     let start = UsageBatch {
         allowed: vec![],
-        refused: (0..kept).map(|i| seen(id, &addr(i), 1, 1000, 1000 + i as i64)).collect(),
+        refused: (0..kept)
+            .map(|i| seen(id, &addr(i), 1, 1000, 1000 + i as i64))
+            .collect(),
     };
     s.record_usage(start).await.unwrap();
     let (one, two) = (t.another(), t.another());

@@ -61,7 +61,8 @@ async fn add_ip(
 async fn polls(gw: &Gateway) -> (f64, f64) {
     (
         gw.metric("ipgate_refresh_total{result=\"error\"}").await,
-        gw.metric("ipgate_refresh_total{result=\"unchanged\"}").await
+        gw.metric("ipgate_refresh_total{result=\"unchanged\"}")
+            .await
             + gw.metric("ipgate_refresh_total{result=\"updated\"}").await,
     )
 }
@@ -83,7 +84,14 @@ async fn lock_waiters(db: &tokio_postgres::Client, database: &str) -> Vec<i32> {
 async fn until_a_write_succeeds(gw: &Gateway, paths: &ApiPaths, key: &str, tag: u8) -> Duration {
     let started = Instant::now();
     for attempt in 0u8.. {
-        let (status, _) = add_ip(gw, ip("127.0.0.2"), paths, key, &format!("10.{tag}.9.{attempt}")).await;
+        let (status, _) = add_ip(
+            gw,
+            ip("127.0.0.2"),
+            paths,
+            key,
+            &format!("10.{tag}.9.{attempt}"),
+        )
+        .await;
         if status == StatusCode::OK {
             return started.elapsed();
         }
@@ -143,8 +151,14 @@ async fn a_session_holding_the_counter_row_stops_no_poll() {
     // Meanwhile both gateways kept polling, and none of their polls failed.
     for (gw, (errors, done)) in gws.iter().zip(before) {
         let (errors_now, done_now) = polls(gw).await;
-        assert_eq!(errors_now, errors, "polls failed while the counter row was held");
-        assert!(done_now >= done + 5.0, "too few polls: {done} -> {done_now}");
+        assert_eq!(
+            errors_now, errors,
+            "polls failed while the counter row was held"
+        );
+        assert!(
+            done_now >= done + 5.0,
+            "too few polls: {done} -> {done_now}"
+        );
         assert_eq!(gw.metric("ipgate_store_up").await, 1.0);
     }
 
@@ -223,8 +237,7 @@ async fn a_gateway_paused_in_the_middle_of_a_write_does_not_freeze_the_others() 
     let upstream = Upstream::start().await;
     // A paused gateway's session is ended by the server after this much silence.
     let idle = Duration::from_secs(3);
-    let settings =
-        settings(pg, &db, &upstream).set("store.idle_in_transaction_timeout", "\"3s\"");
+    let settings = settings(pg, &db, &upstream).set("store.idle_in_transaction_timeout", "\"3s\"");
     let gws = [
         Gateway::start(&settings),
         Gateway::start(&settings),
@@ -271,7 +284,10 @@ async fn a_gateway_paused_in_the_middle_of_a_write_does_not_freeze_the_others() 
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     while lock_waiters(&control, &db).await.is_empty() {
-        assert!(Instant::now() < deadline, "the write never reached the trigger");
+        assert!(
+            Instant::now() < deadline,
+            "the write never reached the trigger"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     signal(gws[0].pid(), "STOP");
@@ -296,7 +312,10 @@ async fn a_gateway_paused_in_the_middle_of_a_write_does_not_freeze_the_others() 
         if idle_in_tx == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the paused write is not holding its transaction");
+        assert!(
+            Instant::now() < deadline,
+            "the paused write is not holding its transaction"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
@@ -312,7 +331,10 @@ async fn a_gateway_paused_in_the_middle_of_a_write_does_not_freeze_the_others() 
     assert!(recovered < idle + SLACK + STORE_TIMEOUT, "{recovered:?}");
     for (gw, (errors, done)) in gws[1..].iter().zip(before) {
         let (errors_now, done_now) = polls(gw).await;
-        assert_eq!(errors_now, errors, "polls failed while gateway 0 was paused");
+        assert_eq!(
+            errors_now, errors,
+            "polls failed while gateway 0 was paused"
+        );
         assert!(done_now > done, "no polls while gateway 0 was paused");
     }
 

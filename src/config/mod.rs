@@ -368,7 +368,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.server_timeouts.statement, Duration::from_secs(30));
         assert_eq!(c.server_timeouts.lock, Duration::from_millis(500));
-        assert_eq!(c.server_timeouts.idle_in_transaction, Duration::from_secs(10));
+        assert_eq!(
+            c.server_timeouts.idle_in_transaction,
+            Duration::from_secs(10)
+        );
         let e = postgres(
             "[store]\nurl = \"postgres://gw@db/ipgate\"\nlock_timeout = \"0s\"\n\
              idle_in_transaction_timeout = \"soon\"\n",

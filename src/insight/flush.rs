@@ -181,7 +181,9 @@ mod tests {
 
     #[test]
     fn a_large_batch_is_written_in_bounded_parts_and_kept_bounded() {
-        let many = |n: u64| -> Vec<Sighting> { (0..n).map(|i| s(i, "10.0.0.1", 1, 1, i as i64)).collect() };
+        let many = |n: u64| -> Vec<Sighting> {
+            (0..n).map(|i| s(i, "10.0.0.1", 1, 1, i as i64)).collect()
+        };
         let batch = UsageBatch {
             allowed: many(7),
             refused: many(5),

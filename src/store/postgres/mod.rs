@@ -26,13 +26,13 @@ use crate::config::PostgresConfig;
 use async_trait::async_trait;
 use pool::{Lane, Lanes, Lease};
 use rows::*;
-use writes::{audit, bump};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OnceCell};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
+use writes::{audit, bump};
 
 pub struct PostgresStore {
     lanes: Lanes,

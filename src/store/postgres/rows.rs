@@ -1,6 +1,7 @@
-//! Reading and writing rows in PostgreSQL: the same columns and steps as the SQLite
-//! backend's, with `$n` placeholders, `BIGINT` ids and row locks. Everything here runs
-//! inside a transaction the caller opened; nothing panics on an unexpected column.
+//! Rows in PostgreSQL: statements prepared once per connection, columns read without
+//! panicking on an unexpected one, and the reads the feed, the writes and the API
+//! share (the same columns and steps as the SQLite backend's, with `$n` placeholders
+//! and `BIGINT` ids). Everything here runs inside a transaction the caller opened.
 
 use super::super::feed::StoredCredential;
 use super::super::model::*;

@@ -773,7 +773,8 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
 /// 1M credentials in PostgreSQL: a cold start, then single changes applied.
 /// A gateway 100,000 changes behind, each change a credential of its own: how long
 /// the delta attempt takes before it gives way, and the full load it gives way to;
-/// and for scale, the largest delta still read as one (49,000 changes).
+/// and for scale, a delta of just under half the store (49,000 changes), still read
+/// as one.
 async fn behind(pg: &Postgres) {
     const N: u32 = 100_000;
     const UNDER: u32 = 49_000;

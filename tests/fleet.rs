@@ -418,16 +418,20 @@ async fn a_delta_too_slow_to_read_becomes_a_full_load() {
     let Some(pg) = Postgres::shared() else { return };
     let db = pg.database();
     let upstream = Upstream::start().await;
-    // The schema first, with the ordinary limits; then a gateway whose statements may
-    // run 20 ms: a delta of 49,000 credentials does not fit, a full load has 120 s.
+    // 70,000 credentials loaded with the ordinary limits; then a gateway whose
+    // statements may run 50 ms: it loads at start (a full load has 120 s), and a delta
+    // of 30,000 more (less than half the store: worth a delta) does not fit.
     let gw = Gateway::start(&settings(pg, &db, &upstream, "200ms", false));
     gw.wait_ready().await;
+    pg.many_changes(&db, 70_000);
     drop(gw);
     let gw = Gateway::start(
-        &settings(pg, &db, &upstream, "200ms", false).set("store.statement_timeout", "\"20ms\""),
+        &settings(pg, &db, &upstream, "200ms", false).set("store.statement_timeout", "\"50ms\""),
     );
     gw.wait_ready().await;
-    pg.many_changes(&db, 49_000);
-    let took = wait_for_load(&gw, 49_000, "delta_timed_out").await;
-    eprintln!("49,000 versions behind, the delta timed out: loaded after {took:?}");
+    gw.wait_metric("ipgate_snapshot_credentials", 70_000.0)
+        .await;
+    pg.many_changes(&db, 30_000);
+    let took = wait_for_load(&gw, 100_000, "delta_timed_out").await;
+    eprintln!("30,000 versions behind, the delta timed out: loaded after {took:?}");
 }

@@ -416,7 +416,7 @@ impl Postgres {
                 "INSERT INTO users (name, created) VALUES ('bulk', 0); \
                  WITH c AS ( \
                    INSERT INTO credentials (user_id, key_hash, status, created, updated) \
-                   SELECT (SELECT MAX(id) FROM users), sha256(('bulk' || g)::BYTEA), \
+                   SELECT (SELECT MAX(id) FROM users), sha256(('bulk' || (SELECT MAX(id) FROM users) || '-' || g)::BYTEA), \
                           'ACTIVE', 0, 0 \
                    FROM generate_series(1, {n}) g RETURNING id) \
                  INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \

@@ -2,10 +2,10 @@
 //! LISTEN connection that hints at commits. Everything here runs on the poller's own
 //! connection ([`Lane::Feed`]), never waiting behind the management API.
 //!
-//! A delta is read only when it can be read in time: one that spans more versions than
-//! [`MAX_DELTA_VERSIONS`], or whose read outlives `store.timeout`, becomes a full load
-//! (bounded by [`LOAD_TIMEOUT`]) instead, so a gateway far behind catches up rather
-//! than time out on every poll.
+//! A delta is read only when it is worth it and can be read in time: one that spans
+//! more versions than half the store's credentials (see [`worth_a_delta`]), or whose
+//! read outlives `store.timeout`, becomes a full load (bounded by [`LOAD_TIMEOUT`])
+//! instead, so a gateway far behind catches up rather than time out on every poll.
 
 use super::super::feed::{continuation, CredentialChange, Delta, Feed, Position, ResyncReason};
 use super::super::{Loaded, Result, StoreError};
@@ -26,10 +26,8 @@ use tokio_util::sync::CancellationToken;
 /// timeout meant for one small call.
 pub(super) const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A delta spanning more versions than this is not attempted: a full load is then
-/// about as fast and does not risk the poll's deadline (BENCHMARKS.md, "A gateway far
-/// behind").
-pub(super) const MAX_DELTA_VERSIONS: u64 = 50_000;
+/// Deltas of up to this many versions are always read: tens of milliseconds.
+const ALWAYS_A_DELTA: u64 = 10_000;
 
 /// Where the store stands, and the stamp it has for the caller's version ($1).
 const PROBE: &str = "SELECT \
@@ -103,8 +101,15 @@ pub(super) async fn changes_since(store: &PostgresStore, at: Position) -> Result
         Ok(behind) => behind,
         Err(decided) => return Ok(decided),
     };
-    if behind > MAX_DELTA_VERSIONS {
-        return Ok(Feed::Resync(ResyncReason::DeltaTooLarge));
+    if behind > ALWAYS_A_DELTA {
+        let credentials = match store.call(Lane::Feed, limit, count_credentials).await {
+            Ok(n) => n,
+            Err(e) if timed_out(&e) => return Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
+            Err(e) => return Err(e),
+        };
+        if !worth_a_delta(behind, credentials) {
+            return Ok(Feed::Resync(ResyncReason::DeltaTooLarge));
+        }
     }
     match store.call(Lane::Feed, limit, |c| delta(c, at)).await {
         Err(e) if timed_out(&e) => Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
@@ -169,6 +174,21 @@ async fn delta(mut client: Lease, at: Position) -> Result<Feed> {
         changed,
         committed,
     }))
+}
+
+/// Whether `behind` versions are cheaper to read as a delta than `credentials` as a
+/// full load. A version changes at most one credential, and a delta costs about twice
+/// a load per credential (BENCHMARKS.md, "A gateway far behind": at 100,000
+/// credentials a delta of all of them took ~480 ms, the full load ~400 ms).
+fn worth_a_delta(behind: u64, credentials: u64) -> bool {
+    behind <= ALWAYS_A_DELTA || behind <= credentials / 2
+}
+
+async fn count_credentials(client: Lease) -> Result<u64> {
+    let row = client
+        .query_one("SELECT COUNT(*) FROM credentials", &[])
+        .await?;
+    Ok(col::<i64>(&row, 0)?.max(0) as u64)
 }
 
 /// The call ran out of time: our deadline, or the server's `statement_timeout`.
@@ -248,5 +268,19 @@ pub(super) async fn listen(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_is_read_unless_a_full_load_is_cheaper() {
+        assert!(worth_a_delta(10_000, 0), "small deltas always");
+        assert!(worth_a_delta(100_000, 1_000_000));
+        assert!(worth_a_delta(50_000, 100_000));
+        assert!(!worth_a_delta(50_001, 100_000));
+        assert!(!worth_a_delta(60_000, 60_000));
     }
 }

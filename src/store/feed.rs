@@ -55,8 +55,8 @@ pub enum ResyncReason {
     WentBackwards,
     /// Another database altogether.
     OtherStore,
-    /// It fell so far behind that reading the delta would cost about what a full
-    /// load does.
+    /// It fell so far behind that reading the delta would cost more than a full load
+    /// (more versions behind than half the store's credentials).
     DeltaTooLarge,
     /// Reading the delta took longer than a poll may: a full load has more time.
     DeltaTimedOut,

@@ -8,6 +8,7 @@
 //! cargo bench --bench fleet -- writes        # API writes/s through a gateway, 100 pollers attached
 //! cargo bench --bench fleet -- million       # 1M credentials: cold start, one change applied
 //! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills
+//! cargo bench --bench fleet -- behind        # 100,000 changes behind: delta attempt, full load
 //! ```
 //!
 //! A simulated poller is what a gateway's poller is, in a task: its own store handle
@@ -23,7 +24,9 @@ use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
 use ipgate::config::{Config, StoreConfig};
 use ipgate::metrics::{Metrics, RefreshResult};
 use ipgate::refresh::{Refresher, MIN_HINT_SPACING};
-use ipgate::store::{self, Actor, Change, IpStatus, NewCredential, Store, Target, Timestamp};
+use ipgate::store::{
+    self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, Target, Timestamp,
+};
 use pg::Postgres;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -78,6 +81,9 @@ fn main() {
         }
         if want("million") {
             million(&pg).await;
+        }
+        if want("behind") {
+            behind(&pg).await;
         }
         if args.iter().any(|a| a == "chaos") {
             let minutes = args
@@ -765,6 +771,90 @@ async fn writes_with(pg: &Postgres, pollers: usize, notify: bool) {
 }
 
 /// 1M credentials in PostgreSQL: a cold start, then single changes applied.
+/// A gateway 100,000 changes behind, each change a credential of its own: how long
+/// the delta attempt takes before it gives way, and the full load it gives way to;
+/// and for scale, a delta of just under half the store (49,000 changes), still read
+/// as one.
+async fn behind(pg: &Postgres) {
+    const N: u32 = 100_000;
+    const UNDER: u32 = 49_000;
+    let db = pg.database();
+    let s = open(pg, &db, 2);
+    let start = s.load().await.unwrap().position; // the schema, at version 0
+    let started = Instant::now();
+    pg.many_changes(&db, N);
+    println!(
+        "{N} changed credentials written in {:.1} s (bench setup)",
+        started.elapsed().as_secs_f64()
+    );
+    let kind = |feed: &Feed| match feed {
+        Feed::Unchanged => "unchanged".to_owned(),
+        Feed::Changes(d) => format!("a delta of {} credentials", d.changed.len()),
+        Feed::Resync(r) => format!("resync ({})", r.label()),
+    };
+    for _ in 0..3 {
+        let started = Instant::now();
+        let feed = s.changes_since(start).await.unwrap();
+        let attempt = started.elapsed();
+        let started = Instant::now();
+        let loaded = s.load().await.unwrap();
+        println!(
+            "{N} behind: delta attempt {:.1} ms ({}), then full load {:.0} ms ({} credentials)",
+            attempt.as_secs_f64() * 1e3,
+            kind(&feed),
+            started.elapsed().as_secs_f64() * 1e3,
+            loaded.snapshot.credential_count()
+        );
+        // What reading those 100,000 as a delta would have cost: the delta's two
+        // statements, run as the feed runs them, rows streamed and counted.
+        let (client, connection) = tokio_postgres::connect(&pg.url(&db), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let started = Instant::now();
+        let ids: Vec<i64> = client
+            .query(
+                "SELECT credential_id FROM change_log WHERE version > $1 ORDER BY version",
+                &[&(start.version as i64)],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let rows = client
+            .query(
+                "SELECT c.id, c.user_id, c.key_hash, c.status, c.wildcard, c.expiry, c.mode, p.ip \
+                 FROM credentials c \
+                 LEFT JOIN permitted_ips p ON p.credential_id = c.id AND p.status = 'ACTIVE' \
+                 WHERE c.id = ANY($1) ORDER BY c.id",
+                &[&ids],
+            )
+            .await
+            .unwrap();
+        println!(
+            "{N} behind: the same as a delta (its two statements) would take {:.0} ms ({} rows)",
+            started.elapsed().as_secs_f64() * 1e3,
+            rows.len()
+        );
+        drop(client);
+        let version = u64::from(N - UNDER);
+        let at = Position {
+            version,
+            // many_changes stamps version v with 2v + 1.
+            stamp: 2 * version as i64 + 1,
+            ..start
+        };
+        let started = Instant::now();
+        let feed = s.changes_since(at).await.unwrap();
+        println!(
+            "{UNDER} behind: {} read in {:.0} ms",
+            kind(&feed),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
 async fn million(pg: &Postgres) {
     const N: u64 = 1_000_000;
     let db = pg.database();

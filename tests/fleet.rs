@@ -374,3 +374,64 @@ async fn a_restored_database_forces_a_full_load_never_a_stale_snapshot() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_notifies_every_listening_gateway() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    // Polls an hour apart: only the notification of a commit can carry a change.
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "1h", true));
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let before = gw.metric("ipgate_changes_applied_total").await;
+    gw.admin(&["credential", "revoke", &cred.to_string()]);
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN)
+        .await;
+    assert!(gw.metric("ipgate_changes_applied_total").await > before);
+}
+
+/// Waits until `gw` has at least `n` credentials and a resync for `reason`.
+async fn wait_for_load(gw: &Gateway, n: u32, reason: &str) -> Duration {
+    let started = Instant::now();
+    gw.wait_metric(&format!("ipgate_resyncs_total{{reason=\"{reason}\"}}"), 1.0)
+        .await;
+    gw.wait_metric("ipgate_snapshot_credentials", f64::from(n))
+        .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_far_behind_loads_everything_instead_of_a_delta() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "200ms", false));
+    gw.wait_ready().await;
+    pg.many_changes(&db, 60_000);
+    let took = wait_for_load(&gw, 60_000, "delta_too_large").await;
+    eprintln!("60,000 versions behind: a full load instead of a delta, after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_too_slow_to_read_becomes_a_full_load() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    // 70,000 credentials loaded with the ordinary limits; then a gateway whose
+    // statements may run 50 ms: it loads at start (a full load has 120 s), and a delta
+    // of 30,000 more (less than half the store: worth a delta) does not fit.
+    let gw = Gateway::start(&settings(pg, &db, &upstream, "200ms", false));
+    gw.wait_ready().await;
+    pg.many_changes(&db, 70_000);
+    drop(gw);
+    let gw = Gateway::start(
+        &settings(pg, &db, &upstream, "200ms", false).set("store.statement_timeout", "\"50ms\""),
+    );
+    gw.wait_ready().await;
+    gw.wait_metric("ipgate_snapshot_credentials", 70_000.0)
+        .await;
+    pg.many_changes(&db, 30_000);
+    let took = wait_for_load(&gw, 100_000, "delta_timed_out").await;
+    eprintln!("30,000 versions behind, the delta timed out: loaded after {took:?}");
+}

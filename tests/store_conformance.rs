@@ -153,6 +153,7 @@ conformance!(
     shadow_mode_is_a_change_like_any_other,
     usage_from_every_gateway_adds_up,
     refused_addresses_are_bounded_per_credential,
+    concurrent_flushes_past_the_bound_never_fail,
     reports_of_unused_entries_and_suggestions,
 );
 
@@ -1131,6 +1132,45 @@ async fn refused_addresses_are_bounded_per_credential(t: TestStore) {
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(s.refused(None).await.unwrap().addresses.len(), REFUSED_KEPT);
+}
+
+/// Two gateways flushing at once, both over the refused-address bound of one
+/// credential: each flush trims rows the other may be updating. Neither may fail.
+async fn concurrent_flushes_past_the_bound_never_fail(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, _) = active(s, u, 1, &["10.0.0.1"]).await;
+    let addr = |i: u32| format!("10.1.{}.{}", i / 256, i % 256);
+    let kept = REFUSED_KEPT as u32;
+    let start = UsageBatch {
+        allowed: vec![],
+        refused: (0..kept)
+            .map(|i| seen(id, &addr(i), 1, 1000, 1000 + i as i64))
+            .collect(),
+    };
+    s.record_usage(start).await.unwrap();
+    let (one, two) = (t.another(), t.another());
+    for round in 0..12u32 {
+        // One flush sees the newer half and new addresses, the other the older half:
+        // they overlap in the middle, and each trim removes the oldest.
+        let newer = UsageBatch {
+            allowed: vec![],
+            refused: (kept / 2..kept + 40 + round)
+                .map(|i| seen(id, &addr(i + round * 40), 1, 2000, 2000 + i as i64))
+                .collect(),
+        };
+        let older = UsageBatch {
+            allowed: vec![],
+            refused: (0..kept / 2 + 20)
+                .map(|i| seen(id, &addr(i + round * 40), 1, 10, 10))
+                .collect(),
+        };
+        let (a, b) = tokio::join!(one.record_usage(newer), two.record_usage(older));
+        a.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        b.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+    }
+    let report = s.refused(Some(id)).await.unwrap();
+    assert_eq!(report.addresses.len(), REFUSED_KEPT);
 }
 
 async fn reports_of_unused_entries_and_suggestions(t: TestStore) {

@@ -352,6 +352,46 @@ mod tests {
     }
 
     #[test]
+    fn server_side_timeouts_default_to_the_store_timeout() {
+        let c = postgres("[store]\nurl = \"postgres://gw@db/ipgate\"\ntimeout = \"2s\"\n").unwrap();
+        let two = Duration::from_secs(2);
+        assert_eq!(
+            c.server_timeouts,
+            ServerTimeouts {
+                statement: two,
+                lock: two,
+                idle_in_transaction: two,
+            }
+        );
+        let c = postgres(
+            "[store]\nurl = \"postgres://gw@db/ipgate\"\nstatement_timeout = \"30s\"\n\
+             lock_timeout = \"500ms\"\nidle_in_transaction_timeout = \"10s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server_timeouts.statement, Duration::from_secs(30));
+        assert_eq!(c.server_timeouts.lock, Duration::from_millis(500));
+        assert_eq!(
+            c.server_timeouts.idle_in_transaction,
+            Duration::from_secs(10)
+        );
+        let e = postgres(
+            "[store]\nurl = \"postgres://gw@db/ipgate\"\nlock_timeout = \"0s\"\n\
+             idle_in_transaction_timeout = \"soon\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.lock_timeout"), "{e}");
+        assert!(e.contains("store.idle_in_transaction_timeout"), "{e}");
+        let e = Config::parse(
+            "[store]\nurl = \"sqlite://x.db\"\nstatement_timeout = \"1s\"\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("store.statement_timeout"), "{e}");
+    }
+
+    #[test]
     fn bad_store_urls_never_echo_a_password() {
         for url in [
             "mysql://gw:s3cret@db/ipgate",

@@ -175,9 +175,25 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Longest a single store call may take, connecting included.
     pub timeout: Duration,
+    /// Limits the server itself enforces on every connection of this gateway.
+    pub server_timeouts: ServerTimeouts,
     pub keep_changes: u64,
     /// `postgres://user@host:port/db`, for logs.
     pub display: String,
+}
+
+/// What PostgreSQL enforces on each of a gateway's sessions, so that a gateway that
+/// stalls (a partition, a paused process, a slow client) cannot hold locks that the
+/// rest of the fleet waits on. Each defaults to `store.timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// `statement_timeout`: longest one statement may run.
+    pub statement: Duration,
+    /// `lock_timeout`: longest one statement may wait for a lock.
+    pub lock: Duration,
+    /// `idle_in_transaction_session_timeout`: a session that opened a transaction and
+    /// then went quiet this long is ended by the server, and its locks released.
+    pub idle_in_transaction: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

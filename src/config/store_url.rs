@@ -15,6 +15,7 @@ struct RawStore {
     password_file: Option<String>,
     pool_size: usize,
     keep_changes: u64,
+    server_timeouts: ServerTimeouts,
 }
 
 /// `store.*`: an SQLite file or a PostgreSQL database.
@@ -38,11 +39,23 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
             Duration::ZERO
         }
     };
+    let server_fields = [
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_timeout",
+    ]
+    .map(|key| server_timeout(r, s, key, timeout));
+    let [statement, lock, idle_in_transaction] = server_fields.each_ref().map(|(_, d)| *d);
     let raw = RawStore {
         url: url.value.clone(),
         password_file: password_file.value.clone(),
         pool_size: pool_size.value as usize,
         keep_changes: keep_changes.value,
+        server_timeouts: ServerTimeouts {
+            statement,
+            lock,
+            idle_in_transaction,
+        },
     };
     let nothing = || {
         StoreConfig::Sqlite(SqliteConfig {
@@ -54,6 +67,11 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
         Some(("sqlite", p)) if !p.is_empty() => {
             if raw.password_file.is_some() {
                 r.problem(&password_file, "only for a postgres:// store");
+            }
+            for (field, _) in &server_fields {
+                if field.value.is_some() {
+                    r.problem(field, "only for a postgres:// store");
+                }
             }
             let path = base.join(p);
             // The file is created on first start, but its folder must be there: without
@@ -111,6 +129,30 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
             nothing()
         }
     }
+}
+
+/// `store.<key>`: a server-side limit, `store.timeout` when absent. PostgreSQL counts
+/// in milliseconds and reads 0 as "no limit", so both are refused.
+fn server_timeout(
+    r: &mut Reader<'_>,
+    s: &Section<'_, '_>,
+    key: &str,
+    timeout: Duration,
+) -> (Field<Option<String>>, Duration) {
+    let field = r.optional_string(s, key);
+    let value = match field.value.as_deref().map(parse_duration) {
+        None => timeout,
+        Some(Ok(d)) if d >= Duration::from_millis(1) && d.as_millis() <= i32::MAX as u128 => d,
+        Some(Ok(_)) => {
+            r.problem(&field, "must be between 1ms and 24 days");
+            timeout
+        }
+        Some(Err(msg)) => {
+            r.problem(&field, msg);
+            timeout
+        }
+    };
+    (field, value)
 }
 
 /// A `postgres://` URL as libpq reads it, with `sslmode` (`disable`, `prefer`,
@@ -213,6 +255,7 @@ fn postgres_config(
         ssl_root_cert,
         pool_size: raw.pool_size,
         timeout,
+        server_timeouts: raw.server_timeouts,
         keep_changes: raw.keep_changes,
         display,
     })

@@ -46,6 +46,9 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
                 "pool_size",
                 "timeout",
                 "keep_changes",
+                "statement_timeout",
+                "lock_timeout",
+                "idle_in_transaction_timeout",
             ],
         );
         store_config(r, &s, base)

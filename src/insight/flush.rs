@@ -1,7 +1,9 @@
 //! Moves the counts from the workers into the store: every `insight.flush_interval`
 //! (a minute by default, so at most one write per address per minute per gateway),
-//! and once more when the gateway stops. A batch the store refuses is kept and merged
-//! into the next one, up to a bound; past it the oldest counts are let go, counted.
+//! and once more when the gateway stops. Each store call writes at most
+//! [`MAX_ROWS_PER_WRITE`] rows, so a retry after an outage is as bounded as any flush.
+//! What the store refuses is kept and merged into the next flush, up to a bound; past
+//! it the oldest counts are let go, counted.
 
 use super::Recorder;
 use crate::metrics::Metrics;
@@ -17,6 +19,10 @@ const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
 
 /// Sightings kept for a store that is down, at most.
 const MAX_PENDING: usize = 200_000;
+
+/// Sightings one store call writes at most: one transaction of this size stays well
+/// inside `store.timeout` (and the server's statement timeout).
+const MAX_ROWS_PER_WRITE: usize = 10_000;
 
 /// Runs until `stop`, then flushes once more.
 pub async fn run(
@@ -63,36 +69,56 @@ pub async fn flush(
         metrics.usage_dropped.inc_by(dropped);
         return;
     }
-    let rows = (batch.allowed.len() + batch.refused.len()) as u64;
-    match store.record_usage(batch.clone()).await {
-        Ok(()) => {
-            metrics.usage_flushes.with_label_values(&["ok"]).inc();
-            metrics.usage_rows.inc_by(rows);
-            metrics.usage_dropped.inc_by(dropped);
-        }
-        Err(error) => {
-            metrics.usage_flushes.with_label_values(&["error"]).inc();
-            tracing::warn!(
-                %error,
-                cause = crate::logging::error_chain(&error),
-                rows,
-                "usage could not be written; kept for the next flush"
-            );
-            let mut kept = batch;
-            let over = (kept.allowed.len() + kept.refused.len()).saturating_sub(MAX_PENDING);
-            if over > 0 {
-                // Keep the most recent: what an owner reviews first.
-                for list in [&mut kept.allowed, &mut kept.refused] {
-                    list.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
-                }
-                let cut = over.min(kept.allowed.len());
-                kept.allowed.truncate(kept.allowed.len() - cut);
-                kept.refused.truncate(kept.refused.len() - (over - cut));
+    let mut rest = batch;
+    while !rest.is_empty() {
+        let (part, after) = split(rest, MAX_ROWS_PER_WRITE);
+        let rows = (part.allowed.len() + part.refused.len()) as u64;
+        match store.record_usage(part.clone()).await {
+            Ok(()) => {
+                metrics.usage_flushes.with_label_values(&["ok"]).inc();
+                metrics.usage_rows.inc_by(rows);
+                rest = after;
             }
-            metrics.usage_dropped.inc_by(dropped + over as u64);
-            *pending = kept;
+            Err(error) => {
+                metrics.usage_flushes.with_label_values(&["error"]).inc();
+                let kept = combine(part, after);
+                tracing::warn!(
+                    %error,
+                    cause = crate::logging::error_chain(&error),
+                    rows = kept.allowed.len() + kept.refused.len(),
+                    "usage could not be written; kept for the next flush"
+                );
+                let (kept, over) = bounded(kept);
+                metrics.usage_dropped.inc_by(over as u64);
+                *pending = kept;
+                break;
+            }
         }
     }
+    metrics.usage_dropped.inc_by(dropped);
+}
+
+/// The first `max` sightings (allowed ones first) and the rest.
+fn split(mut batch: UsageBatch, max: usize) -> (UsageBatch, UsageBatch) {
+    let allowed = batch.allowed.split_off(batch.allowed.len().min(max));
+    let room = max - batch.allowed.len();
+    let refused = batch.refused.split_off(batch.refused.len().min(room));
+    (batch, UsageBatch { allowed, refused })
+}
+
+/// `kept` cut to [`MAX_PENDING`] sightings, the most recent kept (what an owner
+/// reviews first); and how many were let go.
+fn bounded(mut kept: UsageBatch) -> (UsageBatch, usize) {
+    let over = (kept.allowed.len() + kept.refused.len()).saturating_sub(MAX_PENDING);
+    if over > 0 {
+        for list in [&mut kept.allowed, &mut kept.refused] {
+            list.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+        }
+        let cut = over.min(kept.allowed.len());
+        kept.allowed.truncate(kept.allowed.len() - cut);
+        kept.refused.truncate(kept.refused.len() - (over - cut));
+    }
+    (kept, over)
 }
 
 /// Two batches as one: counts add up, first and last take the extremes.
@@ -151,6 +177,30 @@ mod tests {
             [s(1, "10.0.0.1", 5, 5, 20), s(2, "10.0.0.1", 1, 1, 1)]
         );
         assert_eq!(c.refused, [s(1, "192.0.2.1", 1, 5, 5)]);
+    }
+
+    #[test]
+    fn a_large_batch_is_written_in_bounded_parts_and_kept_bounded() {
+        let many = |n: u64| -> Vec<Sighting> {
+            (0..n).map(|i| s(i, "10.0.0.1", 1, 1, i as i64)).collect()
+        };
+        let batch = UsageBatch {
+            allowed: many(7),
+            refused: many(5),
+        };
+        let (part, rest) = split(batch, 9);
+        assert_eq!((part.allowed.len(), part.refused.len()), (7, 2));
+        assert_eq!((rest.allowed.len(), rest.refused.len()), (0, 3));
+        let (part, rest) = split(rest, 9);
+        assert_eq!(part.refused.len(), 3);
+        assert!(rest.is_empty());
+        let (kept, over) = bounded(UsageBatch {
+            allowed: many(MAX_PENDING as u64 + 5),
+            refused: many(2),
+        });
+        assert_eq!(over, 7);
+        assert_eq!(kept.allowed.len() + kept.refused.len(), MAX_PENDING);
+        assert_eq!(kept.refused.len(), 2, "allowed sightings are let go first");
     }
 
     fn note(r: &Recorder, allowed: bool, credential_id: u64, ip: &str) {

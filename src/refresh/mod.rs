@@ -151,7 +151,7 @@ impl Refresher {
                 tracing::warn!(
                     reason = reason.label(),
                     version = at.version,
-                    "cannot continue from the store's history; loading everything"
+                    "cannot continue with a delta; loading everything"
                 );
                 self.load_all(position).await
             }

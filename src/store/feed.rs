@@ -55,14 +55,21 @@ pub enum ResyncReason {
     WentBackwards,
     /// Another database altogether.
     OtherStore,
+    /// It fell so far behind that reading the delta would cost more than a full load
+    /// (more versions behind than half the store's credentials).
+    DeltaTooLarge,
+    /// Reading the delta took longer than a poll may: a full load has more time.
+    DeltaTimedOut,
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 4] = [
+    pub const ALL: [ResyncReason; 6] = [
         Self::TooOld,
         Self::HistoryRewritten,
         Self::WentBackwards,
         Self::OtherStore,
+        Self::DeltaTooLarge,
+        Self::DeltaTimedOut,
     ];
 
     /// Metric label and log field.
@@ -72,6 +79,8 @@ impl ResyncReason {
             Self::HistoryRewritten => "history_rewritten",
             Self::WentBackwards => "went_backwards",
             Self::OtherStore => "other_store",
+            Self::DeltaTooLarge => "delta_too_large",
+            Self::DeltaTimedOut => "delta_timed_out",
         }
     }
 }

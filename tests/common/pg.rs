@@ -406,6 +406,32 @@ impl Postgres {
         )
     }
 
+    /// Writes `n` new credentials (one ACTIVE address each) into an ipgate database
+    /// behind every gateway's back, each a version of its own in the change log: what
+    /// a gateway that was away while that many changed has to catch up with.
+    pub fn many_changes(&self, database: &str, n: u32) {
+        self.psql(
+            database,
+            &format!(
+                "INSERT INTO users (name, created) VALUES ('bulk', 0); \
+                 WITH c AS ( \
+                   INSERT INTO credentials (user_id, key_hash, status, created, updated) \
+                   SELECT (SELECT MAX(id) FROM users), sha256(('bulk' || (SELECT MAX(id) FROM users) || '-' || g)::BYTEA), \
+                          'ACTIVE', 0, 0 \
+                   FROM generate_series(1, {n}) g RETURNING id) \
+                 INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
+                 SELECT id, '10.200.0.1', 'ACTIVE', 0, 0 FROM c; \
+                 INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+                 SELECT v.value + ROW_NUMBER() OVER (ORDER BY c.id), c.id, \
+                        2 * (v.value + ROW_NUMBER() OVER (ORDER BY c.id)) + 1, 0 \
+                 FROM credentials c, \
+                      (SELECT value FROM meta WHERE name = 'change_version') v \
+                 WHERE c.user_id = (SELECT MAX(id) FROM users); \
+                 UPDATE meta SET value = value + {n} WHERE name = 'change_version';"
+            ),
+        );
+    }
+
     /// Pids of the server's processes (postmaster and backends), for CPU accounting.
     pub fn pids(&self) -> Vec<u32> {
         let Some(main) = self.server.lock().unwrap().as_ref().map(Child::id) else {

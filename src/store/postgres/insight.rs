@@ -1,6 +1,8 @@
 //! Usage and refused addresses in PostgreSQL: merging a gateway's batch (one statement
-//! per table, rows in a fixed order so two gateways flushing at once cannot deadlock),
-//! and the reports.
+//! per table, rows in a fixed order), and the reports. Two gateways flushing at once
+//! cannot deadlock: the upserts lock rows in one order, and the trim of a credential's
+//! refused addresses (which deletes rows another flush may hold) runs only under that
+//! credential's advisory lock, taken first and in one order.
 
 use super::super::insight::*;
 use super::super::model::Timestamp;
@@ -9,9 +11,30 @@ use super::rows::{col, id, parse};
 use super::rows::{execute, query, query_one, query_opt};
 use deadpool_postgres::Transaction;
 
+/// The advisory-lock class of "flushing this credential's refused addresses" (the
+/// second key is the credential id): any fixed number no other lock uses.
+const REFUSED_LOCK_CLASS: i32 = 0x6970_6772;
+
 /// Adds one batch: sums, earliest first and latest last sighting; then keeps the
 /// `REFUSED_KEPT` most recent refused addresses of each credential it touched.
 pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
+    let mut turns: Vec<i32> = batch
+        .refused
+        .iter()
+        .map(|s| (s.credential_id % (1 << 31)) as i32)
+        .collect();
+    turns.sort_unstable();
+    turns.dedup();
+    if !turns.is_empty() {
+        // In ascending order, before any row is touched: flushes that share a
+        // credential take turns, and none waits while holding what another needs.
+        query(
+            tx,
+            "SELECT pg_advisory_xact_lock($1, k) FROM UNNEST($2::INT4[]) AS k",
+            &[&REFUSED_LOCK_CLASS, &turns],
+        )
+        .await?;
+    }
     for (table, sightings) in [
         ("ip_usage", &batch.allowed),
         ("refused_ips", &batch.refused),

@@ -1,11 +1,11 @@
-//! Reading and writing rows in PostgreSQL: the same columns and steps as the SQLite
-//! backend's, with `$n` placeholders, `BIGINT` ids and row locks. Everything here runs
-//! inside a transaction the caller opened; nothing panics on an unexpected column.
+//! Rows in PostgreSQL: statements prepared once per connection, columns read without
+//! panicking on an unexpected one, and the reads the feed, the writes and the API
+//! share (the same columns and steps as the SQLite backend's, with `$n` placeholders
+//! and `BIGINT` ids). Everything here runs inside a transaction the caller opened.
 
 use super::super::feed::StoredCredential;
 use super::super::model::*;
-use super::super::rules::{Plan, Record};
-use super::super::{random_stamp, Result, StoreError};
+use super::super::{Result, StoreError};
 use deadpool_postgres::Transaction;
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{FromSql, ToSql};
@@ -253,54 +253,6 @@ pub(super) async fn stored_credentials(
     Ok(())
 }
 
-/// Advances the change version by one, records what it changed and notifies
-/// listeners, in the caller's transaction. The counter row is updated last: its lock
-/// is what puts versions in commit order, so it is held only until the commit.
-pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u64) -> Result<u64> {
-    let row = query_one(
-        tx,
-        "UPDATE meta SET value = value + 1 WHERE name = 'change_version' RETURNING value",
-        &[],
-    )
-    .await?;
-    let version: i64 = col(&row, 0)?;
-    execute(
-        tx,
-        "INSERT INTO change_log (version, credential_id, stamp, committed_at) \
-         VALUES ($1, $2, $3, $4)",
-        &[
-            &version,
-            &credential.map(|c| c as i64),
-            &random_stamp()?,
-            &Timestamp::now().0,
-        ],
-    )
-    .await?;
-    let version = version as u64;
-    if version % 64 == 0 && version > keep {
-        let through = (version - keep) as i64;
-        execute(
-            tx,
-            "DELETE FROM change_log WHERE version <= $1",
-            &[&through],
-        )
-        .await?;
-        execute(
-            tx,
-            "UPDATE meta SET value = GREATEST(value, $1) WHERE name = 'pruned_through'",
-            &[&through],
-        )
-        .await?;
-    }
-    execute(
-        tx,
-        "SELECT pg_notify($1, $2)",
-        &[&CHANNEL, &version.to_string()],
-    )
-    .await?;
-    Ok(version)
-}
-
 pub(super) async fn get_credential(tx: &Transaction<'_>, credential: u64) -> Result<Credential> {
     let row = query_opt(
         tx,
@@ -320,115 +272,6 @@ pub(super) async fn credential_id_by_key(tx: &Transaction<'_>, key: &[u8]) -> Re
     )
     .await?;
     row.map(|r| col::<i64>(&r, 0).map(id)).transpose()
-}
-
-/// A credential and all its entries, with the credential's row locked until commit:
-/// two changes to one credential (two adds racing for the last free slot) take turns.
-pub(super) async fn lock_record(tx: &Transaction<'_>, credential: u64) -> Result<Record> {
-    let row = query_opt(
-        tx,
-        &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE id = $1 FOR UPDATE"),
-        &[&(credential as i64)],
-    )
-    .await?
-    .ok_or(StoreError::NotFound("credential"))?;
-    let credential = credential_from_row(&row)?;
-    Ok(Record {
-        entries: entries(tx, credential.id).await?,
-        credential,
-    })
-}
-
-/// A credential and all its entries, as they are now in this transaction.
-pub(super) async fn read_record(tx: &Transaction<'_>, credential: u64) -> Result<Record> {
-    let credential = get_credential(tx, credential).await?;
-    Ok(Record {
-        entries: entries(tx, credential.id).await?,
-        credential,
-    })
-}
-
-async fn entries(tx: &Transaction<'_>, credential: u64) -> Result<Vec<PermittedIp>> {
-    query(
-        tx,
-        &format!("SELECT {IP_COLUMNS} FROM entries WHERE credential_id = $1 ORDER BY id"),
-        &[&(credential as i64)],
-    )
-    .await?
-    .iter()
-    .map(ip_from_row)
-    .collect()
-}
-
-/// Writes exactly the rows `plan` names.
-pub(super) async fn apply(
-    tx: &Transaction<'_>,
-    credential: u64,
-    plan: &Plan,
-    now: Timestamp,
-) -> Result<()> {
-    let credential = credential as i64;
-    if let Some(c) = &plan.credential {
-        execute(
-            tx,
-            "UPDATE credentials SET status = $2, wildcard = $3, expiry = $4, \
-             device_description = $5, device_ip = $6, updated = $7, mode = $8 WHERE id = $1",
-            &[
-                &credential,
-                &c.status.as_str(),
-                &c.wildcard,
-                &c.expiry.map(|t| t.0),
-                &c.device.as_ref().map(|d| d.description.as_str()),
-                &c.device.as_ref().map(|d| d.ip.to_string()),
-                &now.0,
-                &c.mode.as_str(),
-            ],
-        )
-        .await?;
-    }
-    for (ip, status) in &plan.insert {
-        execute(
-            tx,
-            "INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
-             VALUES ($1, $2, $3, $4, $4)",
-            &[&credential, &ip.to_string(), &status.as_str(), &now.0],
-        )
-        .await?;
-    }
-    for (item, status) in &plan.update {
-        execute(tx,
-            "UPDATE permitted_ips SET status = $3, updated = $4 WHERE id = $1 AND credential_id = $2",
-            &[&(*item as i64), &credential, &status.as_str(), &now.0],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-pub(super) async fn audit(
-    tx: &Transaction<'_>,
-    actor: &Actor,
-    credential: Option<u64>,
-    action: &str,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-) -> Result<()> {
-    execute(
-        tx,
-        "INSERT INTO audit_log (at, actor, actor_ip, credential_id, action, before, after) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &Timestamp::now().0,
-            &actor.who,
-            &actor.ip.map(|ip| ip.to_string()),
-            &credential.map(|c| c as i64),
-            &action,
-            &before.map(|v| v.to_string()),
-            &after.map(|v| v.to_string()),
-        ],
-    )
-    .await?;
-    Ok(())
 }
 
 /// One page of rows: `sql` and its cursor from [`Page::sql`], `first` for `$1`.

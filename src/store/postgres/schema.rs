@@ -3,6 +3,10 @@
 //! transaction-scoped advisory lock, so concurrent starts apply each migration once. A
 //! database newer than this binary is refused and never touched.
 
+use super::super::{Result, StoreError};
+use super::rows::col;
+use deadpool_postgres::Object;
+
 /// Any fixed number: every ipgate agrees on it, nothing else uses it.
 pub(super) const MIGRATION_LOCK: i64 = 0x6970_6761_7465; // "ipgate"
 
@@ -94,3 +98,43 @@ pub(super) const MIGRATIONS: &[&str] = &[
         LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
     ",
 ];
+
+/// Brings the schema up to date under a transaction-scoped advisory lock, or refuses a
+/// database newer than this binary without touching it.
+pub(super) async fn migrate(client: &mut Object) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS ipgate_schema (version INTEGER NOT NULL)")
+        .await?;
+    let found: i32 = match tx
+        .query_opt("SELECT version FROM ipgate_schema", &[])
+        .await?
+    {
+        Some(row) => col(&row, 0)?,
+        None => {
+            tx.execute("INSERT INTO ipgate_schema (version) VALUES (0)", &[])
+                .await?;
+            0
+        }
+    };
+    let known = MIGRATIONS.len() as i32;
+    if found > known {
+        return Err(StoreError::Incompatible(format!(
+            "the PostgreSQL database has ipgate schema version {found}, newer than this \
+             ipgate ({known}); it is not touched"
+        )));
+    }
+    for migration in &MIGRATIONS[found as usize..] {
+        let store_id = super::super::random_stamp()?;
+        tx.batch_execute(&migration.replace("{store_id}", &store_id.to_string()))
+            .await?;
+    }
+    if found < known {
+        tx.execute("UPDATE ipgate_schema SET version = $1", &[&known])
+            .await?;
+        tracing::info!(from = found, to = known, "PostgreSQL schema migrated");
+    }
+    tx.commit().await?;
+    Ok(())
+}

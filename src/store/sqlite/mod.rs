@@ -7,31 +7,27 @@
 //! write durable before the call returns. Write transactions are `IMMEDIATE`: one
 //! writer at a time across processes, so versions advance in commit order.
 
+mod feed;
+mod file;
 mod insight;
 mod rows;
 mod schema;
+mod writes;
 
-use super::feed::{continuation, CredentialChange, Delta, Feed, Position};
+use super::feed::{Feed, Position};
 use super::model::*;
-use super::rules::{self, Change, Changed, Target};
+use super::rules::{Change, Changed, Target};
 use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
 use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
-use crate::acl::SnapshotBuilder;
 use crate::config::SqliteConfig;
 use async_trait::async_trait;
+use file::FileError;
 use rows::*;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
-use schema::MIGRATIONS;
-use std::sync::atomic::{AtomicBool, Ordering};
+use rusqlite::{params, OptionalExtension};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Credentials read per query when a delta names many.
-const IDS_PER_QUERY: usize = 500;
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -74,194 +70,6 @@ impl SqliteStore {
         result.map_err(|e| match e {
             StoreError::Unavailable(source) => StoreError::unavailable(FileError { path, source }),
             other => other,
-        })
-    }
-}
-
-/// Switches the file to WAL. That needs the file to itself for a moment, and SQLite
-/// answers BUSY at once, without waiting in the busy handler, when another connection
-/// (a gateway or `ipgate admin` starting at the same time) holds a lock: so wait here,
-/// as long as the busy handler would. Runs on the blocking pool.
-fn set_wal(conn: &Connection) -> Result<()> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-    loop {
-        match conn.pragma_update(None, "journal_mode", "WAL") {
-            Ok(()) => return Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("SQLite store {}", path.display())]
-struct FileError {
-    path: std::path::PathBuf,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
-}
-
-impl Inner {
-    fn connect(&self) -> Result<Connection> {
-        let ready = self.ready.load(Ordering::Acquire);
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if !ready {
-            flags |= OpenFlags::SQLITE_OPEN_CREATE;
-        }
-        let mut conn = Connection::open_with_flags(&self.config.path, flags)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        if !ready {
-            set_wal(&conn)?;
-            self.migrate(&mut conn)?;
-            self.ready.store(true, Ordering::Release);
-        }
-        // FULL: the WAL is synced at every commit, so an acknowledged write survives a
-        // power cut, not only a crash of this process.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(conn)
-    }
-
-    /// Applies the migrations the file lacks, under the write lock, reading the file's
-    /// version only once the lock is held: two processes starting together cannot both
-    /// apply one.
-    fn migrate(&self, conn: &mut Connection) -> Result<()> {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
-        if found > known {
-            return Err(StoreError::Incompatible(format!(
-                "{} has schema version {found}, newer than this ipgate ({known}); \
-                 it is not touched",
-                self.config.path.display()
-            )));
-        }
-        for migration in &MIGRATIONS[found as usize..] {
-            let store_id = super::random_stamp()?;
-            tx.execute_batch(&migration.replace("{store_id}", &store_id.to_string()))?;
-        }
-        tx.pragma_update(None, "user_version", known)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Runs `f` in an immediate (write) transaction.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.connect()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Runs `f` in a read transaction: one consistent view of the file (WAL).
-    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.connect()?;
-        let tx = conn.transaction()?;
-        f(&tx)
-    }
-
-    fn load(&self) -> Result<Loaded> {
-        self.read(|tx| {
-            let (store_id, version, _) = read_meta(tx)?;
-            let stamp = if version == 0 {
-                0
-            } else {
-                stamp_at(tx, version)?.unwrap_or(0)
-            };
-            let count: i64 = tx.query_row("SELECT COUNT(*) FROM credentials", [], |r| r.get(0))?;
-            let mut builder = SnapshotBuilder::new(version, count as usize);
-            let mut damaged = Vec::new();
-            stored_credentials(tx, None, |stored| match stored.into_change() {
-                CredentialChange::Readable(key, c) => builder.insert(key, c),
-                broken => {
-                    if let Some((key, c)) = broken.entry(None) {
-                        builder.insert(key, c);
-                    }
-                    damaged.push(broken);
-                }
-            })?;
-            Ok(Loaded {
-                snapshot: builder.build(),
-                position: Position {
-                    store_id,
-                    version,
-                    stamp,
-                },
-                damaged,
-            })
-        })
-    }
-
-    fn changes_since(&self, at: Position) -> Result<Feed> {
-        self.read(|tx| {
-            let (store_id, version, pruned) = read_meta(tx)?;
-            let stamp = if at.version == 0 {
-                None
-            } else {
-                stamp_at(tx, at.version)?
-            };
-            if let Some(reason) = continuation(&at, store_id, version, pruned, stamp) {
-                return Ok(Feed::Resync(reason));
-            }
-            if version == at.version {
-                return Ok(Feed::Unchanged);
-            }
-            let (committed, ids, last_stamp) = changes_after(tx, at.version)?;
-            let mut changed = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(IDS_PER_QUERY) {
-                stored_credentials(tx, Some(chunk), |s| changed.push(s.into_change()))?;
-            }
-            Ok(Feed::Changes(Delta {
-                to: Position {
-                    store_id,
-                    version,
-                    stamp: last_stamp.unwrap_or(0),
-                },
-                changed,
-                committed,
-            }))
-        })
-    }
-
-    fn change(
-        &self,
-        target: Target,
-        change: &Change,
-        max_ips: usize,
-        actor: &Actor,
-    ) -> Result<Committed<Changed>> {
-        self.write(|tx| {
-            let id = match target {
-                Target::Id(id) => id,
-                Target::Key(key) => credential_id_by_key(tx, &key.0)?
-                    .ok_or_else(|| StoreError::Rejected(rules::REGISTRATION_REFUSED.into()))?,
-            };
-            let before = read_record(tx, id)?;
-            let now = Timestamp::now();
-            let plan = rules::plan(change, &before, now, max_ips)?;
-            if plan.is_empty() {
-                let (_, version, _) = read_meta(tx)?;
-                return Ok(Committed {
-                    value: rules::changed(change, before),
-                    version,
-                });
-            }
-            apply(tx, id, &plan, now)?;
-            let after = read_record(tx, id)?;
-            let (b, a) = rules::audit_values(change, &before, &after);
-            let actor = rules::audit_actor(change, id, actor);
-            audit(tx, &actor, Some(id), plan.action, b, a)?;
-            let version = bump(tx, Some(id), self.config.keep_changes)?;
-            Ok(Committed {
-                value: rules::changed(change, after),
-                version,
-            })
         })
     }
 }

@@ -1,0 +1,232 @@
+//! Connections to PostgreSQL: who may use which, what the server enforces on each, and
+//! how a call is bounded.
+//!
+//! Three lanes, each its own pool, so no caller waits behind another kind: the
+//! management API and `ipgate admin` share `store.pool_size` connections, the poller
+//! (change feed and full loads) has one, and the usage flusher has one. Every
+//! connection starts with the server-side limits of `store.*_timeout`, so a session
+//! this gateway abandons (paused, partitioned) releases its locks by itself. A call
+//! that outlives its deadline closes its connection rather than hand a still-busy
+//! session to the next caller.
+
+use super::super::{Result, StoreError};
+use crate::config::{PostgresConfig, ServerTimeouts};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Who a call is for; each has connections of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// The management API and `ipgate admin`: `store.pool_size` connections.
+    Api,
+    /// The poller: the change feed and full loads, one step at a time.
+    Feed,
+    /// The usage flusher, once a minute.
+    Usage,
+}
+
+/// Connections the poller and the usage flusher each keep, beside the API's.
+const FEED_CONNECTIONS: usize = 1;
+const USAGE_CONNECTIONS: usize = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the store did not answer within {0:?}")]
+pub(super) struct TimedOut(pub(super) Duration);
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        StoreError::unavailable(e)
+    }
+}
+
+pub(super) struct Lanes {
+    api: Pool,
+    feed: Pool,
+    usage: Pool,
+    tls: MakeRustlsConnect,
+}
+
+impl Lanes {
+    /// Sets up the pools; nothing connects until the first call.
+    pub(super) fn new(config: &PostgresConfig, tls: MakeRustlsConnect) -> Result<Self> {
+        let connect = with_server_timeouts(&config.connect, config.server_timeouts);
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                connect.clone(),
+                tls.clone(),
+                ManagerConfig {
+                    // A connection comes back only from a call that finished: it is idle.
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(config.timeout))
+                .create_timeout(Some(config.timeout))
+                .recycle_timeout(Some(config.timeout))
+                .build()
+                .map_err(StoreError::unavailable)
+        };
+        Ok(Self {
+            api: pool(config.pool_size)?,
+            feed: pool(FEED_CONNECTIONS)?,
+            usage: pool(USAGE_CONNECTIONS)?,
+            tls,
+        })
+    }
+
+    fn pool(&self, lane: Lane) -> &Pool {
+        match lane {
+            Lane::Api => &self.api,
+            Lane::Feed => &self.feed,
+            Lane::Usage => &self.usage,
+        }
+    }
+
+    /// Runs `call` on a connection of `lane` within `limit`. A call that takes longer
+    /// fails as unavailable and its connection is closed (the server rolls back what
+    /// it left open), never returned to the pool still busy.
+    pub(super) async fn call<T, F, Fut>(&self, lane: Lane, limit: Duration, call: F) -> Result<T>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let run = async {
+            let conn = self.pool(lane).get().await?;
+            call(Lease {
+                conn: Some(conn),
+                abandoned: Arc::clone(&abandoned),
+                tls: self.tls.clone(),
+                limit,
+            })
+            .await
+        };
+        tokio::pin!(run);
+        tokio::select! {
+            result = &mut run => result,
+            _ = tokio::time::sleep(limit) => {
+                // Set before `run` (and the lease in it) is dropped on return.
+                abandoned.store(true, Ordering::SeqCst);
+                Err(StoreError::unavailable(TimedOut(limit)))
+            }
+        }
+    }
+}
+
+/// `config` with the server-side limits added to its startup options (after any the
+/// URL already gives, so ours win).
+pub(super) fn with_server_timeouts(
+    config: &tokio_postgres::Config,
+    limits: ServerTimeouts,
+) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let ours = server_options(limits);
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {ours}"),
+        _ => ours,
+    };
+    config.options(&options);
+    config
+}
+
+/// The startup options that set `limits` on a new session.
+pub(super) fn server_options(limits: ServerTimeouts) -> String {
+    format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        limits.statement.as_millis(),
+        limits.lock.as_millis(),
+        limits.idle_in_transaction.as_millis()
+    )
+}
+
+/// A pooled connection lent to one call: back to the pool when the call finishes,
+/// closed when the call was abandoned at its deadline (its statements may still be
+/// running, and the next caller would queue behind them).
+pub(super) struct Lease {
+    conn: Option<Object>,
+    abandoned: Arc<AtomicBool>,
+    tls: MakeRustlsConnect,
+    limit: Duration,
+}
+
+impl Deref for Lease {
+    type Target = Object;
+    fn deref(&self) -> &Object {
+        self.conn
+            .as_ref()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut Object {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.abandoned.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        // Out of the pool for good; dropping it aborts its connection task, which
+        // closes the socket. The server may not notice a closed socket while a
+        // statement waits for a lock, so it is also asked to cancel that statement.
+        let client = Object::take(conn);
+        let cancel = client.cancel_token();
+        drop(client);
+        let (tls, limit) = (self.tls.clone(), self.limit);
+        tracing::warn!(
+            limit_ms = limit.as_millis() as u64,
+            "a store call outlived its deadline; its connection is closed"
+        );
+        tokio::spawn(async move {
+            match tokio::time::timeout(limit, cancel.cancel_query(tls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "cancelling an abandoned statement failed")
+                }
+                Err(_) => tracing::debug!("cancelling an abandoned statement timed out"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_are_startup_options_in_milliseconds() {
+        let limits = ServerTimeouts {
+            statement: Duration::from_secs(5),
+            lock: Duration::from_millis(1500),
+            idle_in_transaction: Duration::from_secs(2),
+        };
+        assert_eq!(
+            server_options(limits),
+            "-c statement_timeout=5000 -c lock_timeout=1500 \
+             -c idle_in_transaction_session_timeout=2000"
+        );
+        let mut given = tokio_postgres::Config::new();
+        given.options("-c search_path=ipgate");
+        let both = with_server_timeouts(&given, limits);
+        assert_eq!(
+            both.get_options(),
+            Some(
+                "-c search_path=ipgate -c statement_timeout=5000 -c lock_timeout=1500 \
+                 -c idle_in_transaction_session_timeout=2000"
+            )
+        );
+    }
+}

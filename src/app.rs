@@ -95,7 +95,7 @@ pub async fn serve(
         refresher: Arc::clone(&refresher),
         metrics: Arc::clone(&metrics),
         recorder: Arc::clone(&recorder),
-        store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
+        store_slots: tokio::sync::Semaphore::new(crate::api::store_slots(&config.store)),
         signing_key: config.auth.response_signing_key.clone(),
     };
     let front = Arc::new(Front::new(

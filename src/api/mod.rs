@@ -89,8 +89,20 @@ pub struct CallSettings<'a> {
     pub limits: &'a LimitsConfig,
 }
 
-/// Concurrent store calls from the management API; the poller never waits for one.
+/// Concurrent store calls from the management API on the embedded store; the poller
+/// never waits for one.
 pub const API_STORE_SLOTS: usize = 8;
+
+/// The API's store slots for `store`: on PostgreSQL as many as the API's own pool has
+/// connections (`store.pool_size`), so no call waits inside the pool, where its wait
+/// would count against its own deadline; the poller and the flusher have connections
+/// of their own besides.
+pub fn store_slots(store: &crate::config::StoreConfig) -> usize {
+    match store {
+        crate::config::StoreConfig::Postgres(c) => c.pool_size.max(1),
+        crate::config::StoreConfig::Sqlite(_) => API_STORE_SLOTS,
+    }
+}
 /// How long an API call waits for a store slot before answering 503.
 const STORE_SLOT_WAIT: Duration = Duration::from_secs(5);
 

@@ -268,7 +268,7 @@ impl Metrics {
                     "ipgate_resyncs_total",
                     "Full loads after the snapshot's position in the store's history could not \
                      be continued, by reason (too_old, history_rewritten, went_backwards, \
-                     other_store).",
+                     other_store, delta_too_large, delta_timed_out).",
                 ),
                 &["reason"],
             )

@@ -172,6 +172,9 @@ fn admin(command: AdminCommand, config: &Config, actor: Option<&str>, json: bool
             return ExitCode::FAILURE;
         }
     };
+    // Which store this is, before anything can fail: the one line that tells a typo in
+    // store.url. On stderr in both modes, so stdout stays one JSON value for scripts.
+    eprintln!("store: {}", operator::store_location(&config.store));
     let result = operator::operator_actor(actor)
         .and_then(|actor| runtime.block_on(operator::run(command, config, &actor)));
     match result {

@@ -46,10 +46,27 @@ fn check_config_lists_every_problem_and_exits_64() {
     );
 }
 
+/// A config in `dir` whose store `ipgate admin init` has created.
+fn initialised(dir: &std::path::Path, settings: &Settings) -> std::path::PathBuf {
+    let config = write_config(dir, settings);
+    let out = Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&config)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    config
+}
+
 #[test]
 fn admin_commands_speak_json() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let admin = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(["admin", "--config"])
@@ -294,7 +311,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn config_anywhere_lists_as_arrays_and_errors_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let config = config.to_str().unwrap();
     // --config before the command, after it, or at the end.
     let added = ipgate(
@@ -417,7 +434,7 @@ fn config_anywhere_lists_as_arrays_and_errors_as_json() {
 #[test]
 fn statuses_billing_no_op_changes_and_the_operators_name() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = initialised(
         dir.path(),
         // Keys lapse a millisecond after they are made: long before the next command.
         &Settings::new("http://127.0.0.1:9").set("auth.registration_window", "\"1ms\""),
@@ -547,7 +564,7 @@ fn completions_and_the_manual_are_generated() {
 #[test]
 fn stored_text_is_shown_escaped_in_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let admin = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(["admin", "--config"])
@@ -576,4 +593,105 @@ fn stored_text_is_shown_escaped_in_tables() {
         !users.contains('\u{1b}') && !users.contains('\u{7}'),
         "{users:?}"
     );
+}
+
+/// `ipgate admin --config CONFIG ARGS`, as an operator types it.
+fn admin_at(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Issue 21, item 2: a `store.url` pointing somewhere unexpected (a typo, the wrong
+/// folder) is an error naming the path, never a new empty store; only `serve` and
+/// `admin init` create one. Every admin command names the store it opened on stderr.
+#[test]
+fn admin_never_creates_a_store_but_init_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let db = dir.path().join("ipgate.db");
+    for args in [
+        vec!["user", "list"],
+        vec!["user", "add", "--name", "lost"],
+        vec!["usage"],
+    ] {
+        let out = admin_at(&config, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains("ipgate admin init"),
+            "{args:?}: {err}"
+        );
+        let mut json = args.clone();
+        json.push("--json");
+        let out = admin_at(&config, &json);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "no_store", "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("ipgate admin init"));
+        assert!(!db.exists(), "{args:?} created {}", db.display());
+    }
+
+    // init creates it, says so, and is harmless a second time.
+    let out = admin_at(&config, &["init"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), format!("store: sqlite {}", db.display()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    assert!(db.exists());
+    let again = admin_at(&config, &["init", "--json"]);
+    assert!(again.status.success());
+    assert_eq!(json_of(&again)["created"], false);
+
+    // Every command names the store on stderr; stdout stays the command's own.
+    let out = admin_at(&config, &["user", "add", "--name", "found"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("store: sqlite {}", db.display())
+    );
+    let out = admin_at(&config, &["user", "list", "--json"]);
+    assert_eq!(json_of(&out).as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("store: sqlite "));
+
+    // A zero-length file (`touch`ed by mistake) is no store either.
+    let other = tempfile::tempdir().unwrap();
+    let config = write_config(other.path(), &Settings::new("http://127.0.0.1:9"));
+    std::fs::write(other.path().join("ipgate.db"), b"").unwrap();
+    let out = admin_at(&config, &["user", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ipgate admin init"));
+}
+
+/// The same on PostgreSQL: there "missing" means the schema is absent.
+#[test]
+fn admin_never_creates_a_postgres_schema_but_init_does() {
+    let Some(pg) = common::pg::Postgres::shared() else {
+        return;
+    };
+    let db = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Settings::new("http://127.0.0.1:9").set("store.url", &format!("\"{}\"", pg.url(&db))),
+    );
+    let out = admin_at(&config, &["user", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out);
+    assert_eq!(v["error"]["kind"], "no_store", "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store: postgres ") && !err.contains(common::pg::PASSWORD), "{err}");
+    let tables = pg.psql(&db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    assert_eq!(tables.trim(), "0", "the schema was created");
+
+    let out = admin_at(&config, &["init", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json_of(&out)["created"], true);
+    let out = admin_at(&config, &["user", "add"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -8,7 +8,7 @@ mod report;
 pub use report::ReportCommand;
 
 use crate::acl::{ApiKey, KEY_PREFIX};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::store::{
     self, Actor, Change, IpStatus, Mode, NewCredential, Page, Store, StoreError, Target, Timestamp,
 };
@@ -19,6 +19,10 @@ use std::net::IpAddr;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// Creates the store `store.url` names (the SQLite file, or the schema in an empty
+    /// PostgreSQL database); an existing one is left as it is. Every other command
+    /// refuses a missing store instead of creating an empty one.
+    Init,
     /// Users own credentials.
     #[command(subcommand)]
     User(UserCommand),
@@ -162,6 +166,11 @@ pub enum OperatorError {
     Input(String),
     #[error("key generation failed: {0}")]
     Random(String),
+    #[error(
+        "no ipgate store at {at}: create it with `ipgate admin init` (or by starting \
+         `ipgate serve`), or correct store.url in the configuration"
+    )]
+    NoStore { at: String },
 }
 
 impl OperatorError {
@@ -173,6 +182,7 @@ impl OperatorError {
             }
             OperatorError::Store(StoreError::Rejected(_)) => "rejected",
             OperatorError::Input(_) => "input",
+            OperatorError::NoStore { .. } => "no_store",
             OperatorError::Store(_) | OperatorError::Random(_) => "store",
         }
     }
@@ -308,55 +318,107 @@ impl Context<'_> {
     }
 }
 
-/// Runs one command as `actor` (the audit log's name for the operator).
+/// The store `config` names, for the operator: `sqlite /absolute/path/ipgate.db` (a
+/// relative path tells nothing when the config came from elsewhere) or
+/// `postgres://user@host:port/db` (never a password).
+pub fn store_location(config: &StoreConfig) -> String {
+    match config {
+        StoreConfig::Sqlite(c) => {
+            let path = std::path::absolute(&c.path).unwrap_or_else(|_| c.path.clone());
+            format!("sqlite {}", path.display())
+        }
+        StoreConfig::Postgres(_) => config.describe(),
+    }
+}
+
+/// Runs one command as `actor` (the audit log's name for the operator). Only `init`
+/// may create the store; every other command on a missing one fails with
+/// [`OperatorError::NoStore`].
 pub async fn run(
     command: AdminCommand,
     config: &Config,
     actor: &Actor,
 ) -> Result<Output, OperatorError> {
-    let store = store::open(&config.store)?;
+    let no_store = |e| match e {
+        OperatorError::Store(StoreError::Missing(_)) => OperatorError::NoStore {
+            at: store_location(&config.store),
+        },
+        e => e,
+    };
+    if let AdminCommand::Init = command {
+        return init(config).await.map_err(no_store);
+    }
+    let store = store::open_existing(&config.store)?;
     let cx = Context {
         store: store.as_ref(),
         config,
         actor,
     };
+    dispatch(&cx, command).await.map_err(no_store)
+}
+
+/// `admin init`: whether the store was there is found out without creating it; only
+/// then is it opened to be created.
+async fn init(config: &Config) -> Result<Output, OperatorError> {
+    let at = store_location(&config.store);
+    let created = match store::open_existing(&config.store)?.users(Page::first(1)).await {
+        Ok(_) => false,
+        Err(StoreError::Missing(_)) => {
+            store::open(&config.store)?.users(Page::first(1)).await?;
+            true
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let plain = if created {
+        format!("created the store {at}")
+    } else {
+        format!("the store {at} exists already (brought up to date)")
+    };
+    Ok(Output {
+        plain,
+        json: json!({ "store": at, "created": created }),
+    })
+}
+
+async fn dispatch(cx: &Context<'_>, command: AdminCommand) -> Result<Output, OperatorError> {
     match command {
-        AdminCommand::User(UserCommand::Add { name }) => user_add(&cx, name).await,
-        AdminCommand::User(UserCommand::List) => user_list(&cx).await,
+        AdminCommand::Init => init(cx.config).await,
+        AdminCommand::User(UserCommand::Add { name }) => user_add(cx, name).await,
+        AdminCommand::User(UserCommand::List) => user_list(cx).await,
         AdminCommand::Key(KeyCommand::Create { user, description }) => {
-            key_create(&cx, user, description).await
+            key_create(cx, user, description).await
         }
         AdminCommand::Credential(CredentialCommand::List { user }) => {
-            credential_list(&cx, user).await
+            credential_list(cx, user).await
         }
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
-            credential_revoke(&cx, credential_id).await
+            credential_revoke(cx, credential_id).await
         }
         AdminCommand::Credential(CredentialCommand::Mode {
             credential_id,
             mode,
-        }) => credential_mode(&cx, credential_id, &mode).await,
-        AdminCommand::Report(command) => report::run(&cx, command).await,
+        }) => credential_mode(cx, credential_id, &mode).await,
+        AdminCommand::Report(command) => report::run(cx, command).await,
         AdminCommand::Wildcard {
             action,
             credential_id,
-        } => wildcard(&cx, action, credential_id).await,
-        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(&cx, credential_id).await,
+        } => wildcard(cx, action, credential_id).await,
+        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(cx, credential_id).await,
         AdminCommand::Ip(IpCommand::Add {
             credential_id,
             ip,
             status,
-        }) => ip_add(&cx, credential_id, &ip, &status).await,
+        }) => ip_add(cx, credential_id, &ip, &status).await,
         AdminCommand::Ip(IpCommand::SetStatus {
             credential_id,
             item_id,
             status,
-        }) => ip_set_status(&cx, credential_id, item_id, &status).await,
-        AdminCommand::Usage { user } => usage(&cx, user).await,
+        }) => ip_set_status(cx, credential_id, item_id, &status).await,
+        AdminCommand::Usage { user } => usage(cx, user).await,
         AdminCommand::Audit {
             credential_id,
             limit,
-        } => audit(&cx, credential_id, limit).await,
+        } => audit(cx, credential_id, limit).await,
     }
 }
 

@@ -51,6 +51,9 @@ pub struct PostgresStore {
     tls: MakeRustlsConnect,
     /// Done once per process, on the first call that reaches the database.
     schema: OnceCell<()>,
+    /// Whether a database without ipgate's schema may be given one: `serve` and
+    /// `admin init` only.
+    create: bool,
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -64,8 +67,19 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 struct TimedOut(Duration);
 
 impl PostgresStore {
-    /// Sets up the pool; nothing connects until the first call.
+    /// Sets up the pool; nothing connects until the first call, which creates the
+    /// schema if the database has none.
     pub fn new(config: &PostgresConfig) -> Result<Self> {
+        Self::with(config, true)
+    }
+
+    /// The same for a database that must have ipgate's schema already: without it the
+    /// first call is [`StoreError::Missing`] and nothing is created.
+    pub fn existing(config: &PostgresConfig) -> Result<Self> {
+        Self::with(config, false)
+    }
+
+    fn with(config: &PostgresConfig, create: bool) -> Result<Self> {
         let tls = tls::connector(config).map_err(StoreError::unavailable)?;
         let manager = Manager::from_config(
             config.connect.clone(),
@@ -87,6 +101,7 @@ impl PostgresStore {
             config: config.clone(),
             tls,
             schema: OnceCell::new(),
+            create,
         })
     }
 
@@ -101,7 +116,10 @@ impl PostgresStore {
     /// A pooled connection to a migrated database.
     async fn client(&self) -> Result<Object> {
         let mut client = self.pool.get().await?;
-        self.schema.get_or_try_init(|| migrate(&mut client)).await?;
+        let missing = (!self.create).then_some(self.config.display.as_str());
+        self.schema
+            .get_or_try_init(|| migrate(&mut client, missing))
+            .await?;
         Ok(client)
     }
 
@@ -242,11 +260,23 @@ impl PostgresStore {
 }
 
 /// Brings the schema up to date under a transaction-scoped advisory lock, or refuses a
-/// database newer than this binary without touching it.
-async fn migrate(client: &mut Object) -> Result<()> {
+/// database newer than this binary without touching it. `missing`: `Some(where)` when a
+/// database without the schema is [`StoreError::Missing`] rather than given one.
+async fn migrate(client: &mut Object, missing: Option<&str>) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    let no_store = |at: &str| StoreError::Missing(format!("postgres {at}"));
+    if let Some(at) = missing {
+        let exists: bool = col(
+            &tx.query_one("SELECT to_regclass('ipgate_schema') IS NOT NULL", &[])
+                .await?,
+            0,
+        )?;
+        if !exists {
+            return Err(no_store(at));
+        }
+    }
     tx.batch_execute("CREATE TABLE IF NOT EXISTS ipgate_schema (version INTEGER NOT NULL)")
         .await?;
     let found: i32 = match tx
@@ -260,6 +290,9 @@ async fn migrate(client: &mut Object) -> Result<()> {
             0
         }
     };
+    if let (0, Some(at)) = (found, missing) {
+        return Err(no_store(at));
+    }
     let known = MIGRATIONS.len() as i32;
     if found > known {
         return Err(StoreError::Incompatible(format!(

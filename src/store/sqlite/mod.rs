@@ -42,6 +42,8 @@ struct Inner {
     /// Set once the file exists and is migrated. After that it is never created again:
     /// a file that vanishes is an error to report, not an empty whitelist to serve.
     ready: AtomicBool,
+    /// Whether a missing (or empty) file may be created: `serve` and `admin init` only.
+    create: bool,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -51,11 +53,23 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl SqliteStore {
+    /// The store in `config`'s file, created on first use if it is not there.
     pub fn new(config: SqliteConfig) -> Self {
+        Self::with(config, true)
+    }
+
+    /// The store in `config`'s file, which must exist: a missing or empty file is
+    /// [`StoreError::Missing`], and nothing is written to it.
+    pub fn existing(config: SqliteConfig) -> Self {
+        Self::with(config, false)
+    }
+
+    fn with(config: SqliteConfig, create: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 ready: AtomicBool::new(false),
+                create,
             }),
         }
     }
@@ -98,6 +112,11 @@ fn set_wal(conn: &Connection) -> Result<()> {
     }
 }
 
+/// How many migrations the file has had: 0 for a new or empty file.
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("SQLite store {}", path.display())]
 struct FileError {
@@ -110,13 +129,22 @@ impl Inner {
     fn connect(&self) -> Result<Connection> {
         let ready = self.ready.load(Ordering::Acquire);
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if !ready {
+        if !ready && self.create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let missing = || StoreError::Missing(format!("sqlite {}", self.config.path.display()));
+        if !ready && !self.create && !self.config.path.exists() {
+            return Err(missing());
         }
         let mut conn = Connection::open_with_flags(&self.config.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         if !ready {
+            // Checked before WAL is switched on, which would write to the file: an
+            // empty file (or one that is not ipgate's) is left as it was.
+            if !self.create && schema_version(&conn)? == 0 {
+                return Err(missing());
+            }
             set_wal(&conn)?;
             self.migrate(&mut conn)?;
             self.ready.store(true, Ordering::Release);

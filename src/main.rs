@@ -1,7 +1,8 @@
 //! The `ipgate` command: parse arguments, load the configuration, start.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad command line, 64 bad configuration.
-//! With `--json`, an error is one JSON object on stdout, as a success is.
+//! With `--json`, an error is one JSON object on stdout, as a success is: a bad command
+//! line too, when `--json` stands anywhere on it.
 
 use clap::{CommandFactory, Parser, Subcommand};
 use ipgate::config::{Config, ConfigErrors};
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const EXIT_BAD_CONFIG: u8 = 64;
+/// clap's own exit code for a bad command line, kept under `--json`.
+const EXIT_USAGE: u8 = 2;
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
@@ -96,8 +99,53 @@ fn report_config(path: &Path, errors: &ConfigErrors, json: bool) {
     eprint!("{}", errors.render(path));
 }
 
+/// Parses the command line. A bad one is clap's text on stderr and exit 2, or, when
+/// `--json` stands anywhere on the line (clap could not tell which command it belongs
+/// to), one JSON object on stdout with the same exit code.
+fn parse() -> Result<Cli, ExitCode> {
+    let error = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    use clap::error::ErrorKind;
+    let answer = matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if answer || !json {
+        error.exit();
+    }
+    let value = json!({ "error": { "kind": "usage", "message": usage_message(&error) } });
+    println!("{value}");
+    Err(ExitCode::from(EXIT_USAGE))
+}
+
+/// clap's message in one line, without its `error: ` and the usage and hints that
+/// follow its first paragraph.
+fn usage_message(error: &clap::Error) -> String {
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap's text is then the whole help.
+        return "a subcommand is missing; see --help".into();
+    }
+    let text = error.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Command::CheckConfig { file, json } => {
             let file = file.unwrap_or(cli.config);

@@ -695,3 +695,39 @@ fn admin_never_creates_a_postgres_schema_but_init_does() {
     let out = admin_at(&config, &["user", "add"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 21, item 8: with `--json` anywhere on the line, even clap's own argument
+/// errors (a bad number, an unknown subcommand) are one JSON object, exit 2.
+#[test]
+fn argument_errors_are_json_under_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = config.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec!["admin", "--config", config, "--json", "key", "create", "--user", "abc"],
+            "--user",
+        ),
+        (vec!["admin", "--json", "frobnicate"], "frobnicate"),
+        (vec!["admin", "--json"], "subcommand is missing"),
+        (vec!["admin", "ip", "list", "--json"], "CREDENTIAL_ID"),
+        (vec!["check-config", "--json", "--verbose"], "--verbose"),
+    ] {
+        let out = ipgate(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "usage", "{args:?}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{args:?}: {message}");
+        assert!(!message.contains('\n'), "one line: {message:?}");
+        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Without --json, clap's text on stderr as before; --help is no error.
+    let out = ipgate(&["admin", "key", "create", "--user", "abc"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
+    let out = ipgate(&["admin", "--json", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+}

@@ -709,7 +709,7 @@ fn argument_errors_are_json_under_json() {
             "--user",
         ),
         (vec!["admin", "--json", "frobnicate"], "frobnicate"),
-        (vec!["admin", "--json"], "subcommand is missing"),
+        (vec!["admin", "--json"], "requires a subcommand"),
         (vec!["admin", "ip", "list", "--json"], "CREDENTIAL_ID"),
         (vec!["check-config", "--json", "--verbose"], "--verbose"),
     ] {

@@ -63,7 +63,7 @@ pub async fn flush(
         metrics.usage_dropped.inc_by(dropped);
         return;
     }
-    let rows = (batch.allowed.len() + batch.refused.len()) as u64;
+    let rows = batch.len() as u64;
     match store.record_usage(batch.clone()).await {
         Ok(()) => {
             metrics.usage_flushes.with_label_values(&["ok"]).inc();
@@ -79,15 +79,17 @@ pub async fn flush(
                 "usage could not be written; kept for the next flush"
             );
             let mut kept = batch;
-            let over = (kept.allowed.len() + kept.refused.len()).saturating_sub(MAX_PENDING);
+            let over = kept.len().saturating_sub(MAX_PENDING);
             if over > 0 {
-                // Keep the most recent: what an owner reviews first.
-                for list in [&mut kept.allowed, &mut kept.refused] {
+                // Keep the most recent: what an owner reviews first. Allowed counts go
+                // first, then shadow ones; refusals (the stolen-key signal) last.
+                let mut left = over;
+                for list in [&mut kept.allowed, &mut kept.shadow, &mut kept.refused] {
                     list.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+                    let cut = left.min(list.len());
+                    list.truncate(list.len() - cut);
+                    left -= cut;
                 }
-                let cut = over.min(kept.allowed.len());
-                kept.allowed.truncate(kept.allowed.len() - cut);
-                kept.refused.truncate(kept.refused.len() - (over - cut));
             }
             metrics.usage_dropped.inc_by(dropped + over as u64);
             *pending = kept;
@@ -116,6 +118,7 @@ pub fn combine(a: UsageBatch, b: UsageBatch) -> UsageBatch {
     UsageBatch {
         allowed: join(a.allowed, b.allowed),
         refused: join(a.refused, b.refused),
+        shadow: join(a.shadow, b.shadow),
     }
 }
 
@@ -139,10 +142,12 @@ mod tests {
         let a = UsageBatch {
             allowed: vec![s(1, "10.0.0.1", 2, 10, 20)],
             refused: vec![s(1, "192.0.2.1", 1, 5, 5)],
+            shadow: vec![s(1, "192.0.2.2", 1, 5, 5)],
         };
         let b = UsageBatch {
             allowed: vec![s(1, "10.0.0.1", 3, 5, 15), s(2, "10.0.0.1", 1, 1, 1)],
             refused: vec![],
+            shadow: vec![s(1, "192.0.2.2", 2, 6, 7)],
         };
         let mut c = combine(a, b);
         c.allowed.sort_by_key(|x| x.credential_id);
@@ -151,6 +156,7 @@ mod tests {
             [s(1, "10.0.0.1", 5, 5, 20), s(2, "10.0.0.1", 1, 1, 1)]
         );
         assert_eq!(c.refused, [s(1, "192.0.2.1", 1, 5, 5)]);
+        assert_eq!(c.shadow, [s(1, "192.0.2.2", 3, 5, 7)]);
     }
 
     fn note(r: &Recorder, allowed: bool, credential_id: u64, ip: &str) {

@@ -15,8 +15,10 @@ const MAX_DAYS: u32 = 36_500;
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// Addresses a valid key was used from although they are not ACTIVE on its list:
-    /// the sign of a stolen key (or of a list that is not finished yet).
+    /// Addresses a valid key was refused from because they were not ACTIVE on its list:
+    /// the sign of a stolen key (or of a list that is not finished yet). LISTED says
+    /// when an address is on the list now (most likely added since by its owner).
+    /// Requests let through by shadow mode are no refusals: see `report suggest`.
     Refused {
         /// Only this credential.
         #[arg(long = "credential")]
@@ -32,8 +34,9 @@ pub enum ReportCommand {
         #[arg(long)]
         user: Option<u64>,
     },
-    /// Every address a credential was used from in the kept history, allowed or
-    /// refused, with counts: a whitelist to review before it is enforced.
+    /// Every address a credential was used from in the kept history, with counts:
+    /// allowed by the list, let through by shadow mode only, refused. A whitelist to
+    /// review before it is enforced.
     Suggest {
         /// The credential.
         credential_id: u64,
@@ -53,11 +56,17 @@ async fn refused(cx: &Context<'_>, credential: Option<u64>) -> Result<Output, Op
         cx.need_credential(id).await?;
     }
     let report = cx.store.refused(credential).await?;
-    let header = "CREDENTIAL\tUSER\tIP\tREQUESTS\tFIRST_SEEN\tLAST_SEEN";
+    let header = "CREDENTIAL\tUSER\tIP\tREQUESTS\tFIRST_SEEN\tLAST_SEEN\tLISTED";
     let mut plain = table(header, &report.addresses, |a| {
         format!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            a.credential_id, a.user_id, a.ip, a.requests, a.first_seen, a.last_seen
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            a.credential_id,
+            a.user_id,
+            a.ip,
+            a.requests,
+            a.first_seen,
+            a.last_seen,
+            or_dash(a.listed)
         )
     });
     for t in &report.truncated {
@@ -138,13 +147,14 @@ async fn unused(cx: &Context<'_>, days: u32, user: Option<u64>) -> Result<Output
 async fn suggest(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
     cx.need_credential(id).await?;
     let list = cx.store.suggest(id).await?;
-    let header = "IP\tALLOWED\tREFUSED\tLAST_SEEN\tLISTED";
+    let header = "IP\tALLOWED\tSHADOW\tREFUSED\tLAST_SEEN\tLISTED";
     Ok(Output {
         plain: table(header, &list, |s| {
             format!(
-                "{}\t{}\t{}\t{}\t{}",
+                "{}\t{}\t{}\t{}\t{}\t{}",
                 s.ip,
                 s.allowed,
+                s.shadow,
                 s.refused,
                 s.last_seen,
                 or_dash(s.listed)

@@ -93,4 +93,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FROM permitted_ips p
         LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
     ",
+    // 3: requests let through by shadow mode, apart from refusals (they were counted as
+    // refused before; those counts stay where they are).
+    "
+    CREATE TABLE shadow_ips (
+        credential_id BIGINT NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      BIGINT NOT NULL,
+        first_seen    BIGINT NOT NULL,
+        last_seen     BIGINT NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    ",
 ];

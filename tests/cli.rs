@@ -475,7 +475,7 @@ fn statuses_billing_no_op_changes_and_the_operators_name() {
         ],
         &[],
     );
-    assert!(String::from_utf8_lossy(&plain.stdout).contains("\tEXPIRED\t"));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("  EXPIRED  "));
 
     // The operator is named: --actor, else $SUDO_USER, else $USER.
     let item = admin(&["ip", "add", &cred, "192.0.2.1", "--actor", "alice"], &[])["id"].to_string();
@@ -730,4 +730,58 @@ fn argument_errors_are_json_under_json() {
     let out = ipgate(&["admin", "--json", "--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+}
+
+/// Issue 21, item 9: tables are aligned in columns (no tabs), times say UTC, and the
+/// audit table says what changed in a few words; `--json` keeps the whole record.
+#[test]
+fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let run = |args: &[&str]| {
+        let out = admin_at(&config, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["user", "add", "--name", "a"]);
+    let user = run(&["user", "add", "--name", "a much longer name"]);
+    let key = run(&["key", "create", "--user", user.trim(), "--json"]);
+    let cred: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let cred = cred["credential_id"].to_string();
+    let item = run(&["ip", "add", &cred, "192.0.2.1"]);
+    run(&["ip", "add", &cred, "2001:db8::1"]);
+    run(&["ip", "set-status", &cred, item.trim(), "INACTIVE"]);
+
+    // Each column starts where its header does, on every line.
+    let aligned = |table: &str, column: &str| {
+        assert!(!table.contains('\t'), "{table}");
+        let lines: Vec<&str> = table.lines().collect();
+        let at = lines[0].find(column).unwrap_or_else(|| panic!("{column}: {table}"));
+        for line in &lines[1..] {
+            assert_eq!(&line[at - 2..at], "  ", "{column} not aligned in:\n{table}");
+            assert_ne!(&line[at..at + 1], " ", "{column} not aligned in:\n{table}");
+        }
+    };
+    let users = run(&["user", "list"]);
+    aligned(&users, "CREATED");
+    assert!(users.lines().skip(1).all(|l| l.ends_with(" UTC")), "{users}");
+    let ips = run(&["ip", "list", &cred]);
+    for column in ["STATUS", "CREATED", "UPDATED", "LAST_SEEN", "REQUESTS"] {
+        aligned(&ips, column);
+    }
+    let credentials = run(&["credential", "list", "--user", user.trim()]);
+    aligned(&credentials, "EXPIRY");
+    assert!(credentials.contains(" UTC "), "{credentials}");
+
+    let audit = run(&["audit", "--credential", &cred]);
+    aligned(&audit, "ACTION");
+    aligned(&audit, "CHANGE");
+    assert!(!audit.contains('{'), "no JSON in the table: {audit}");
+    let changed = audit.lines().find(|l| l.contains("ip.set_status")).unwrap();
+    assert!(changed.ends_with("status ACTIVE→INACTIVE"), "{audit}");
+    let added = audit.lines().find(|l| l.contains("2001:db8::1")).unwrap();
+    assert!(added.contains("ip.add") && added.ends_with("ip 2001:db8::1, status ACTIVE"));
+    let full = json_of(&admin_at(&config, &["audit", "--credential", &cred, "--json"]));
+    assert_eq!(full[0]["before"]["status"], "ACTIVE", "{full}");
+    assert_eq!(full[0]["after"]["status"], "INACTIVE", "{full}");
 }

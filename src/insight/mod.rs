@@ -299,11 +299,12 @@ impl Recorder {
             };
             if let Some(seen) = map.get_mut(&key) {
                 seen.requests += 1;
-                seen.last = now;
+                // The coarse clock may lag the first sighting's exact one.
+                seen.last = seen.last.max(now);
             } else if full {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                first_sighting(map, key, now);
+                first_sighting(map, key);
             }
         });
     }
@@ -352,8 +353,14 @@ impl Recorder {
 }
 
 /// An address not seen since the last hand-over: out of line, the hot path is a hit.
+///
+/// Stamped with the exact time, not the clock the flusher moves once a second: a
+/// request right after a device registration would otherwise be stamped before the
+/// entry the registration created, and `ip list` would show an entry used before it
+/// existed. Once per address per hand-over, so the hot path keeps its cheap clock.
 #[cold]
-fn first_sighting(map: &mut Map, key: Key, now: i64) {
+fn first_sighting(map: &mut Map, key: Key) {
+    let now = Timestamp::now().0;
     map.insert(
         key,
         Seen {
@@ -407,6 +414,21 @@ mod tests {
 
     fn allowed(r: &Recorder) -> u64 {
         r.drain().allowed.iter().map(|s| s.requests).sum()
+    }
+
+    #[test]
+    fn a_first_sighting_is_never_stamped_before_it_happened() {
+        let r = Recorder::new(true);
+        // The coarse clock as it may be just before the flusher moves it.
+        r.shared.now.store(Timestamp::now().0 - 900_000, Ordering::Relaxed);
+        let before = Timestamp::now();
+        allow(&r, 1, ip());
+        allow(&r, 1, ip());
+        let batch = r.drain();
+        let seen = &batch.allowed[0];
+        assert_eq!(seen.requests, 2);
+        assert!(seen.first_seen >= before, "stamped by the lagging clock");
+        assert!(seen.last_seen >= seen.first_seen);
     }
 
     #[test]

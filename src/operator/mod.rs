@@ -4,8 +4,10 @@
 //! rendering for people. Keys are generated here, shown once and never stored.
 
 mod report;
+mod table;
 
 pub use report::ReportCommand;
+use table::{change_summary, shown, utc, utc_or_dash, Table};
 
 use crate::acl::{ApiKey, KEY_PREFIX};
 use crate::config::{Config, StoreConfig};
@@ -14,7 +16,6 @@ use crate::store::{
 };
 use clap::Subcommand;
 use serde_json::{json, Value};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 #[derive(Debug, Subcommand)]
@@ -422,34 +423,6 @@ async fn dispatch(cx: &Context<'_>, command: AdminCommand) -> Result<Output, Ope
     }
 }
 
-/// A table for people: a header line, then one tab-separated line per row.
-fn table<T>(header: &str, rows: &[T], row: impl Fn(&T) -> String) -> String {
-    let mut out = String::from(header);
-    for r in rows {
-        out.push('\n');
-        out.push_str(&row(r));
-    }
-    out
-}
-
-/// Text someone else wrote (a registration's description, a name), as a table cell:
-/// control characters (newlines, tabs, terminal escapes) are shown escaped, so that no
-/// stored text can forge a row or drive the operator's terminal.
-fn shown(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 fn or_dash(v: Option<impl std::fmt::Display>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -464,15 +437,16 @@ async fn user_add(cx: &Context<'_>, name: Option<String>) -> Result<Output, Oper
 
 async fn user_list(cx: &Context<'_>) -> Result<Output, OperatorError> {
     let list = cx.store.users(Page::all()).await?;
+    let mut t = Table::new(&["ID", "NAME", "CREATED"]).flexible(1);
+    for u in &list {
+        t.row(vec![
+            u.id.to_string(),
+            shown(u.name.as_deref().unwrap_or("-")),
+            utc(u.created),
+        ]);
+    }
     Ok(Output {
-        plain: table("ID\tNAME\tCREATED", &list, |u| {
-            format!(
-                "{}\t{}\t{}",
-                u.id,
-                shown(u.name.as_deref().unwrap_or("-")),
-                u.created
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -506,24 +480,33 @@ async fn key_create(
 async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, OperatorError> {
     cx.need_user(user).await?;
     let list = cx.store.credentials(user, Page::all()).await?;
-    let header = "ID\tSTATUS\tMODE\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION";
+    let mut t = Table::new(&[
+        "ID",
+        "STATUS",
+        "MODE",
+        "WILDCARD",
+        "EXPIRY",
+        "DEVICE",
+        "DESCRIPTION",
+    ])
+    .flexible(6);
+    for c in &list {
+        t.row(vec![
+            c.id.to_string(),
+            c.status.to_string(),
+            c.mode.to_string(),
+            if c.wildcard { "*" } else { "-" }.into(),
+            utc_or_dash(c.expiry_time),
+            or_dash(
+                c.permitted_device
+                    .as_ref()
+                    .map(|d| format!("{} ({})", shown(&d.description), d.ip)),
+            ),
+            shown(c.description.as_deref().unwrap_or("-")),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |c| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                c.id,
-                c.status,
-                c.mode,
-                if c.wildcard { "*" } else { "-" },
-                or_dash(c.expiry_time),
-                or_dash(c.permitted_device.as_ref().map(|d| format!(
-                    "{} ({})",
-                    shown(&d.description),
-                    d.ip
-                ))),
-                shown(c.description.as_deref().unwrap_or("-")),
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -572,26 +555,40 @@ async fn wildcard(
 async fn ip_list(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
     let c = cx.need_credential(id).await?;
     let list = cx.store.ips(id, Page::all()).await?;
-    let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED\tLAST_SEEN\tREQUESTS");
+    let mut t = Table::new(&[
+        "ID",
+        "IP",
+        "STATUS",
+        "CREATED",
+        "UPDATED",
+        "LAST_SEEN",
+        "REQUESTS",
+    ]);
     if c.wildcard {
-        plain.push_str("\n-\t*\tACTIVE\t-\t-\t-\t- (operator wildcard)");
+        let dash = || "-".to_string();
+        t.row(vec![
+            dash(),
+            "*".into(),
+            "ACTIVE".into(),
+            dash(),
+            dash(),
+            dash(),
+            "- (operator wildcard)".into(),
+        ]);
     }
     for p in &list {
-        write!(
-            plain,
-            "\n{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            p.id,
-            p.ip,
-            p.status,
-            p.created,
-            p.updated,
-            or_dash(p.last_seen),
-            p.requests
-        )
-        .expect("write to String");
+        t.row(vec![
+            p.id.to_string(),
+            p.ip.to_string(),
+            p.status.to_string(),
+            utc(p.created),
+            utc(p.updated),
+            utc_or_dash(p.last_seen),
+            p.requests.to_string(),
+        ]);
     }
     Ok(Output {
-        plain,
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -647,18 +644,18 @@ async fn usage(cx: &Context<'_>, user: Option<u64>) -> Result<Output, OperatorEr
         cx.need_user(id).await?;
     }
     let list = cx.store.usage(user).await?;
-    let header = "CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS";
+    let mut t = Table::new(&["CREDENTIAL", "USER", "STATUS", "WILDCARD", "ACTIVE_IPS"]);
+    for u in &list {
+        t.row(vec![
+            u.credential_id.to_string(),
+            u.user_id.to_string(),
+            u.status.to_string(),
+            if u.wildcard { "*" } else { "-" }.into(),
+            u.active_ips.to_string(),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |u| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}",
-                u.credential_id,
-                u.user_id,
-                u.status,
-                if u.wildcard { "*" } else { "-" },
-                u.active_ips
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -672,21 +669,30 @@ async fn audit(
         cx.need_credential(id).await?;
     }
     let list = cx.store.audit(credential, Page::first(limit)).await?;
-    let header = "ID\tAT\tACTOR\tFROM\tCREDENTIAL\tACTION\tBEFORE\tAFTER";
+    // The change in a few words; the full before and after are `--json`'s.
+    let mut t = Table::new(&[
+        "ID",
+        "AT",
+        "ACTOR",
+        "FROM",
+        "CREDENTIAL",
+        "ACTION",
+        "CHANGE",
+    ])
+    .flexible(6);
+    for a in &list {
+        t.row(vec![
+            a.id.to_string(),
+            utc(a.at),
+            shown(&a.actor),
+            shown(a.actor_ip.as_deref().unwrap_or("-")),
+            or_dash(a.credential_id),
+            a.action.to_string(),
+            change_summary(a.before.as_ref(), a.after.as_ref()),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |a| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                a.id,
-                a.at,
-                a.actor,
-                a.actor_ip.as_deref().unwrap_or("-"),
-                or_dash(a.credential_id),
-                a.action,
-                or_dash(a.before.as_ref()),
-                or_dash(a.after.as_ref()),
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -694,13 +700,6 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_text_cannot_forge_rows_or_escape_codes() {
-        assert_eq!(shown("laptop"), "laptop");
-        assert_eq!(shown("a\tb\nc\u{1b}[31m"), "a\\tb\\nc\\u{1b}[31m");
-        assert_eq!(shown("café"), "café");
-    }
 
     #[test]
     fn keys_are_prefixed_random_and_long() {

@@ -4,7 +4,7 @@
 //! With `--json`, an error is one JSON object on stdout, as a success is: a bad command
 //! line too, when `--json` stands anywhere on it.
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ipgate::config::{Config, ConfigErrors};
 use ipgate::operator::{self, AdminCommand};
 use serde_json::json;
@@ -36,7 +36,7 @@ enum Command {
     Serve,
     /// Validates a configuration file and lists every problem in it (exit 64 if any).
     CheckConfig {
-        /// The file to check (default: the --config file, ./config.toml).
+        /// The file to check (default: ./config.toml).
         file: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -60,8 +60,38 @@ enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// Prints the manual page (roff): `ipgate man | man -l -`.
-    Man,
+    /// Prints the main manual page (roff): `ipgate man | man -l -`; with --dir, writes
+    /// a page for every command there.
+    Man {
+        /// Write ipgate.1, ipgate-serve.1, ipgate-admin.1, … into this folder (which
+        /// must exist) and list them, instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Commands on which `--config` does nothing (check-config takes its FILE): it is
+/// still accepted there, since it may stand anywhere, but not shown in their help,
+/// manual pages and completions.
+const WITHOUT_CONFIG: &[&str] = &["check-config", "completions", "man"];
+
+/// The command line: the derived one, with `--config` hidden where it does nothing.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for name in WITHOUT_CONFIG {
+        cmd = cmd.mut_subcommand(name, |sub| {
+            // A local argument of the global's id: clap then does not propagate the
+            // global one here, and a value given here still reaches `Cli::config`.
+            sub.arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .help("Accepted anywhere on the line; not used by this command")
+                    .hide(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+        });
+    }
+    cmd
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -103,7 +133,10 @@ fn report_config(path: &Path, errors: &ConfigErrors, json: bool) {
 /// `--json` stands anywhere on the line (clap could not tell which command it belongs
 /// to), one JSON object on stdout with the same exit code.
 fn parse() -> Result<Cli, ExitCode> {
-    let error = match Cli::try_parse() {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let error = match parsed {
         Ok(cli) => return Ok(cli),
         Err(e) => e,
     };
@@ -180,19 +213,26 @@ fn main() -> ExitCode {
                 Shell::Fish => clap_complete::Shell::Fish,
             };
             let mut text = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "ipgate", &mut text);
+            clap_complete::generate(shell, &mut command(), "ipgate", &mut text);
             print_bytes(&text)
         }
-        Command::Man => {
-            let mut text = Vec::new();
-            match clap_mangen::Man::new(Cli::command()).render(&mut text) {
-                Ok(()) => print_bytes(&text),
-                Err(e) => {
-                    eprintln!("ipgate: cannot write the manual page: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Man { dir: None } => match operator::manual::main_page(command()) {
+            Ok(text) => print_bytes(&text),
+            Err(e) => {
+                eprintln!("ipgate: cannot make the manual page: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
+        Command::Man { dir: Some(dir) } => match operator::manual::write_pages(command(), &dir) {
+            Ok(written) => {
+                let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                print_bytes(format!("{}\n", list.join("\n")).as_bytes())
+            }
+            Err(e) => {
+                eprintln!("ipgate: cannot write the manual pages to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -316,7 +356,7 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        let mut cmd = Cli::command();
+        let mut cmd = command();
         cmd.build();
         walk(&cmd, "", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
@@ -324,6 +364,6 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }

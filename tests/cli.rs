@@ -785,3 +785,73 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
     assert_eq!(full[0]["before"]["status"], "ACTIVE", "{full}");
     assert_eq!(full[0]["after"]["status"], "INACTIVE", "{full}");
 }
+
+/// Issue 21, item 10: a page for every command (`man --dir`), the main page with the
+/// configuration keys, signals, exit codes and files; completions that offer the
+/// values of `credential mode` and `ip set-status`; no `--config` where it does
+/// nothing.
+#[test]
+fn every_command_has_a_page_and_completions_know_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ipgate(&["man", "--dir", dir.path().to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in [
+        "ipgate.1",
+        "ipgate-serve.1",
+        "ipgate-check-config.1",
+        "ipgate-admin.1",
+        "ipgate-admin-init.1",
+        "ipgate-admin-key.1",
+        "ipgate-admin-key-create.1",
+        "ipgate-admin-ip-set-status.1",
+        "ipgate-admin-report-suggest.1",
+        "ipgate-completions.1",
+        "ipgate-man.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let main = ipgate(&["man"], &[]);
+    assert!(main.status.success());
+    let page = String::from_utf8_lossy(&main.stdout);
+    assert_eq!(
+        page,
+        std::fs::read_to_string(dir.path().join("ipgate.1")).unwrap(),
+        "`ipgate man` prints the main page"
+    );
+    for section in ["CONFIGURATION", "SIGNALS", "EXIT STATUS", "FILES", "SEE ALSO"] {
+        assert!(page.contains(&format!(".SH \"{section}\"")) || page.contains(&format!(".SH {section}")), "{section}:\n{page}");
+    }
+    for word in ["SIGHUP", "SIGTERM", "64", "max_ips_per_credential", "ipgate\\-admin(1)"] {
+        assert!(page.contains(word), "{word} not in the main page:\n{page}");
+    }
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ipgate(&["completions", shell], &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for value in ["enforce", "shadow", "INACTIVE"] {
+            assert!(text.contains(value), "{shell} does not offer {value}");
+        }
+    }
+    // The values are checked as the command line is read.
+    let out = ipgate(&["admin", "ip", "set-status", "1", "2", "active", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(json_of(&out)["error"]["message"].as_str().unwrap().contains("INACTIVE"));
+
+    let help = |args: &[&str]| {
+        let out = ipgate(args, &[]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [
+        vec!["completions", "--help"],
+        vec!["man", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        assert!(!help(&args).contains("--config"), "{args:?}");
+    }
+    assert!(help(&["serve", "--help"]).contains("--config"));
+    assert!(help(&["admin", "user", "list", "--help"]).contains("--config"));
+    let page = std::fs::read_to_string(dir.path().join("ipgate-completions.1")).unwrap();
+    assert!(!page.contains("config"), "{page}");
+}

@@ -3,6 +3,7 @@
 //! Each command returns one JSON value (printed as is with `--json`) and a plain
 //! rendering for people. Keys are generated here, shown once and never stored.
 
+pub mod manual;
 mod report;
 mod table;
 
@@ -111,6 +112,7 @@ pub enum CredentialCommand {
         /// The credential.
         credential_id: u64,
         /// enforce or shadow.
+        #[arg(value_parser = ["enforce", "shadow"])]
         mode: String,
     },
 }
@@ -137,7 +139,7 @@ pub enum IpCommand {
         /// One IPv4 or IPv6 address (not a network, not "*").
         ip: String,
         /// ACTIVE (admits the address) or INACTIVE.
-        #[arg(long, default_value = "ACTIVE")]
+        #[arg(long, default_value = "ACTIVE", value_parser = ["ACTIVE", "INACTIVE"])]
         status: String,
     },
     /// Changes an entry's status.
@@ -147,6 +149,7 @@ pub enum IpCommand {
         /// The entry.
         item_id: u64,
         /// ACTIVE or INACTIVE.
+        #[arg(value_parser = ["ACTIVE", "INACTIVE"])]
         status: String,
     },
 }

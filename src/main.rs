@@ -141,7 +141,10 @@ fn parse() -> Result<Cli, ExitCode> {
         Err(e) => e,
     };
     use clap::error::ErrorKind;
-    let answer = matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+    let answer = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
     let json = std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
@@ -229,7 +232,10 @@ fn main() -> ExitCode {
                 print_bytes(format!("{}\n", list.join("\n")).as_bytes())
             }
             Err(e) => {
-                eprintln!("ipgate: cannot write the manual pages to {}: {e}", dir.display());
+                eprintln!(
+                    "ipgate: cannot write the manual pages to {}: {e}",
+                    dir.display()
+                );
                 ExitCode::FAILURE
             }
         },

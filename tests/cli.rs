@@ -633,13 +633,20 @@ fn admin_never_creates_a_store_but_init_does() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let v = json_of(&out);
         assert_eq!(v["error"]["kind"], "no_store", "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains("ipgate admin init"));
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ipgate admin init"));
         assert!(!db.exists(), "{args:?} created {}", db.display());
     }
 
     // init creates it, says so, and is harmless a second time.
     let out = admin_at(&config, &["init"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim(), format!("store: sqlite {}", db.display()));
     assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
@@ -685,15 +692,29 @@ fn admin_never_creates_a_postgres_schema_but_init_does() {
     let v = json_of(&out);
     assert_eq!(v["error"]["kind"], "no_store", "{v}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("store: postgres ") && !err.contains(common::pg::PASSWORD), "{err}");
-    let tables = pg.psql(&db, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+    assert!(
+        err.contains("store: postgres ") && !err.contains(common::pg::PASSWORD),
+        "{err}"
+    );
+    let tables = pg.psql(
+        &db,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
     assert_eq!(tables.trim(), "0", "the schema was created");
 
     let out = admin_at(&config, &["init", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(json_of(&out)["created"], true);
     let out = admin_at(&config, &["user", "add"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 21, item 8: with `--json` anywhere on the line, even clap's own argument
@@ -705,7 +726,9 @@ fn argument_errors_are_json_under_json() {
     let config = config.to_str().unwrap();
     for (args, says) in [
         (
-            vec!["admin", "--config", config, "--json", "key", "create", "--user", "abc"],
+            vec![
+                "admin", "--config", config, "--json", "key", "create", "--user", "abc",
+            ],
             "--user",
         ),
         (vec!["admin", "--json", "frobnicate"], "frobnicate"),
@@ -720,7 +743,11 @@ fn argument_errors_are_json_under_json() {
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(says), "{args:?}: {message}");
         assert!(!message.contains('\n'), "one line: {message:?}");
-        assert!(out.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Without --json, clap's text on stderr as before; --help is no error.
     let out = ipgate(&["admin", "key", "create", "--user", "abc"], &[]);
@@ -740,7 +767,11 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
     let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let run = |args: &[&str]| {
         let out = admin_at(&config, args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     run(&["user", "add", "--name", "a"]);
@@ -756,7 +787,9 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
     let aligned = |table: &str, column: &str| {
         assert!(!table.contains('\t'), "{table}");
         let lines: Vec<&str> = table.lines().collect();
-        let at = lines[0].find(column).unwrap_or_else(|| panic!("{column}: {table}"));
+        let at = lines[0]
+            .find(column)
+            .unwrap_or_else(|| panic!("{column}: {table}"));
         for line in &lines[1..] {
             assert_eq!(&line[at - 2..at], "  ", "{column} not aligned in:\n{table}");
             assert_ne!(&line[at..at + 1], " ", "{column} not aligned in:\n{table}");
@@ -764,7 +797,10 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
     };
     let users = run(&["user", "list"]);
     aligned(&users, "CREATED");
-    assert!(users.lines().skip(1).all(|l| l.ends_with(" UTC")), "{users}");
+    assert!(
+        users.lines().skip(1).all(|l| l.ends_with(" UTC")),
+        "{users}"
+    );
     let ips = run(&["ip", "list", &cred]);
     for column in ["STATUS", "CREATED", "UPDATED", "LAST_SEEN", "REQUESTS"] {
         aligned(&ips, column);
@@ -781,7 +817,10 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
     assert!(changed.ends_with("status ACTIVE→INACTIVE"), "{audit}");
     let added = audit.lines().find(|l| l.contains("2001:db8::1")).unwrap();
     assert!(added.contains("ip.add") && added.ends_with("ip 2001:db8::1, status ACTIVE"));
-    let full = json_of(&admin_at(&config, &["audit", "--credential", &cred, "--json"]));
+    let full = json_of(&admin_at(
+        &config,
+        &["audit", "--credential", &cred, "--json"],
+    ));
     assert_eq!(full[0]["before"]["status"], "ACTIVE", "{full}");
     assert_eq!(full[0]["after"]["status"], "INACTIVE", "{full}");
 }
@@ -794,7 +833,11 @@ fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
 fn every_command_has_a_page_and_completions_know_the_values() {
     let dir = tempfile::tempdir().unwrap();
     let out = ipgate(&["man", "--dir", dir.path().to_str().unwrap()], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for page in [
         "ipgate.1",
         "ipgate-serve.1",
@@ -820,10 +863,26 @@ fn every_command_has_a_page_and_completions_know_the_values() {
         std::fs::read_to_string(dir.path().join("ipgate.1")).unwrap(),
         "`ipgate man` prints the main page"
     );
-    for section in ["CONFIGURATION", "SIGNALS", "EXIT STATUS", "FILES", "SEE ALSO"] {
-        assert!(page.contains(&format!(".SH \"{section}\"")) || page.contains(&format!(".SH {section}")), "{section}:\n{page}");
+    for section in [
+        "CONFIGURATION",
+        "SIGNALS",
+        "EXIT STATUS",
+        "FILES",
+        "SEE ALSO",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{section}\""))
+                || page.contains(&format!(".SH {section}")),
+            "{section}:\n{page}"
+        );
     }
-    for word in ["SIGHUP", "SIGTERM", "64", "max_ips_per_credential", "ipgate\\-admin(1)"] {
+    for word in [
+        "SIGHUP",
+        "SIGTERM",
+        "64",
+        "max_ips_per_credential",
+        "ipgate\\-admin(1)",
+    ] {
         assert!(page.contains(word), "{word} not in the main page:\n{page}");
     }
 
@@ -835,9 +894,15 @@ fn every_command_has_a_page_and_completions_know_the_values() {
         }
     }
     // The values are checked as the command line is read.
-    let out = ipgate(&["admin", "ip", "set-status", "1", "2", "active", "--json"], &[]);
+    let out = ipgate(
+        &["admin", "ip", "set-status", "1", "2", "active", "--json"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(json_of(&out)["error"]["message"].as_str().unwrap().contains("INACTIVE"));
+    assert!(json_of(&out)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("INACTIVE"));
 
     let help = |args: &[&str]| {
         let out = ipgate(args, &[]);

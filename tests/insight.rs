@@ -110,7 +110,15 @@ async fn usage_is_counted_per_entry_and_shown_by_ip_list() {
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["ID", "IP", "STATUS", "CREATED", "UPDATED", "LAST_SEEN", "REQUESTS"]
+        [
+            "ID",
+            "IP",
+            "STATUS",
+            "CREATED",
+            "UPDATED",
+            "LAST_SEEN",
+            "REQUESTS"
+        ]
     );
     assert!(
         table
@@ -534,7 +542,8 @@ async fn shadow_requests_are_their_own_kind_and_refused_addresses_say_when_liste
     gw.admin(&["ip", "add", &cred_s, "127.0.0.3"]);
     // Let through three times from .4 in shadow mode, once .9 saw the mode arrive.
     gw.admin(&["credential", "mode", &cred_s, "shadow"]);
-    gw.wait_for_status(ip("127.0.0.9"), &key, StatusCode::OK).await;
+    gw.wait_for_status(ip("127.0.0.9"), &key, StatusCode::OK)
+        .await;
     get_n(&gw, "127.0.0.4", &key, 3, StatusCode::OK).await;
 
     let suggested = admin_until(&gw, &["report", "suggest", &cred_s], |s| {
@@ -570,7 +579,9 @@ async fn shadow_requests_are_their_own_kind_and_refused_addresses_say_when_liste
     );
     let listed = addresses.iter().find(|a| a["ip"] == "127.0.0.3").unwrap();
     assert_eq!(listed["listed"], "ACTIVE", "{refused:#}");
-    assert!(addresses.iter().all(|a| a["ip"] == "127.0.0.3" || a["listed"].is_null()));
+    assert!(addresses
+        .iter()
+        .all(|a| a["ip"] == "127.0.0.3" || a["listed"].is_null()));
 
     let table = |args: &[&str]| {
         let out = std::process::Command::new(BIN)
@@ -584,7 +595,10 @@ async fn shadow_requests_are_their_own_kind_and_refused_addresses_say_when_liste
     };
     let plain = table(&["report", "suggest", &cred_s]);
     let header: Vec<&str> = plain.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["IP", "ALLOWED", "SHADOW", "REFUSED", "LAST_SEEN", "LISTED"]);
+    assert_eq!(
+        header,
+        ["IP", "ALLOWED", "SHADOW", "REFUSED", "LAST_SEEN", "LISTED"]
+    );
     let plain = table(&["report", "refused", "--credential", &cred_s]);
     let header = plain.lines().next().unwrap();
     assert!(header.split_whitespace().any(|h| h == "LISTED"), "{plain}");
@@ -599,15 +613,21 @@ async fn shadow_requests_are_their_own_kind_and_refused_addresses_say_when_liste
 async fn an_entry_is_never_last_seen_before_it_was_created() {
     let upstream = Upstream::start().await;
     // The coarse clock moves once a second here, as it does by default.
-    let gw = Gateway::start(&Settings::new(&upstream.url()).set("insight.flush_interval", "\"1s\""));
+    let gw =
+        Gateway::start(&Settings::new(&upstream.url()).set("insight.flush_interval", "\"1s\""));
     gw.wait_ready().await;
     for _ in 0..3 {
         // Registered, and used at once (registered_key waits for the first 200).
         let (_, cred, _) = gw.registered_key(&["127.0.0.2"]).await;
         let cred = cred.to_string();
-        let list = admin_until(&gw, &["ip", "list", &cred], |l| requests(l, "127.0.0.2") > 0);
+        let list = admin_until(&gw, &["ip", "list", &cred], |l| {
+            requests(l, "127.0.0.2") > 0
+        });
         let e = entry(&list, "127.0.0.2");
-        let (created, seen) = (e["created"].as_str().unwrap(), e["last_seen"].as_str().unwrap());
+        let (created, seen) = (
+            e["created"].as_str().unwrap(),
+            e["last_seen"].as_str().unwrap(),
+        );
         assert!(seen >= created, "last seen {seen}, created {created}");
     }
 }

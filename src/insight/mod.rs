@@ -420,7 +420,9 @@ mod tests {
     fn a_first_sighting_is_never_stamped_before_it_happened() {
         let r = Recorder::new(true);
         // The coarse clock as it may be just before the flusher moves it.
-        r.shared.now.store(Timestamp::now().0 - 900_000, Ordering::Relaxed);
+        r.shared
+            .now
+            .store(Timestamp::now().0 - 900_000, Ordering::Relaxed);
         let before = Timestamp::now();
         allow(&r, 1, ip());
         allow(&r, 1, ip());

@@ -365,7 +365,10 @@ pub async fn run(
 /// then is it opened to be created.
 async fn init(config: &Config) -> Result<Output, OperatorError> {
     let at = store_location(&config.store);
-    let created = match store::open_existing(&config.store)?.users(Page::first(1)).await {
+    let created = match store::open_existing(&config.store)?
+        .users(Page::first(1))
+        .await
+    {
         Ok(_) => false,
         Err(StoreError::Missing(_)) => {
             store::open(&config.store)?.users(Page::first(1)).await?;

@@ -129,8 +129,7 @@ async fn unused(cx: &Context<'_>, days: u32, user: Option<u64>) -> Result<Output
             e.requests.to_string(),
         ]);
     }
-    let mut credentials =
-        Table::new(&["CREDENTIAL", "USER", "STATUS", "CREATED", "LAST_SEEN"]);
+    let mut credentials = Table::new(&["CREDENTIAL", "USER", "STATUS", "CREATED", "LAST_SEEN"]);
     for c in &report.credentials {
         credentials.row(vec![
             c.credential_id.to_string(),

@@ -7,9 +7,7 @@
 //! JSON keeps bunq's format with its microseconds. Nothing here reads the store.
 
 use crate::store::Timestamp;
-use comfy_table::{
-    presets::NOTHING, ColumnConstraint, ContentArrangement, Table as Comfy, Width,
-};
+use comfy_table::{presets::NOTHING, ColumnConstraint, ContentArrangement, Table as Comfy, Width};
 use serde_json::Value;
 use std::io::IsTerminal;
 
@@ -215,14 +213,19 @@ mod tests {
         // Too narrow even for that: the flexible column keeps a readable width.
         let narrow = table().render_for(Some(15));
         assert!(narrow.starts_with("ID    NAME   DESCRIPTION\n"), "{narrow}");
-        assert!(narrow.lines().all(|l| l.chars().count() <= 13 + MIN_FLEXIBLE));
+        assert!(narrow
+            .lines()
+            .all(|l| l.chars().count() <= 13 + MIN_FLEXIBLE));
         let wide = table().render_for(Some(200));
         assert_eq!(wide, table().render_for(None));
     }
 
     #[test]
     fn times_say_utc() {
-        assert_eq!(utc(Timestamp(1_700_000_000_123_456)), "2023-11-14 22:13:20 UTC");
+        assert_eq!(
+            utc(Timestamp(1_700_000_000_123_456)),
+            "2023-11-14 22:13:20 UTC"
+        );
         assert_eq!(utc_or_dash(None), "-");
     }
 

@@ -52,6 +52,17 @@ impl Table {
 
     /// The table fitted to `width` columns, or never wrapped (`None`).
     fn render_for(&self, width: Option<u16>) -> String {
+        let whole = self.laid_out(None);
+        let widest = whole.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+        match (width, self.flexible) {
+            (Some(w), Some(column)) if widest > usize::from(w) => self.laid_out(Some((w, column))),
+            _ => whole,
+        }
+    }
+
+    /// Every column as wide as its widest cell; or, given a width and the flexible
+    /// column, that column wrapped to make the table fit.
+    fn laid_out(&self, fit: Option<(u16, usize)>) -> String {
         let mut t = Comfy::new();
         t.load_preset(NOTHING);
         t.set_header(self.header.iter().copied());
@@ -60,23 +71,32 @@ impl Table {
         }
         let last = self.header.len().saturating_sub(1);
         for (i, column) in t.column_iter_mut().enumerate() {
-            column.set_padding((0, if i == last { 0 } else { GAP }));
-            let constraint = if Some(i) == self.flexible {
-                // Never narrower than its header or a few words: a terminal too narrow
-                // for that gets a table wider than itself, not one word per line.
-                let least = self.header[i].len().max(MIN_FLEXIBLE) as u16;
-                ColumnConstraint::LowerBoundary(Width::Fixed(least))
-            } else {
-                ColumnConstraint::ContentWidth
+            let gap = if i == last { 0 } else { GAP };
+            column.set_padding((0, gap));
+            let constraint = match fit {
+                // Never narrower than its header or a few words (comfy-table counts
+                // the padding in): a terminal too narrow for that gets a table wider
+                // than itself, not one word per line.
+                Some((_, flexible)) if flexible == i => {
+                    let widest = self
+                        .rows
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .max()
+                        .unwrap_or(0);
+                    let least = self.header[i].len().max(MIN_FLEXIBLE.min(widest));
+                    ColumnConstraint::LowerBoundary(Width::Fixed(least as u16 + gap))
+                }
+                _ => ColumnConstraint::ContentWidth,
             };
             column.set_constraint(constraint);
         }
-        match width {
-            Some(w) if self.flexible.is_some() => {
+        match fit {
+            Some((w, _)) => {
                 t.set_content_arrangement(ContentArrangement::Dynamic);
                 t.set_width(w);
             }
-            _ => {
+            None => {
                 t.set_content_arrangement(ContentArrangement::Disabled);
             }
         }
@@ -218,6 +238,12 @@ mod tests {
             .all(|l| l.chars().count() <= 13 + MIN_FLEXIBLE));
         let wide = table().render_for(Some(200));
         assert_eq!(wide, table().render_for(None));
+        // A flexible column of short cells keeps their width when another overflows.
+        let mut t = table();
+        t.flexible = Some(1);
+        assert!(t
+            .render_for(Some(40))
+            .starts_with("ID    NAME   DESCRIPTION\n"));
     }
 
     #[test]

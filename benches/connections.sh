@@ -90,6 +90,8 @@ run() { # NAME CAP IDLE
 		[log]
 		level = "warn"
 	EOF
+	# Only serve and `admin init` create a store; the users and keys come before serve.
+	env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" init >/dev/null 2>&1
 	user=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" user add --name conns)
 	key=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" key create --user "$user")
 	env -u RUST_LOG "$IPGATE_BIN" serve --config "$config" >"$dir/log" 2>&1 &

@@ -156,6 +156,8 @@ start_ipgate() { # NAME LIMIT
 		level = "$IPGATE_LOG_LEVEL"
 	EOF
 	"$IPGATE_BIN" check-config "$config" >/dev/null
+	# Only serve and `admin init` create a store; the users and keys come before serve.
+	env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" init >/dev/null 2>&1
 	user=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" user add --name flood-bench)
 	GW_KEY=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$config" key create --user "$user")
 	LOG_TO=$dir/log

@@ -169,6 +169,8 @@ prepare_ipgate() {
 	EOF
 	IPGATE_URL="http://127.0.0.1:$port/"
 	IPGATE_READY="http://127.0.0.1:$admin/readyz"
+	# Only serve and `admin init` create a store; the users and keys come before serve.
+	env -u RUST_LOG "$IPGATE_BIN" admin --config "$dir/config.toml" init >/dev/null 2>&1
 	user=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$dir/config.toml" user add --name instr)
 	KEY_OK=$("$IPGATE_BIN" admin --config "$dir/config.toml" key create --user "$user" --json |
 		python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')

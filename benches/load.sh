@@ -136,7 +136,7 @@ EOF
 
 # Fills ipgate's store with SIZE ACTIVE credentials (IPS_PER_CREDENTIAL addresses each)
 # by writing the SQLite file directly: a million CLI calls would take hours. The schema
-# is the one `ipgate admin` created (src/store/sqlite.rs); key_hash is SHA-256 of the
+# is the one `ipgate admin init` created (src/store/sqlite/schema.rs); key_hash is SHA-256 of the
 # key's bytes; the change version is bumped so a poller would notice.
 fill_store() { # DB SIZE KEY_OK KEY_NOIP USER_ID
 	python3 - "$@" "$IPS_PER_CREDENTIAL" <<'EOF'
@@ -358,6 +358,8 @@ start_ipgate() { # SIZE
 		level = "$IPGATE_LOG_LEVEL"
 	EOF
 	"$IPGATE_BIN" check-config "$dir/config.toml" >/dev/null
+	# Only serve and `admin init` create a store; the users and keys come before serve.
+	env -u RUST_LOG "$IPGATE_BIN" admin --config "$dir/config.toml" init >/dev/null 2>&1
 	user=$(env -u RUST_LOG "$IPGATE_BIN" admin --config "$dir/config.toml" user add --name load-bench)
 	IPGATE_KEY_OK=$(new_key)
 	IPGATE_KEY_NOIP=$(new_key)

@@ -114,7 +114,7 @@ async fn flushes(name: &str, store: &dyn Store) {
         store
             .record_usage(UsageBatch {
                 allowed,
-                refused: Vec::new(),
+                ..UsageBatch::default()
             })
             .await
             .unwrap();
@@ -142,8 +142,8 @@ async fn flushes(name: &str, store: &dyn Store) {
     let started = Instant::now();
     store
         .record_usage(UsageBatch {
-            allowed: Vec::new(),
             refused,
+            ..UsageBatch::default()
         })
         .await
         .unwrap();

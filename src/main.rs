@@ -1,9 +1,10 @@
 //! The `ipgate` command: parse arguments, load the configuration, start.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad command line, 64 bad configuration.
-//! With `--json`, an error is one JSON object on stdout, as a success is.
+//! With `--json`, an error is one JSON object on stdout, as a success is: a bad command
+//! line too, when `--json` stands anywhere on it.
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ipgate::config::{Config, ConfigErrors};
 use ipgate::operator::{self, AdminCommand};
 use serde_json::json;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const EXIT_BAD_CONFIG: u8 = 64;
+/// clap's own exit code for a bad command line, kept under `--json`.
+const EXIT_USAGE: u8 = 2;
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Parser)]
@@ -33,7 +36,7 @@ enum Command {
     Serve,
     /// Validates a configuration file and lists every problem in it (exit 64 if any).
     CheckConfig {
-        /// The file to check (default: the --config file, ./config.toml).
+        /// The file to check (default: ./config.toml).
         file: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -57,8 +60,38 @@ enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
-    /// Prints the manual page (roff): `ipgate man | man -l -`.
-    Man,
+    /// Prints the main manual page (roff): `ipgate man | man -l -`; with --dir, writes
+    /// a page for every command there.
+    Man {
+        /// Write ipgate.1, ipgate-serve.1, ipgate-admin.1, … into this folder (which
+        /// must exist) and list them, instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Commands on which `--config` does nothing (check-config takes its FILE): it is
+/// still accepted there, since it may stand anywhere, but not shown in their help,
+/// manual pages and completions.
+const WITHOUT_CONFIG: &[&str] = &["check-config", "completions", "man"];
+
+/// The command line: the derived one, with `--config` hidden where it does nothing.
+fn command() -> clap::Command {
+    let mut cmd = Cli::command();
+    for name in WITHOUT_CONFIG {
+        cmd = cmd.mut_subcommand(name, |sub| {
+            // A local argument of the global's id: clap then does not propagate the
+            // global one here, and a value given here still reaches `Cli::config`.
+            sub.arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .help("Accepted anywhere on the line; not used by this command")
+                    .hide(true)
+                    .value_parser(clap::value_parser!(PathBuf)),
+            )
+        });
+    }
+    cmd
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -96,8 +129,59 @@ fn report_config(path: &Path, errors: &ConfigErrors, json: bool) {
     eprint!("{}", errors.render(path));
 }
 
+/// Parses the command line. A bad one is clap's text on stderr and exit 2, or, when
+/// `--json` stands anywhere on the line (clap could not tell which command it belongs
+/// to), one JSON object on stdout with the same exit code.
+fn parse() -> Result<Cli, ExitCode> {
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let error = match parsed {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    use clap::error::ErrorKind;
+    let answer = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    );
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if answer || !json {
+        error.exit();
+    }
+    let value = json!({ "error": { "kind": "usage", "message": usage_message(&error) } });
+    println!("{value}");
+    Err(ExitCode::from(EXIT_USAGE))
+}
+
+/// clap's message in one line, without its `error: ` and the usage and hints that
+/// follow its first paragraph.
+fn usage_message(error: &clap::Error) -> String {
+    if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // clap's text is then the whole help.
+        return "a subcommand is missing; see --help".into();
+    }
+    let text = error.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_owned()
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match cli.command {
         Command::CheckConfig { file, json } => {
             let file = file.unwrap_or(cli.config);
@@ -132,19 +216,29 @@ fn main() -> ExitCode {
                 Shell::Fish => clap_complete::Shell::Fish,
             };
             let mut text = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "ipgate", &mut text);
+            clap_complete::generate(shell, &mut command(), "ipgate", &mut text);
             print_bytes(&text)
         }
-        Command::Man => {
-            let mut text = Vec::new();
-            match clap_mangen::Man::new(Cli::command()).render(&mut text) {
-                Ok(()) => print_bytes(&text),
-                Err(e) => {
-                    eprintln!("ipgate: cannot write the manual page: {e}");
-                    ExitCode::FAILURE
-                }
+        Command::Man { dir: None } => match operator::manual::main_page(command()) {
+            Ok(text) => print_bytes(&text),
+            Err(e) => {
+                eprintln!("ipgate: cannot make the manual page: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
+        Command::Man { dir: Some(dir) } => match operator::manual::write_pages(command(), &dir) {
+            Ok(written) => {
+                let list: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+                print_bytes(format!("{}\n", list.join("\n")).as_bytes())
+            }
+            Err(e) => {
+                eprintln!(
+                    "ipgate: cannot write the manual pages to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -172,6 +266,9 @@ fn admin(command: AdminCommand, config: &Config, actor: Option<&str>, json: bool
             return ExitCode::FAILURE;
         }
     };
+    // Which store this is, before anything can fail: the one line that tells a typo in
+    // store.url. On stderr in both modes, so stdout stays one JSON value for scripts.
+    eprintln!("store: {}", operator::store_location(&config.store));
     let result = operator::operator_actor(actor)
         .and_then(|actor| runtime.block_on(operator::run(command, config, &actor)));
     match result {
@@ -265,7 +362,7 @@ mod tests {
             }
         }
         let mut missing = Vec::new();
-        let mut cmd = Cli::command();
+        let mut cmd = command();
         cmd.build();
         walk(&cmd, "", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
@@ -273,6 +370,6 @@ mod tests {
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        command().debug_assert();
     }
 }

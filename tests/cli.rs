@@ -46,10 +46,27 @@ fn check_config_lists_every_problem_and_exits_64() {
     );
 }
 
+/// A config in `dir` whose store `ipgate admin init` has created.
+fn initialised(dir: &std::path::Path, settings: &Settings) -> std::path::PathBuf {
+    let config = write_config(dir, settings);
+    let out = Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(&config)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    config
+}
+
 #[test]
 fn admin_commands_speak_json() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let admin = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(["admin", "--config"])
@@ -294,7 +311,7 @@ fn json_of(out: &std::process::Output) -> serde_json::Value {
 #[test]
 fn config_anywhere_lists_as_arrays_and_errors_as_json() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let config = config.to_str().unwrap();
     // --config before the command, after it, or at the end.
     let added = ipgate(
@@ -417,7 +434,7 @@ fn config_anywhere_lists_as_arrays_and_errors_as_json() {
 #[test]
 fn statuses_billing_no_op_changes_and_the_operators_name() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = initialised(
         dir.path(),
         // Keys lapse a millisecond after they are made: long before the next command.
         &Settings::new("http://127.0.0.1:9").set("auth.registration_window", "\"1ms\""),
@@ -458,7 +475,7 @@ fn statuses_billing_no_op_changes_and_the_operators_name() {
         ],
         &[],
     );
-    assert!(String::from_utf8_lossy(&plain.stdout).contains("\tEXPIRED\t"));
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("  EXPIRED  "));
 
     // The operator is named: --actor, else $SUDO_USER, else $USER.
     let item = admin(&["ip", "add", &cred, "192.0.2.1", "--actor", "alice"], &[])["id"].to_string();
@@ -547,7 +564,7 @@ fn completions_and_the_manual_are_generated() {
 #[test]
 fn stored_text_is_shown_escaped_in_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
     let admin = |args: &[&str]| {
         let out = Command::new(BIN)
             .args(["admin", "--config"])
@@ -609,4 +626,330 @@ fn unusable_addresses_and_revoked_lists_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("REVOKED"));
     let list = json_of(&admin(&["--json", "ip", "list", &cred]));
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}
+
+/// `ipgate admin --config CONFIG ARGS`, as an operator types it.
+fn admin_at(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["admin", "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// Issue 21, item 2: a `store.url` pointing somewhere unexpected (a typo, the wrong
+/// folder) is an error naming the path, never a new empty store; only `serve` and
+/// `admin init` create one. Every admin command names the store it opened on stderr.
+#[test]
+fn admin_never_creates_a_store_but_init_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let db = dir.path().join("ipgate.db");
+    for args in [
+        vec!["user", "list"],
+        vec!["user", "add", "--name", "lost"],
+        vec!["usage"],
+    ] {
+        let out = admin_at(&config, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&db.display().to_string()) && err.contains("ipgate admin init"),
+            "{args:?}: {err}"
+        );
+        let mut json = args.clone();
+        json.push("--json");
+        let out = admin_at(&config, &json);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "no_store", "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ipgate admin init"));
+        assert!(!db.exists(), "{args:?} created {}", db.display());
+    }
+
+    // init creates it, says so, and is harmless a second time.
+    let out = admin_at(&config, &["init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), format!("store: sqlite {}", db.display()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created"));
+    assert!(db.exists());
+    let again = admin_at(&config, &["init", "--json"]);
+    assert!(again.status.success());
+    assert_eq!(json_of(&again)["created"], false);
+
+    // Every command names the store on stderr; stdout stays the command's own.
+    let out = admin_at(&config, &["user", "add", "--name", "found"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!("store: sqlite {}", db.display())
+    );
+    let out = admin_at(&config, &["user", "list", "--json"]);
+    assert_eq!(json_of(&out).as_array().unwrap().len(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("store: sqlite "));
+
+    // A zero-length file (`touch`ed by mistake) is no store either.
+    let other = tempfile::tempdir().unwrap();
+    let config = write_config(other.path(), &Settings::new("http://127.0.0.1:9"));
+    std::fs::write(other.path().join("ipgate.db"), b"").unwrap();
+    let out = admin_at(&config, &["user", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ipgate admin init"));
+}
+
+/// The same on PostgreSQL: there "missing" means the schema is absent.
+#[test]
+fn admin_never_creates_a_postgres_schema_but_init_does() {
+    let Some(pg) = common::pg::Postgres::shared() else {
+        return;
+    };
+    let db = pg.database();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Settings::new("http://127.0.0.1:9").set("store.url", &format!("\"{}\"", pg.url(&db))),
+    );
+    let out = admin_at(&config, &["user", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json_of(&out);
+    assert_eq!(v["error"]["kind"], "no_store", "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("store: postgres ") && !err.contains(common::pg::PASSWORD),
+        "{err}"
+    );
+    let tables = pg.psql(
+        &db,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables.trim(), "0", "the schema was created");
+
+    let out = admin_at(&config, &["init", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_of(&out)["created"], true);
+    let out = admin_at(&config, &["user", "add"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 21, item 8: with `--json` anywhere on the line, even clap's own argument
+/// errors (a bad number, an unknown subcommand) are one JSON object, exit 2.
+#[test]
+fn argument_errors_are_json_under_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let config = config.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "admin", "--config", config, "--json", "key", "create", "--user", "abc",
+            ],
+            "--user",
+        ),
+        (vec!["admin", "--json", "frobnicate"], "frobnicate"),
+        (vec!["admin", "--json"], "requires a subcommand"),
+        (vec!["admin", "ip", "list", "--json"], "CREDENTIAL_ID"),
+        (vec!["check-config", "--json", "--verbose"], "--verbose"),
+    ] {
+        let out = ipgate(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let v = json_of(&out);
+        assert_eq!(v["error"]["kind"], "usage", "{args:?}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{args:?}: {message}");
+        assert!(!message.contains('\n'), "one line: {message:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without --json, clap's text on stderr as before; --help is no error.
+    let out = ipgate(&["admin", "key", "create", "--user", "abc"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value"));
+    let out = ipgate(&["admin", "--json", "--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+}
+
+/// Issue 21, item 9: tables are aligned in columns (no tabs), times say UTC, and the
+/// audit table says what changed in a few words; `--json` keeps the whole record.
+#[test]
+fn tables_are_aligned_in_utc_and_audit_rows_are_summarised() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = initialised(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let run = |args: &[&str]| {
+        let out = admin_at(&config, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["user", "add", "--name", "a"]);
+    let user = run(&["user", "add", "--name", "a much longer name"]);
+    let key = run(&["key", "create", "--user", user.trim(), "--json"]);
+    let cred: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let cred = cred["credential_id"].to_string();
+    let item = run(&["ip", "add", &cred, "192.0.2.1"]);
+    run(&["ip", "add", &cred, "2001:db8::1"]);
+    run(&["ip", "set-status", &cred, item.trim(), "INACTIVE"]);
+
+    // Each column starts where its header does, on every line.
+    let aligned = |table: &str, column: &str| {
+        assert!(!table.contains('\t'), "{table}");
+        let lines: Vec<&str> = table.lines().collect();
+        let at = lines[0]
+            .find(column)
+            .unwrap_or_else(|| panic!("{column}: {table}"));
+        for line in &lines[1..] {
+            assert_eq!(&line[at - 2..at], "  ", "{column} not aligned in:\n{table}");
+            assert_ne!(&line[at..at + 1], " ", "{column} not aligned in:\n{table}");
+        }
+    };
+    let users = run(&["user", "list"]);
+    aligned(&users, "CREATED");
+    assert!(
+        users.lines().skip(1).all(|l| l.ends_with(" UTC")),
+        "{users}"
+    );
+    let ips = run(&["ip", "list", &cred]);
+    for column in ["STATUS", "CREATED", "UPDATED", "LAST_SEEN", "REQUESTS"] {
+        aligned(&ips, column);
+    }
+    let credentials = run(&["credential", "list", "--user", user.trim()]);
+    aligned(&credentials, "EXPIRY");
+    assert!(credentials.contains(" UTC "), "{credentials}");
+
+    let audit = run(&["audit", "--credential", &cred]);
+    aligned(&audit, "ACTION");
+    aligned(&audit, "CHANGE");
+    assert!(!audit.contains('{'), "no JSON in the table: {audit}");
+    let changed = audit.lines().find(|l| l.contains("ip.set_status")).unwrap();
+    assert!(changed.ends_with("status ACTIVE→INACTIVE"), "{audit}");
+    let added = audit.lines().find(|l| l.contains("2001:db8::1")).unwrap();
+    assert!(added.contains("ip.add") && added.ends_with("ip 2001:db8::1, status ACTIVE"));
+    let full = json_of(&admin_at(
+        &config,
+        &["audit", "--credential", &cred, "--json"],
+    ));
+    assert_eq!(full[0]["before"]["status"], "ACTIVE", "{full}");
+    assert_eq!(full[0]["after"]["status"], "INACTIVE", "{full}");
+}
+
+/// Issue 21, item 10: a page for every command (`man --dir`), the main page with the
+/// configuration keys, signals, exit codes and files; completions that offer the
+/// values of `credential mode` and `ip set-status`; no `--config` where it does
+/// nothing.
+#[test]
+fn every_command_has_a_page_and_completions_know_the_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ipgate(&["man", "--dir", dir.path().to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "ipgate.1",
+        "ipgate-serve.1",
+        "ipgate-check-config.1",
+        "ipgate-admin.1",
+        "ipgate-admin-init.1",
+        "ipgate-admin-key.1",
+        "ipgate-admin-key-create.1",
+        "ipgate-admin-ip-set-status.1",
+        "ipgate-admin-report-suggest.1",
+        "ipgate-completions.1",
+        "ipgate-man.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
+    let main = ipgate(&["man"], &[]);
+    assert!(main.status.success());
+    let page = String::from_utf8_lossy(&main.stdout);
+    assert_eq!(
+        page,
+        std::fs::read_to_string(dir.path().join("ipgate.1")).unwrap(),
+        "`ipgate man` prints the main page"
+    );
+    for section in [
+        "CONFIGURATION",
+        "SIGNALS",
+        "EXIT STATUS",
+        "FILES",
+        "SEE ALSO",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"{section}\""))
+                || page.contains(&format!(".SH {section}")),
+            "{section}:\n{page}"
+        );
+    }
+    for word in [
+        "SIGHUP",
+        "SIGTERM",
+        "64",
+        "max_ips_per_credential",
+        "ipgate\\-admin(1)",
+    ] {
+        assert!(page.contains(word), "{word} not in the main page:\n{page}");
+    }
+
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ipgate(&["completions", shell], &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        for value in ["enforce", "shadow", "INACTIVE"] {
+            assert!(text.contains(value), "{shell} does not offer {value}");
+        }
+    }
+    // The values are checked as the command line is read.
+    let out = ipgate(
+        &["admin", "ip", "set-status", "1", "2", "active", "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(json_of(&out)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("INACTIVE"));
+
+    let help = |args: &[&str]| {
+        let out = ipgate(args, &[]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for args in [
+        vec!["completions", "--help"],
+        vec!["man", "--help"],
+        vec!["check-config", "--help"],
+    ] {
+        assert!(!help(&args).contains("--config"), "{args:?}");
+    }
+    assert!(help(&["serve", "--help"]).contains("--config"));
+    assert!(help(&["admin", "user", "list", "--help"]).contains("--config"));
+    let page = std::fs::read_to_string(dir.path().join("ipgate-completions.1")).unwrap();
+    assert!(!page.contains("config"), "{page}");
 }

@@ -1065,14 +1065,14 @@ async fn usage_from_every_gateway_adds_up(t: TestStore) {
     let other = t.another();
     let one = UsageBatch {
         allowed: vec![seen(id, "10.0.0.1", 5, 100, 200)],
-        refused: vec![],
+        ..UsageBatch::default()
     };
     let two = UsageBatch {
         allowed: vec![
             seen(id, "10.0.0.1", 7, 50, 150),
             seen(id, "10.9.9.9", 1, 60, 60),
         ],
-        refused: vec![],
+        ..UsageBatch::default()
     };
     s.record_usage(one).await.unwrap();
     other.record_usage(two).await.unwrap();
@@ -1091,8 +1091,8 @@ async fn refused_addresses_are_bounded_per_credential(t: TestStore) {
     let (id, _) = active(s, u, 1, &["10.0.0.1"]).await;
     let (quiet, _) = active(s, u, 2, &["10.0.0.1"]).await;
     let first = UsageBatch {
-        allowed: vec![],
         refused: vec![seen(id, "203.0.113.1", 3, 10, 20)],
+        ..UsageBatch::default()
     };
     s.record_usage(first).await.unwrap();
     // An attacker rotating through addresses, in two flushes.
@@ -1110,8 +1110,8 @@ async fn refused_addresses_are_bounded_per_credential(t: TestStore) {
             .collect();
         t.another()
             .record_usage(UsageBatch {
-                allowed: vec![],
                 refused,
+                ..UsageBatch::default()
             })
             .await
             .unwrap();
@@ -1147,6 +1147,7 @@ async fn concurrent_flushes_past_the_bound_never_fail(t: TestStore) {
         refused: (0..kept)
             .map(|i| seen(id, &addr(i), 1, 1000, 1000 + i as i64))
             .collect(),
+        shadow: vec![],
     };
     s.record_usage(start).await.unwrap();
     let (one, two) = (t.another(), t.another());
@@ -1158,12 +1159,14 @@ async fn concurrent_flushes_past_the_bound_never_fail(t: TestStore) {
             refused: (kept / 2..kept + 40 + round)
                 .map(|i| seen(id, &addr(i + round * 40), 1, 2000, 2000 + i as i64))
                 .collect(),
+            shadow: vec![],
         };
         let older = UsageBatch {
             allowed: vec![],
             refused: (0..kept / 2 + 20)
                 .map(|i| seen(id, &addr(i + round * 40), 1, 10, 10))
                 .collect(),
+            shadow: vec![],
         };
         let (a, b) = tokio::join!(one.record_usage(newer), two.record_usage(older));
         a.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
@@ -1186,7 +1189,12 @@ async fn reports_of_unused_entries_and_suggestions(t: TestStore) {
             seen(id, "10.0.0.1", 9, now.0, now.0),
             seen(theirs, "10.0.0.1", 1, now.0, now.0),
         ],
-        refused: vec![seen(id, "192.0.2.7", 4, now.0 - 10, now.0 - 5)],
+        refused: vec![
+            seen(id, "192.0.2.7", 4, now.0 - 10, now.0 - 5),
+            seen(id, "10.0.0.2", 1, now.0 - 10, now.0 - 10),
+        ],
+        // Let through by shadow mode: neither allowed nor refused.
+        shadow: vec![seen(id, "192.0.2.8", 2, now.0 - 10, now.0 - 5)],
     })
     .await
     .unwrap();
@@ -1202,6 +1210,7 @@ async fn reports_of_unused_entries_and_suggestions(t: TestStore) {
     assert!(ips.contains(&(idle, ip("10.0.0.1"))));
     assert!(!ips.iter().any(|(c, _)| *c == theirs), "another user's");
     let never = r.entries.iter().find(|e| e.ip == ip("10.0.0.2")).unwrap();
+    // Refused (before it was listed, say) is no use of the entry.
     assert_eq!((never.last_seen, never.requests), (None, 0));
     let creds: Vec<u64> = r.credentials.iter().map(|c| c.credential_id).collect();
     assert_eq!(creds, [id, idle]);
@@ -1211,24 +1220,34 @@ async fn reports_of_unused_entries_and_suggestions(t: TestStore) {
     ));
 
     let suggested = s.suggest(id).await.unwrap();
-    assert_eq!(suggested.len(), 2);
-    assert_eq!(suggested[0].ip, ip("10.0.0.1"));
+    let rows: Vec<_> = suggested
+        .iter()
+        .map(|s| (s.ip, s.allowed, s.shadow, s.refused, s.listed))
+        .collect();
     assert_eq!(
-        (
-            suggested[0].allowed,
-            suggested[0].refused,
-            suggested[0].listed
-        ),
-        (9, 0, Some(IpStatus::Active))
+        rows,
+        [
+            (ip("10.0.0.1"), 9, 0, 0, Some(IpStatus::Active)),
+            (ip("192.0.2.7"), 0, 0, 4, None),
+            (ip("192.0.2.8"), 0, 2, 0, None),
+            (ip("10.0.0.2"), 0, 0, 1, Some(IpStatus::Active)),
+        ]
     );
-    assert_eq!(suggested[1].ip, ip("192.0.2.7"));
+    // The refused report: refusals only, each saying whether it is listed now.
+    let refused: Vec<_> = s
+        .refused(Some(id))
+        .await
+        .unwrap()
+        .addresses
+        .iter()
+        .map(|a| (a.ip, a.requests, a.listed))
+        .collect();
     assert_eq!(
-        (
-            suggested[1].allowed,
-            suggested[1].refused,
-            suggested[1].listed
-        ),
-        (0, 4, None)
+        refused,
+        [
+            (ip("192.0.2.7"), 4, None),
+            (ip("10.0.0.2"), 1, Some(IpStatus::Active)),
+        ]
     );
     assert!(matches!(
         s.suggest(9999).await,

@@ -72,7 +72,7 @@ pub async fn flush(
     let mut rest = batch;
     while !rest.is_empty() {
         let (part, after) = split(rest, MAX_ROWS_PER_WRITE);
-        let rows = (part.allowed.len() + part.refused.len()) as u64;
+        let rows = part.len() as u64;
         match store.record_usage(part.clone()).await {
             Ok(()) => {
                 metrics.usage_flushes.with_label_values(&["ok"]).inc();
@@ -85,7 +85,7 @@ pub async fn flush(
                 tracing::warn!(
                     %error,
                     cause = crate::logging::error_chain(&error),
-                    rows = kept.allowed.len() + kept.refused.len(),
+                    rows = kept.len(),
                     "usage could not be written; kept for the next flush"
                 );
                 let (kept, over) = bounded(kept);
@@ -98,25 +98,41 @@ pub async fn flush(
     metrics.usage_dropped.inc_by(dropped);
 }
 
-/// The first `max` sightings (allowed ones first) and the rest.
+/// The first `max` sightings (allowed ones first, then shadow ones, refusals last) and
+/// the rest.
 fn split(mut batch: UsageBatch, max: usize) -> (UsageBatch, UsageBatch) {
-    let allowed = batch.allowed.split_off(batch.allowed.len().min(max));
-    let room = max - batch.allowed.len();
-    let refused = batch.refused.split_off(batch.refused.len().min(room));
-    (batch, UsageBatch { allowed, refused })
+    let mut room = max;
+    let mut take = |list: &mut Vec<Sighting>| {
+        let rest = list.split_off(list.len().min(room));
+        room -= list.len();
+        rest
+    };
+    let allowed = take(&mut batch.allowed);
+    let shadow = take(&mut batch.shadow);
+    let refused = take(&mut batch.refused);
+    (
+        batch,
+        UsageBatch {
+            allowed,
+            refused,
+            shadow,
+        },
+    )
 }
 
 /// `kept` cut to [`MAX_PENDING`] sightings, the most recent kept (what an owner
-/// reviews first); and how many were let go.
+/// reviews first): allowed counts go first, then shadow ones, refusals (the stolen-key
+/// signal) last; and how many were let go.
 fn bounded(mut kept: UsageBatch) -> (UsageBatch, usize) {
-    let over = (kept.allowed.len() + kept.refused.len()).saturating_sub(MAX_PENDING);
+    let over = kept.len().saturating_sub(MAX_PENDING);
+    let mut left = over;
     if over > 0 {
-        for list in [&mut kept.allowed, &mut kept.refused] {
+        for list in [&mut kept.allowed, &mut kept.shadow, &mut kept.refused] {
             list.sort_by_key(|s| std::cmp::Reverse(s.last_seen));
+            let cut = left.min(list.len());
+            list.truncate(list.len() - cut);
+            left -= cut;
         }
-        let cut = over.min(kept.allowed.len());
-        kept.allowed.truncate(kept.allowed.len() - cut);
-        kept.refused.truncate(kept.refused.len() - (over - cut));
     }
     (kept, over)
 }
@@ -142,6 +158,7 @@ pub fn combine(a: UsageBatch, b: UsageBatch) -> UsageBatch {
     UsageBatch {
         allowed: join(a.allowed, b.allowed),
         refused: join(a.refused, b.refused),
+        shadow: join(a.shadow, b.shadow),
     }
 }
 
@@ -165,10 +182,12 @@ mod tests {
         let a = UsageBatch {
             allowed: vec![s(1, "10.0.0.1", 2, 10, 20)],
             refused: vec![s(1, "192.0.2.1", 1, 5, 5)],
+            shadow: vec![s(1, "192.0.2.2", 1, 5, 5)],
         };
         let b = UsageBatch {
             allowed: vec![s(1, "10.0.0.1", 3, 5, 15), s(2, "10.0.0.1", 1, 1, 1)],
             refused: vec![],
+            shadow: vec![s(1, "192.0.2.2", 2, 6, 7)],
         };
         let mut c = combine(a, b);
         c.allowed.sort_by_key(|x| x.credential_id);
@@ -177,6 +196,7 @@ mod tests {
             [s(1, "10.0.0.1", 5, 5, 20), s(2, "10.0.0.1", 1, 1, 1)]
         );
         assert_eq!(c.refused, [s(1, "192.0.2.1", 1, 5, 5)]);
+        assert_eq!(c.shadow, [s(1, "192.0.2.2", 3, 5, 7)]);
     }
 
     #[test]
@@ -187,19 +207,24 @@ mod tests {
         let batch = UsageBatch {
             allowed: many(7),
             refused: many(5),
+            shadow: many(1),
         };
         let (part, rest) = split(batch, 9);
-        assert_eq!((part.allowed.len(), part.refused.len()), (7, 2));
-        assert_eq!((rest.allowed.len(), rest.refused.len()), (0, 3));
+        assert_eq!(
+            (part.allowed.len(), part.shadow.len(), part.refused.len()),
+            (7, 1, 1)
+        );
+        assert_eq!((rest.allowed.len(), rest.refused.len()), (0, 4));
         let (part, rest) = split(rest, 9);
-        assert_eq!(part.refused.len(), 3);
+        assert_eq!(part.refused.len(), 4);
         assert!(rest.is_empty());
         let (kept, over) = bounded(UsageBatch {
             allowed: many(MAX_PENDING as u64 + 5),
             refused: many(2),
+            shadow: many(1),
         });
-        assert_eq!(over, 7);
-        assert_eq!(kept.allowed.len() + kept.refused.len(), MAX_PENDING);
+        assert_eq!(over, 8);
+        assert_eq!(kept.len(), MAX_PENDING);
         assert_eq!(kept.refused.len(), 2, "allowed sightings are let go first");
     }
 

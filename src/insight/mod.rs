@@ -53,6 +53,9 @@ type Map = HashMap<Key, Seen, foldhash::fast::RandomState>;
 #[derive(Clone, Copy)]
 enum Kind {
     Allowed,
+    /// Let through by shadow mode from an address not ACTIVE: served, but not by the
+    /// list's leave, so neither allowed nor refused.
+    Shadow,
     Refused,
 }
 
@@ -75,12 +78,17 @@ impl Seen {
 #[derive(Default)]
 struct Tally {
     allowed: Map,
+    shadow: Map,
     refused: Map,
 }
 
 impl Tally {
     fn len(&self) -> usize {
-        self.allowed.len() + self.refused.len()
+        self.allowed.len() + self.shadow.len() + self.refused.len()
+    }
+
+    fn maps(&mut self) -> [&mut Map; 3] {
+        [&mut self.allowed, &mut self.shadow, &mut self.refused]
     }
 
     /// Adds `from` into this one, up to `max` addresses (returns how many sightings
@@ -89,10 +97,7 @@ impl Tally {
     fn absorb(&mut self, from: &mut Tally, max: usize) -> u64 {
         let mut room = max.saturating_sub(self.len());
         let mut lost = 0;
-        for (into, from) in [
-            (&mut self.allowed, &mut from.allowed),
-            (&mut self.refused, &mut from.refused),
-        ] {
+        for (into, from) in self.maps().into_iter().zip(from.maps()) {
             for (key, seen) in from.drain() {
                 if let Some(s) = into.get_mut(&key) {
                     s.add(seen);
@@ -155,15 +160,12 @@ impl Shared {
         };
         // The outbox is full: what did not fit is counted as dropped, off the lock.
         if let Some(mut lost) = refused {
-            let requests: u64 = lost
-                .allowed
-                .values()
-                .chain(lost.refused.values())
-                .map(|s| s.requests)
-                .sum();
+            let mut requests = 0;
+            for map in lost.maps() {
+                requests += map.values().map(|s| s.requests).sum::<u64>();
+                map.clear();
+            }
             self.dropped.fetch_add(requests, Ordering::Relaxed);
-            lost.allowed.clear();
-            lost.refused.clear();
             *tally = lost;
         }
     }
@@ -250,8 +252,8 @@ impl Recorder {
     }
 
     /// Records what `decision` says about who used which address: an allowed request,
-    /// or a valid key from an address not ACTIVE on it (refused, or forwarded in
-    /// shadow mode). Every other refusal is no one's usage.
+    /// a valid key from an address not ACTIVE on it forwarded in shadow mode, or the
+    /// same refused. Every other refusal is no one's usage.
     #[inline]
     pub fn note(&self, decision: Decision, client_ip: Option<IpAddr>) {
         if !self.enabled {
@@ -260,8 +262,10 @@ impl Recorder {
         let Some(ip) = client_ip else { return };
         match decision {
             Decision::Allow(who) => self.count(Kind::Allowed, who.credential_id, ip),
-            Decision::Shadow(who, Reason::IpNotActive)
-            | Decision::Deny(Reason::IpNotActive, Some(who)) => {
+            Decision::Shadow(who, Reason::IpNotActive) => {
+                self.count(Kind::Shadow, who.credential_id, ip)
+            }
+            Decision::Deny(Reason::IpNotActive, Some(who)) => {
                 self.count(Kind::Refused, who.credential_id, ip)
             }
             Decision::Shadow(..) | Decision::Deny(..) => {}
@@ -290,15 +294,17 @@ impl Recorder {
             let full = local.tally.len() >= MAX_PER_WORKER;
             let map = match kind {
                 Kind::Allowed => &mut local.tally.allowed,
+                Kind::Shadow => &mut local.tally.shadow,
                 Kind::Refused => &mut local.tally.refused,
             };
             if let Some(seen) = map.get_mut(&key) {
                 seen.requests += 1;
-                seen.last = now;
+                // The coarse clock may lag the first sighting's exact one.
+                seen.last = seen.last.max(now);
             } else if full {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                first_sighting(map, key, now);
+                first_sighting(map, key);
             }
         });
     }
@@ -341,13 +347,20 @@ impl Recorder {
         UsageBatch {
             allowed: sightings(taken.allowed),
             refused: sightings(taken.refused),
+            shadow: sightings(taken.shadow),
         }
     }
 }
 
 /// An address not seen since the last hand-over: out of line, the hot path is a hit.
+///
+/// Stamped with the exact time, not the clock the flusher moves once a second: a
+/// request right after a device registration would otherwise be stamped before the
+/// entry the registration created, and `ip list` would show an entry used before it
+/// existed. Once per address per hand-over, so the hot path keeps its cheap clock.
 #[cold]
-fn first_sighting(map: &mut Map, key: Key, now: i64) {
+fn first_sighting(map: &mut Map, key: Key) {
+    let now = Timestamp::now().0;
     map.insert(
         key,
         Seen {
@@ -401,6 +414,40 @@ mod tests {
 
     fn allowed(r: &Recorder) -> u64 {
         r.drain().allowed.iter().map(|s| s.requests).sum()
+    }
+
+    #[test]
+    fn a_first_sighting_is_never_stamped_before_it_happened() {
+        let r = Recorder::new(true);
+        // The coarse clock as it may be just before the flusher moves it.
+        r.shared
+            .now
+            .store(Timestamp::now().0 - 900_000, Ordering::Relaxed);
+        let before = Timestamp::now();
+        allow(&r, 1, ip());
+        allow(&r, 1, ip());
+        let batch = r.drain();
+        let seen = &batch.allowed[0];
+        assert_eq!(seen.requests, 2);
+        assert!(seen.first_seen >= before, "stamped by the lagging clock");
+        assert!(seen.last_seen >= seen.first_seen);
+    }
+
+    #[test]
+    fn shadow_passes_are_counted_apart_from_refusals() {
+        let r = Recorder::new(true);
+        let who = crate::acl::Identity {
+            credential_id: 1,
+            user_id: 1,
+        };
+        r.note(Decision::Shadow(who, Reason::IpNotActive), Some(ip()));
+        r.note(Decision::Shadow(who, Reason::IpNotActive), Some(ip()));
+        r.note(Decision::Deny(Reason::IpNotActive, Some(who)), Some(ip()));
+        let batch = r.drain();
+        assert_eq!(batch.shadow.len(), 1);
+        assert_eq!(batch.shadow[0].requests, 2);
+        assert_eq!(batch.refused[0].requests, 1);
+        assert!(batch.allowed.is_empty());
     }
 
     #[test]

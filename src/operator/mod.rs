@@ -3,23 +3,29 @@
 //! Each command returns one JSON value (printed as is with `--json`) and a plain
 //! rendering for people. Keys are generated here, shown once and never stored.
 
+pub mod manual;
 mod report;
 mod server_key;
+mod table;
 
 pub use report::ReportCommand;
+use table::{change_summary, shown, utc, utc_or_dash, Table};
 
 use crate::acl::{ApiKey, KEY_PREFIX};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::store::{
     self, Actor, Change, IpStatus, Mode, NewCredential, Page, Store, StoreError, Target, Timestamp,
 };
 use clap::Subcommand;
 use serde_json::{json, Value};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// Creates the store `store.url` names (the SQLite file, or the schema in an empty
+    /// PostgreSQL database); an existing one is left as it is. Every other command
+    /// refuses a missing store instead of creating an empty one.
+    Init,
     /// Users own credentials.
     #[command(subcommand)]
     User(UserCommand),
@@ -110,6 +116,7 @@ pub enum CredentialCommand {
         /// The credential.
         credential_id: u64,
         /// enforce or shadow.
+        #[arg(value_parser = ["enforce", "shadow"])]
         mode: String,
     },
 }
@@ -136,7 +143,7 @@ pub enum IpCommand {
         /// One IPv4 or IPv6 address (not a network, not "*").
         ip: String,
         /// ACTIVE (admits the address) or INACTIVE.
-        #[arg(long, default_value = "ACTIVE")]
+        #[arg(long, default_value = "ACTIVE", value_parser = ["ACTIVE", "INACTIVE"])]
         status: String,
     },
     /// Changes an entry's status.
@@ -146,6 +153,7 @@ pub enum IpCommand {
         /// The entry.
         item_id: u64,
         /// ACTIVE or INACTIVE.
+        #[arg(value_parser = ["ACTIVE", "INACTIVE"])]
         status: String,
     },
 }
@@ -166,6 +174,11 @@ pub enum OperatorError {
     Input(String),
     #[error("key generation failed: {0}")]
     Random(String),
+    #[error(
+        "no ipgate store at {at}: create it with `ipgate admin init` (or by starting \
+         `ipgate serve`), or correct store.url in the configuration"
+    )]
+    NoStore { at: String },
 }
 
 impl OperatorError {
@@ -177,6 +190,7 @@ impl OperatorError {
             }
             OperatorError::Store(StoreError::Rejected(_)) => "rejected",
             OperatorError::Input(_) => "input",
+            OperatorError::NoStore { .. } => "no_store",
             OperatorError::Store(_) | OperatorError::Random(_) => "store",
         }
     }
@@ -312,7 +326,22 @@ impl Context<'_> {
     }
 }
 
-/// Runs one command as `actor` (the audit log's name for the operator).
+/// The store `config` names, for the operator: `sqlite /absolute/path/ipgate.db` (a
+/// relative path tells nothing when the config came from elsewhere) or
+/// `postgres://user@host:port/db` (never a password).
+pub fn store_location(config: &StoreConfig) -> String {
+    match config {
+        StoreConfig::Sqlite(c) => {
+            let path = std::path::absolute(&c.path).unwrap_or_else(|_| c.path.clone());
+            format!("sqlite {}", path.display())
+        }
+        StoreConfig::Postgres(_) => config.describe(),
+    }
+}
+
+/// Runs one command as `actor` (the audit log's name for the operator). Only `init`
+/// may create the store; every other command on a missing one fails with
+/// [`OperatorError::NoStore`].
 pub async fn run(
     command: AdminCommand,
     config: &Config,
@@ -322,79 +351,91 @@ pub async fn run(
     if let AdminCommand::ServerPublicKey = command {
         return server_key::server_public_key(config);
     }
-    let store = store::open(&config.store)?;
+    let no_store = |e| match e {
+        OperatorError::Store(StoreError::Missing(_)) => OperatorError::NoStore {
+            at: store_location(&config.store),
+        },
+        e => e,
+    };
+    if let AdminCommand::Init = command {
+        return init(config).await.map_err(no_store);
+    }
+    let store = store::open_existing(&config.store)?;
     let cx = Context {
         store: store.as_ref(),
         config,
         actor,
     };
+    dispatch(&cx, command).await.map_err(no_store)
+}
+
+/// `admin init`: whether the store was there is found out without creating it; only
+/// then is it opened to be created.
+async fn init(config: &Config) -> Result<Output, OperatorError> {
+    let at = store_location(&config.store);
+    let created = match store::open_existing(&config.store)?
+        .users(Page::first(1))
+        .await
+    {
+        Ok(_) => false,
+        Err(StoreError::Missing(_)) => {
+            store::open(&config.store)?.users(Page::first(1)).await?;
+            true
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let plain = if created {
+        format!("created the store {at}")
+    } else {
+        format!("the store {at} exists already (brought up to date)")
+    };
+    Ok(Output {
+        plain,
+        json: json!({ "store": at, "created": created }),
+    })
+}
+
+async fn dispatch(cx: &Context<'_>, command: AdminCommand) -> Result<Output, OperatorError> {
     match command {
-        AdminCommand::User(UserCommand::Add { name }) => user_add(&cx, name).await,
-        AdminCommand::User(UserCommand::List) => user_list(&cx).await,
+        AdminCommand::Init => init(cx.config).await,
+        AdminCommand::User(UserCommand::Add { name }) => user_add(cx, name).await,
+        AdminCommand::User(UserCommand::List) => user_list(cx).await,
         AdminCommand::Key(KeyCommand::Create { user, description }) => {
-            key_create(&cx, user, description).await
+            key_create(cx, user, description).await
         }
         AdminCommand::Credential(CredentialCommand::List { user }) => {
-            credential_list(&cx, user).await
+            credential_list(cx, user).await
         }
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
-            credential_revoke(&cx, credential_id).await
+            credential_revoke(cx, credential_id).await
         }
         AdminCommand::Credential(CredentialCommand::Mode {
             credential_id,
             mode,
-        }) => credential_mode(&cx, credential_id, &mode).await,
-        AdminCommand::Report(command) => report::run(&cx, command).await,
+        }) => credential_mode(cx, credential_id, &mode).await,
+        AdminCommand::Report(command) => report::run(cx, command).await,
         AdminCommand::Wildcard {
             action,
             credential_id,
-        } => wildcard(&cx, action, credential_id).await,
-        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(&cx, credential_id).await,
+        } => wildcard(cx, action, credential_id).await,
+        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(cx, credential_id).await,
         AdminCommand::Ip(IpCommand::Add {
             credential_id,
             ip,
             status,
-        }) => ip_add(&cx, credential_id, &ip, &status).await,
+        }) => ip_add(cx, credential_id, &ip, &status).await,
         AdminCommand::Ip(IpCommand::SetStatus {
             credential_id,
             item_id,
             status,
-        }) => ip_set_status(&cx, credential_id, item_id, &status).await,
-        AdminCommand::Usage { user } => usage(&cx, user).await,
+        }) => ip_set_status(cx, credential_id, item_id, &status).await,
+        AdminCommand::Usage { user } => usage(cx, user).await,
         AdminCommand::Audit {
             credential_id,
             limit,
-        } => audit(&cx, credential_id, limit).await,
-        AdminCommand::ServerPublicKey => server_key::server_public_key(config),
+        } => audit(cx, credential_id, limit).await,
+        AdminCommand::ServerPublicKey => server_key::server_public_key(cx.config),
     }
-}
-
-/// A table for people: a header line, then one tab-separated line per row.
-fn table<T>(header: &str, rows: &[T], row: impl Fn(&T) -> String) -> String {
-    let mut out = String::from(header);
-    for r in rows {
-        out.push('\n');
-        out.push_str(&row(r));
-    }
-    out
-}
-
-/// Text someone else wrote (a registration's description, a name), as a table cell:
-/// control characters (newlines, tabs, terminal escapes) are shown escaped, so that no
-/// stored text can forge a row or drive the operator's terminal.
-fn shown(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_owned();
-    }
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn or_dash(v: Option<impl std::fmt::Display>) -> String {
@@ -411,15 +452,16 @@ async fn user_add(cx: &Context<'_>, name: Option<String>) -> Result<Output, Oper
 
 async fn user_list(cx: &Context<'_>) -> Result<Output, OperatorError> {
     let list = cx.store.users(Page::all()).await?;
+    let mut t = Table::new(&["ID", "NAME", "CREATED"]).flexible(1);
+    for u in &list {
+        t.row(vec![
+            u.id.to_string(),
+            shown(u.name.as_deref().unwrap_or("-")),
+            utc(u.created),
+        ]);
+    }
     Ok(Output {
-        plain: table("ID\tNAME\tCREATED", &list, |u| {
-            format!(
-                "{}\t{}\t{}",
-                u.id,
-                shown(u.name.as_deref().unwrap_or("-")),
-                u.created
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -453,24 +495,33 @@ async fn key_create(
 async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, OperatorError> {
     cx.need_user(user).await?;
     let list = cx.store.credentials(user, Page::all()).await?;
-    let header = "ID\tSTATUS\tMODE\tWILDCARD\tEXPIRY\tDEVICE\tDESCRIPTION";
+    let mut t = Table::new(&[
+        "ID",
+        "STATUS",
+        "MODE",
+        "WILDCARD",
+        "EXPIRY",
+        "DEVICE",
+        "DESCRIPTION",
+    ])
+    .flexible(6);
+    for c in &list {
+        t.row(vec![
+            c.id.to_string(),
+            c.status.to_string(),
+            c.mode.to_string(),
+            if c.wildcard { "*" } else { "-" }.into(),
+            utc_or_dash(c.expiry_time),
+            or_dash(
+                c.permitted_device
+                    .as_ref()
+                    .map(|d| format!("{} ({})", shown(&d.description), d.ip)),
+            ),
+            shown(c.description.as_deref().unwrap_or("-")),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |c| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                c.id,
-                c.status,
-                c.mode,
-                if c.wildcard { "*" } else { "-" },
-                or_dash(c.expiry_time),
-                or_dash(c.permitted_device.as_ref().map(|d| format!(
-                    "{} ({})",
-                    shown(&d.description),
-                    d.ip
-                ))),
-                shown(c.description.as_deref().unwrap_or("-")),
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -519,26 +570,40 @@ async fn wildcard(
 async fn ip_list(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
     let c = cx.need_credential(id).await?;
     let list = cx.store.ips(id, Page::all()).await?;
-    let mut plain = String::from("ID\tIP\tSTATUS\tCREATED\tUPDATED\tLAST_SEEN\tREQUESTS");
+    let mut t = Table::new(&[
+        "ID",
+        "IP",
+        "STATUS",
+        "CREATED",
+        "UPDATED",
+        "LAST_SEEN",
+        "REQUESTS",
+    ]);
     if c.wildcard {
-        plain.push_str("\n-\t*\tACTIVE\t-\t-\t-\t- (operator wildcard)");
+        let dash = || "-".to_string();
+        t.row(vec![
+            dash(),
+            "*".into(),
+            "ACTIVE".into(),
+            dash(),
+            dash(),
+            dash(),
+            "- (operator wildcard)".into(),
+        ]);
     }
     for p in &list {
-        write!(
-            plain,
-            "\n{}\t{}\t{}\t{}\t{}\t{}\t{}",
-            p.id,
-            p.ip,
-            p.status,
-            p.created,
-            p.updated,
-            or_dash(p.last_seen),
-            p.requests
-        )
-        .expect("write to String");
+        t.row(vec![
+            p.id.to_string(),
+            p.ip.to_string(),
+            p.status.to_string(),
+            utc(p.created),
+            utc(p.updated),
+            utc_or_dash(p.last_seen),
+            p.requests.to_string(),
+        ]);
     }
     Ok(Output {
-        plain,
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -594,18 +659,18 @@ async fn usage(cx: &Context<'_>, user: Option<u64>) -> Result<Output, OperatorEr
         cx.need_user(id).await?;
     }
     let list = cx.store.usage(user).await?;
-    let header = "CREDENTIAL\tUSER\tSTATUS\tWILDCARD\tACTIVE_IPS";
+    let mut t = Table::new(&["CREDENTIAL", "USER", "STATUS", "WILDCARD", "ACTIVE_IPS"]);
+    for u in &list {
+        t.row(vec![
+            u.credential_id.to_string(),
+            u.user_id.to_string(),
+            u.status.to_string(),
+            if u.wildcard { "*" } else { "-" }.into(),
+            u.active_ips.to_string(),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |u| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}",
-                u.credential_id,
-                u.user_id,
-                u.status,
-                if u.wildcard { "*" } else { "-" },
-                u.active_ips
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -619,21 +684,30 @@ async fn audit(
         cx.need_credential(id).await?;
     }
     let list = cx.store.audit(credential, Page::first(limit)).await?;
-    let header = "ID\tAT\tACTOR\tFROM\tCREDENTIAL\tACTION\tBEFORE\tAFTER";
+    // The change in a few words; the full before and after are `--json`'s.
+    let mut t = Table::new(&[
+        "ID",
+        "AT",
+        "ACTOR",
+        "FROM",
+        "CREDENTIAL",
+        "ACTION",
+        "CHANGE",
+    ])
+    .flexible(6);
+    for a in &list {
+        t.row(vec![
+            a.id.to_string(),
+            utc(a.at),
+            shown(&a.actor),
+            shown(a.actor_ip.as_deref().unwrap_or("-")),
+            or_dash(a.credential_id),
+            a.action.to_string(),
+            change_summary(a.before.as_ref(), a.after.as_ref()),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |a| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                a.id,
-                a.at,
-                a.actor,
-                a.actor_ip.as_deref().unwrap_or("-"),
-                or_dash(a.credential_id),
-                a.action,
-                or_dash(a.before.as_ref()),
-                or_dash(a.after.as_ref()),
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }
@@ -641,13 +715,6 @@ async fn audit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_text_cannot_forge_rows_or_escape_codes() {
-        assert_eq!(shown("laptop"), "laptop");
-        assert_eq!(shown("a\tb\nc\u{1b}[31m"), "a\\tb\\nc\\u{1b}[31m");
-        assert_eq!(shown("café"), "café");
-    }
 
     #[test]
     fn keys_are_prefixed_random_and_long() {

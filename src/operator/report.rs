@@ -2,7 +2,8 @@
 //! (SPEC section 9). The gateways count requests per credential and address and write
 //! them to the store about once a minute; these commands read them back.
 
-use super::{or_dash, table, to_value, Context, OperatorError, Output};
+use super::table::{utc, utc_or_dash, Table};
+use super::{or_dash, to_value, Context, OperatorError, Output};
 use crate::store::{Timestamp, REFUSED_KEPT};
 use clap::Subcommand;
 use serde_json::json;
@@ -15,8 +16,10 @@ const MAX_DAYS: u32 = 36_500;
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
-    /// Addresses a valid key was used from although they are not ACTIVE on its list:
-    /// the sign of a stolen key (or of a list that is not finished yet).
+    /// Addresses a valid key was refused from because they were not ACTIVE on its list:
+    /// the sign of a stolen key (or of a list that is not finished yet). LISTED says
+    /// when an address is on the list now (most likely added since by its owner).
+    /// Requests let through by shadow mode are no refusals: see `report suggest`.
     Refused {
         /// Only this credential.
         #[arg(long = "credential")]
@@ -32,8 +35,9 @@ pub enum ReportCommand {
         #[arg(long)]
         user: Option<u64>,
     },
-    /// Every address a credential was used from in the kept history, allowed or
-    /// refused, with counts: a whitelist to review before it is enforced.
+    /// Every address a credential was used from in the kept history, with counts:
+    /// allowed by the list, let through by shadow mode only, refused. A whitelist to
+    /// review before it is enforced.
     Suggest {
         /// The credential.
         credential_id: u64,
@@ -53,13 +57,27 @@ async fn refused(cx: &Context<'_>, credential: Option<u64>) -> Result<Output, Op
         cx.need_credential(id).await?;
     }
     let report = cx.store.refused(credential).await?;
-    let header = "CREDENTIAL\tUSER\tIP\tREQUESTS\tFIRST_SEEN\tLAST_SEEN";
-    let mut plain = table(header, &report.addresses, |a| {
-        format!(
-            "{}\t{}\t{}\t{}\t{}\t{}",
-            a.credential_id, a.user_id, a.ip, a.requests, a.first_seen, a.last_seen
-        )
-    });
+    let mut t = Table::new(&[
+        "CREDENTIAL",
+        "USER",
+        "IP",
+        "REQUESTS",
+        "FIRST_SEEN",
+        "LAST_SEEN",
+        "LISTED",
+    ]);
+    for a in &report.addresses {
+        t.row(vec![
+            a.credential_id.to_string(),
+            a.user_id.to_string(),
+            a.ip.to_string(),
+            a.requests.to_string(),
+            utc(a.first_seen),
+            utc(a.last_seen),
+            or_dash(a.listed),
+        ]);
+    }
+    let mut plain = t.render();
     for t in &report.truncated {
         write!(
             plain,
@@ -91,36 +109,37 @@ async fn unused(cx: &Context<'_>, days: u32, user: Option<u64>) -> Result<Output
     let window = Duration::from_secs(u64::from(days) * 86_400);
     let since = Timestamp(Timestamp::now().0 - window.as_micros() as i64);
     let report = cx.store.unused(since, user).await?;
-    let entries = table(
-        "CREDENTIAL\tUSER\tENTRY\tIP\tCREATED\tLAST_SEEN\tREQUESTS",
-        &report.entries,
-        |e| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                e.credential_id,
-                e.user_id,
-                e.entry_id,
-                e.ip,
-                e.created,
-                or_dash(e.last_seen),
-                e.requests
-            )
-        },
-    );
-    let credentials = table(
-        "CREDENTIAL\tUSER\tSTATUS\tCREATED\tLAST_SEEN",
-        &report.credentials,
-        |c| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}",
-                c.credential_id,
-                c.user_id,
-                c.status,
-                c.created,
-                or_dash(c.last_seen)
-            )
-        },
-    );
+    let mut entries = Table::new(&[
+        "CREDENTIAL",
+        "USER",
+        "ENTRY",
+        "IP",
+        "CREATED",
+        "LAST_SEEN",
+        "REQUESTS",
+    ]);
+    for e in &report.entries {
+        entries.row(vec![
+            e.credential_id.to_string(),
+            e.user_id.to_string(),
+            e.entry_id.to_string(),
+            e.ip.to_string(),
+            utc(e.created),
+            utc_or_dash(e.last_seen),
+            e.requests.to_string(),
+        ]);
+    }
+    let mut credentials = Table::new(&["CREDENTIAL", "USER", "STATUS", "CREATED", "LAST_SEEN"]);
+    for c in &report.credentials {
+        credentials.row(vec![
+            c.credential_id.to_string(),
+            c.user_id.to_string(),
+            c.status.to_string(),
+            utc(c.created),
+            utc_or_dash(c.last_seen),
+        ]);
+    }
+    let (entries, credentials) = (entries.render(), credentials.render());
     Ok(Output {
         plain: format!(
             "ACTIVE entries with no allowed request in {days} days:\n{entries}\n\n\
@@ -138,18 +157,19 @@ async fn unused(cx: &Context<'_>, days: u32, user: Option<u64>) -> Result<Output
 async fn suggest(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
     cx.need_credential(id).await?;
     let list = cx.store.suggest(id).await?;
-    let header = "IP\tALLOWED\tREFUSED\tLAST_SEEN\tLISTED";
+    let mut t = Table::new(&["IP", "ALLOWED", "SHADOW", "REFUSED", "LAST_SEEN", "LISTED"]);
+    for s in &list {
+        t.row(vec![
+            s.ip.to_string(),
+            s.allowed.to_string(),
+            s.shadow.to_string(),
+            s.refused.to_string(),
+            utc(s.last_seen),
+            or_dash(s.listed),
+        ]);
+    }
     Ok(Output {
-        plain: table(header, &list, |s| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}",
-                s.ip,
-                s.allowed,
-                s.refused,
-                s.last_seen,
-                or_dash(s.listed)
-            )
-        }),
+        plain: t.render(),
         json: to_value(&list),
     })
 }

@@ -1,12 +1,13 @@
 //! What the gateways saw, as the store keeps it: requests per address per credential
-//! (allowed, and refused with a valid key), and the reports built from them.
+//! (allowed; let through by shadow mode from an address not ACTIVE; and refused with a
+//! valid key), and the reports built from them.
 //!
 //! Gateways count in memory and write batches (`Store::record_usage`); the store
 //! merges batches from every gateway: counts add up, first and last times take the
-//! earliest and the latest. Refused addresses are kept per credential up to
-//! [`REFUSED_KEPT`], the most recently seen; how many were let go is recorded, so a
-//! report says when it is truncated and an attacker rotating addresses cannot grow the
-//! store.
+//! earliest and the latest. Refused addresses, and shadow-mode addresses, are kept per
+//! credential up to [`REFUSED_KEPT`] each, the most recently seen; how many refused
+//! ones were let go is recorded, so a report says when it is truncated and an attacker
+//! rotating addresses cannot grow the store.
 
 use super::model::{CredentialStatus, IpStatus, Timestamp};
 use serde::Serialize;
@@ -30,14 +31,21 @@ pub struct Sighting {
 pub struct UsageBatch {
     /// Allowed requests (forwarded), by address.
     pub allowed: Vec<Sighting>,
-    /// Valid, registered keys from addresses that are not ACTIVE on them (refused, or
-    /// forwarded in shadow mode).
+    /// Valid, registered keys from addresses that are not ACTIVE on them, refused.
     pub refused: Vec<Sighting>,
+    /// The same let through because the credential is in shadow mode: not refusals
+    /// (the client was served), not allowed requests (the list would refuse them).
+    pub shadow: Vec<Sighting>,
 }
 
 impl UsageBatch {
     pub fn is_empty(&self) -> bool {
-        self.allowed.is_empty() && self.refused.is_empty()
+        self.allowed.is_empty() && self.refused.is_empty() && self.shadow.is_empty()
+    }
+
+    /// Rows this batch writes.
+    pub fn len(&self) -> usize {
+        self.allowed.len() + self.refused.len() + self.shadow.len()
     }
 }
 
@@ -50,6 +58,9 @@ pub struct RefusedAddress {
     pub requests: u64,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+    /// Its entry's status when the address is on the list now (added since it was
+    /// refused, or INACTIVE): an ACTIVE one is most likely the owner's, not a thief's.
+    pub listed: Option<IpStatus>,
 }
 
 /// `report refused`: the addresses, and per credential how many older ones were let go.
@@ -100,7 +111,11 @@ pub struct UnusedReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct Suggestion {
     pub ip: IpAddr,
+    /// Requests the list let through.
     pub allowed: u64,
+    /// Requests let through only because the credential was in shadow mode.
+    pub shadow: u64,
+    /// Requests refused.
     pub refused: u64,
     pub last_seen: Timestamp,
     /// Its entry's status when the address is on the list already.

@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The store's schema is newer than this binary: it is not touched.
     #[error("{0}")]
     Incompatible(String),
+    /// No store where the configuration points (no file, an empty one, or a database
+    /// without ipgate's schema), and this caller may not create one.
+    #[error("no ipgate store at {0}")]
+    Missing(String),
 }
 
 impl StoreError {
@@ -139,11 +143,23 @@ pub trait Store: Send + Sync + 'static {
     async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>>;
 }
 
-/// Opens the configured store. Nothing is created or connected until the first call.
+/// Opens the configured store, creating it (the file, or the schema) on the first call
+/// if it is not there: for `serve` and `ipgate admin init` only. Nothing is created or
+/// connected until the first call.
 pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>> {
     Ok(match config {
         StoreConfig::Sqlite(c) => Arc::new(SqliteStore::new(c.clone())),
         StoreConfig::Postgres(c) => Arc::new(PostgresStore::new(c)?),
+    })
+}
+
+/// Opens the configured store only if it exists: the first call fails with
+/// [`StoreError::Missing`] instead of creating an empty store where a typo points.
+/// An existing store older than this binary is still migrated.
+pub fn open_existing(config: &StoreConfig) -> Result<Arc<dyn Store>> {
+    Ok(match config {
+        StoreConfig::Sqlite(c) => Arc::new(SqliteStore::existing(c.clone())),
+        StoreConfig::Postgres(c) => Arc::new(PostgresStore::existing(c)?),
     })
 }
 

@@ -16,11 +16,15 @@ use deadpool_postgres::Transaction;
 const REFUSED_LOCK_CLASS: i32 = 0x6970_6772;
 
 /// Adds one batch: sums, earliest first and latest last sighting; then keeps the
-/// `REFUSED_KEPT` most recent refused addresses of each credential it touched.
+/// `REFUSED_KEPT` most recent refused (and shadow) addresses of each credential it
+/// touched.
 pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
+    // Both trimmed tables (refused and shadow addresses) are flushed under the same
+    // per-credential turn.
     let mut turns: Vec<i32> = batch
         .refused
         .iter()
+        .chain(&batch.shadow)
         .map(|s| (s.credential_id % (1 << 31)) as i32)
         .collect();
     turns.sort_unstable();
@@ -38,6 +42,7 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
     for (table, sightings) in [
         ("ip_usage", &batch.allowed),
         ("refused_ips", &batch.refused),
+        ("shadow_ips", &batch.shadow),
     ] {
         if sightings.is_empty() {
             continue;
@@ -62,18 +67,28 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
         )
         .await?;
     }
-    let mut touched: Vec<i64> = batch
-        .refused
-        .iter()
-        .map(|s| s.credential_id as i64)
-        .collect();
+    trim(tx, "refused_ips", &batch.refused, true).await?;
+    // Shadow passes are bounded the same way (a stolen key in shadow mode could rotate
+    // addresses too); `report suggest` reads them and says nothing of a truncation.
+    trim(tx, "shadow_ips", &batch.shadow, false).await
+}
+
+/// Keeps the `REFUSED_KEPT` most recent addresses in `table` of each credential in
+/// `sightings`; `count`: add how many went to `refused_dropped`.
+async fn trim(
+    tx: &Transaction<'_>,
+    table: &str,
+    sightings: &[Sighting],
+    count: bool,
+) -> Result<()> {
+    let mut touched: Vec<i64> = sightings.iter().map(|s| s.credential_id as i64).collect();
     touched.sort_unstable();
     touched.dedup();
     for credential in touched {
         let kept: i64 = col(
             &query_one(
                 tx,
-                "SELECT COUNT(*) FROM refused_ips WHERE credential_id = $1",
+                &format!("SELECT COUNT(*) FROM {table} WHERE credential_id = $1"),
                 &[&credential],
             )
             .await?,
@@ -84,20 +99,24 @@ pub(super) async fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<(
         }
         let dropped = execute(
             tx,
-            "DELETE FROM refused_ips WHERE credential_id = $1 AND ip NOT IN \
-                 (SELECT ip FROM refused_ips WHERE credential_id = $1 \
-                  ORDER BY last_seen DESC, requests DESC LIMIT $2)",
+            &format!(
+                "DELETE FROM {table} WHERE credential_id = $1 AND ip NOT IN \
+                 (SELECT ip FROM {table} WHERE credential_id = $1 \
+                  ORDER BY last_seen DESC, requests DESC LIMIT $2)"
+            ),
             &[&credential, &(REFUSED_KEPT as i64)],
         )
         .await?;
-        execute(
-            tx,
-            "INSERT INTO refused_dropped (credential_id, dropped) VALUES ($1, $2) \
-             ON CONFLICT (credential_id) DO UPDATE SET \
-               dropped = refused_dropped.dropped + EXCLUDED.dropped",
-            &[&credential, &(dropped as i64)],
-        )
-        .await?;
+        if count {
+            execute(
+                tx,
+                "INSERT INTO refused_dropped (credential_id, dropped) VALUES ($1, $2) \
+                 ON CONFLICT (credential_id) DO UPDATE SET \
+                   dropped = refused_dropped.dropped + EXCLUDED.dropped",
+                &[&credential, &(dropped as i64)],
+            )
+            .await?;
+        }
     }
     Ok(())
 }
@@ -128,7 +147,9 @@ pub(super) async fn refused(
     let credential = credential.map(|c| c as i64);
     let rows = query(
         tx,
-        "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen \
+        "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen, \
+                    (SELECT p.status FROM permitted_ips p \
+                     WHERE p.credential_id = r.credential_id AND p.ip = r.ip) \
              FROM refused_ips r JOIN credentials c ON c.id = r.credential_id \
              WHERE $1::BIGINT IS NULL OR r.credential_id = $1 \
              ORDER BY r.credential_id, r.last_seen DESC, r.ip",
@@ -145,6 +166,9 @@ pub(super) async fn refused(
             requests: col::<i64>(r, 3)? as u64,
             first_seen: Timestamp(col(r, 4)?),
             last_seen: Timestamp(col(r, 5)?),
+            listed: col::<Option<String>>(r, 6)?
+                .map(|s| parse("status", &s))
+                .transpose()?,
         });
     }
     let rows = query(
@@ -241,28 +265,34 @@ pub(super) async fn suggest(tx: &Transaction<'_>, credential: u64) -> Result<Vec
     }
     let rows = query(
         tx,
-        "SELECT a.ip, SUM(a.allowed)::BIGINT, SUM(a.refused)::BIGINT, MAX(a.last_seen), \
+        "SELECT a.ip, SUM(a.allowed)::BIGINT, SUM(a.shadow)::BIGINT, SUM(a.refused)::BIGINT, \
+                    MAX(a.last_seen), \
                     (SELECT p.status FROM permitted_ips p \
                      WHERE p.credential_id = $1 AND p.ip = a.ip) \
-             FROM (SELECT ip, requests AS allowed, 0::BIGINT AS refused, last_seen \
+             FROM (SELECT ip, requests AS allowed, 0::BIGINT AS shadow, 0::BIGINT AS refused, \
+                          last_seen \
                    FROM ip_usage WHERE credential_id = $1 \
                    UNION ALL \
-                   SELECT ip, 0::BIGINT, requests, last_seen FROM refused_ips \
+                   SELECT ip, 0::BIGINT, requests, 0::BIGINT, last_seen FROM shadow_ips \
+                   WHERE credential_id = $1 \
+                   UNION ALL \
+                   SELECT ip, 0::BIGINT, 0::BIGINT, requests, last_seen FROM refused_ips \
                    WHERE credential_id = $1) a \
              GROUP BY a.ip \
-             ORDER BY SUM(a.allowed) + SUM(a.refused) DESC, a.ip",
+             ORDER BY SUM(a.allowed) + SUM(a.shadow) + SUM(a.refused) DESC, a.ip",
         &[&(credential as i64)],
     )
     .await?;
     rows.iter()
         .map(|r| {
             let ip: String = col(r, 0)?;
-            let listed: Option<String> = col(r, 4)?;
+            let listed: Option<String> = col(r, 5)?;
             Ok(Suggestion {
                 ip: parse("address", &ip)?,
                 allowed: col::<i64>(r, 1)? as u64,
-                refused: col::<i64>(r, 2)? as u64,
-                last_seen: Timestamp(col(r, 3)?),
+                shadow: col::<i64>(r, 2)? as u64,
+                refused: col::<i64>(r, 3)? as u64,
+                last_seen: Timestamp(col(r, 4)?),
                 listed: listed.map(|s| parse("status", &s)).transpose()?,
             })
         })

@@ -40,17 +40,32 @@ pub struct PostgresStore {
     tls: MakeRustlsConnect,
     /// Done once per process, on the first call that reaches the database.
     schema: OnceCell<()>,
+    /// Whether a database without ipgate's schema may be given one: `serve` and
+    /// `admin init` only.
+    create: bool,
 }
 
 impl PostgresStore {
-    /// Sets up the pools; nothing connects until the first call.
+    /// Sets up the pools; nothing connects until the first call, which creates the
+    /// schema if the database has none.
     pub fn new(config: &PostgresConfig) -> Result<Self> {
+        Self::with(config, true)
+    }
+
+    /// The same for a database that must have ipgate's schema already: without it the
+    /// first call is [`StoreError::Missing`] and nothing is created.
+    pub fn existing(config: &PostgresConfig) -> Result<Self> {
+        Self::with(config, false)
+    }
+
+    fn with(config: &PostgresConfig, create: bool) -> Result<Self> {
         let tls = tls::connector(config).map_err(StoreError::unavailable)?;
         Ok(Self {
             lanes: Lanes::new(config, tls.clone())?,
             config: config.clone(),
             tls,
             schema: OnceCell::new(),
+            create,
         })
     }
 
@@ -63,8 +78,9 @@ impl PostgresStore {
     {
         self.lanes
             .call(lane, limit, |mut client| async move {
+                let missing = (!self.create).then_some(self.config.display.as_str());
                 self.schema
-                    .get_or_try_init(|| schema::migrate(&mut client))
+                    .get_or_try_init(|| schema::migrate(&mut client, missing))
                     .await?;
                 call(client).await
             })

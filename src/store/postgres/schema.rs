@@ -97,14 +97,39 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FROM permitted_ips p
         LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
     ",
+    // 3: requests let through by shadow mode, apart from refusals (they were counted as
+    // refused before; those counts stay where they are).
+    "
+    CREATE TABLE shadow_ips (
+        credential_id BIGINT NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      BIGINT NOT NULL,
+        first_seen    BIGINT NOT NULL,
+        last_seen     BIGINT NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    ",
 ];
 
 /// Brings the schema up to date under a transaction-scoped advisory lock, or refuses a
 /// database newer than this binary without touching it.
-pub(super) async fn migrate(client: &mut Object) -> Result<()> {
+/// `missing`: `Some(where)` when a database without the schema is
+/// [`StoreError::Missing`] rather than given one.
+pub(super) async fn migrate(client: &mut Object, missing: Option<&str>) -> Result<()> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    let no_store = |at: &str| StoreError::Missing(format!("postgres {at}"));
+    if let Some(at) = missing {
+        let exists: bool = col(
+            &tx.query_one("SELECT to_regclass('ipgate_schema') IS NOT NULL", &[])
+                .await?,
+            0,
+        )?;
+        if !exists {
+            return Err(no_store(at));
+        }
+    }
     tx.batch_execute("CREATE TABLE IF NOT EXISTS ipgate_schema (version INTEGER NOT NULL)")
         .await?;
     let found: i32 = match tx
@@ -118,6 +143,9 @@ pub(super) async fn migrate(client: &mut Object) -> Result<()> {
             0
         }
     };
+    if let (0, Some(at)) = (found, missing) {
+        return Err(no_store(at));
+    }
     let known = MIGRATIONS.len() as i32;
     if found > known {
         return Err(StoreError::Incompatible(format!(

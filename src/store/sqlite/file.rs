@@ -44,13 +44,22 @@ impl Inner {
     pub(super) fn connect(&self) -> Result<Connection> {
         let ready = self.ready.load(Ordering::Acquire);
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if !ready {
+        if !ready && self.create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let missing = || StoreError::Missing(format!("sqlite {}", self.config.path.display()));
+        if !ready && !self.create && !self.config.path.exists() {
+            return Err(missing());
         }
         let mut conn = Connection::open_with_flags(&self.config.path, flags)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         if !ready {
+            // Checked before WAL is switched on, which would write to the file: an
+            // empty file (or one that is not ipgate's) is left as it was.
+            if !self.create && schema_version(&conn)? == 0 {
+                return Err(missing());
+            }
             set_wal(&conn)?;
             self.migrate(&mut conn)?;
             self.ready.store(true, Ordering::Release);
@@ -99,4 +108,9 @@ impl Inner {
         let tx = conn.transaction()?;
         f(&tx)
     }
+}
+
+/// How many migrations the file has had: 0 for a new or empty file.
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }

@@ -7,11 +7,13 @@ use super::rows::parse_column;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 /// Adds one batch: sums, earliest first and latest last sighting; then keeps the
-/// `REFUSED_KEPT` most recent refused addresses of each credential it touched.
+/// `REFUSED_KEPT` most recent refused (and shadow) addresses of each credential it
+/// touched.
 pub(super) fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
     for (table, sightings) in [
         ("ip_usage", &batch.allowed),
         ("refused_ips", &batch.refused),
+        ("shadow_ips", &batch.shadow),
     ] {
         let mut upsert = tx.prepare(&format!(
             "INSERT INTO {table} (credential_id, ip, requests, first_seen, last_seen) \
@@ -31,12 +33,21 @@ pub(super) fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
             ])?;
         }
     }
-    let mut touched: Vec<u64> = batch.refused.iter().map(|s| s.credential_id).collect();
+    trim(tx, "refused_ips", &batch.refused, true)?;
+    // Shadow passes are bounded the same way (a stolen key in shadow mode could rotate
+    // addresses too); `report suggest` reads them and says nothing of a truncation.
+    trim(tx, "shadow_ips", &batch.shadow, false)
+}
+
+/// Keeps the `REFUSED_KEPT` most recent addresses in `table` of each credential in
+/// `sightings`; `count`: add how many went to `refused_dropped`.
+fn trim(tx: &Transaction<'_>, table: &str, sightings: &[Sighting], count: bool) -> Result<()> {
+    let mut touched: Vec<u64> = sightings.iter().map(|s| s.credential_id).collect();
     touched.sort_unstable();
     touched.dedup();
     for credential in touched {
         let kept: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM refused_ips WHERE credential_id = ?1",
+            &format!("SELECT COUNT(*) FROM {table} WHERE credential_id = ?1"),
             [credential],
             |r| r.get(0),
         )?;
@@ -44,16 +55,20 @@ pub(super) fn record(tx: &Transaction<'_>, batch: &UsageBatch) -> Result<()> {
             continue;
         }
         let dropped = tx.execute(
-            "DELETE FROM refused_ips WHERE credential_id = ?1 AND ip NOT IN \
-             (SELECT ip FROM refused_ips WHERE credential_id = ?1 \
-              ORDER BY last_seen DESC, requests DESC LIMIT ?2)",
+            &format!(
+                "DELETE FROM {table} WHERE credential_id = ?1 AND ip NOT IN \
+                 (SELECT ip FROM {table} WHERE credential_id = ?1 \
+                  ORDER BY last_seen DESC, requests DESC LIMIT ?2)"
+            ),
             params![credential, REFUSED_KEPT as i64],
         )?;
-        tx.execute(
-            "INSERT INTO refused_dropped (credential_id, dropped) VALUES (?1, ?2) \
-             ON CONFLICT (credential_id) DO UPDATE SET dropped = dropped + excluded.dropped",
-            params![credential, dropped as i64],
-        )?;
+        if count {
+            tx.execute(
+                "INSERT INTO refused_dropped (credential_id, dropped) VALUES (?1, ?2) \
+                 ON CONFLICT (credential_id) DO UPDATE SET dropped = dropped + excluded.dropped",
+                params![credential, dropped as i64],
+            )?;
+        }
     }
     Ok(())
 }
@@ -76,7 +91,9 @@ pub(super) fn refused(tx: &Transaction<'_>, credential: Option<u64>) -> Result<R
         }
     }
     let mut stmt = tx.prepare(
-        "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen \
+        "SELECT r.credential_id, c.user_id, r.ip, r.requests, r.first_seen, r.last_seen, \
+                (SELECT p.status FROM permitted_ips p \
+                 WHERE p.credential_id = r.credential_id AND p.ip = r.ip) \
          FROM refused_ips r JOIN credentials c ON c.id = r.credential_id \
          WHERE ?1 IS NULL OR r.credential_id = ?1 \
          ORDER BY r.credential_id, r.last_seen DESC, r.ip",
@@ -84,6 +101,7 @@ pub(super) fn refused(tx: &Transaction<'_>, credential: Option<u64>) -> Result<R
     let addresses = stmt
         .query_map([credential], |r| {
             let ip: String = r.get(2)?;
+            let listed: Option<String> = r.get(6)?;
             Ok(RefusedAddress {
                 credential_id: r.get(0)?,
                 user_id: r.get(1)?,
@@ -91,6 +109,7 @@ pub(super) fn refused(tx: &Transaction<'_>, credential: Option<u64>) -> Result<R
                 requests: r.get(3)?,
                 first_seen: Timestamp(r.get(4)?),
                 last_seen: Timestamp(r.get(5)?),
+                listed: listed.map(|s| parse_column(6, &s)).transpose()?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -178,26 +197,29 @@ pub(super) fn suggest(tx: &Transaction<'_>, credential: u64) -> Result<Vec<Sugge
         return Err(StoreError::NotFound("credential"));
     }
     let mut stmt = tx.prepare(
-        "SELECT a.ip, SUM(a.allowed), SUM(a.refused), MAX(a.last_seen), \
+        "SELECT a.ip, SUM(a.allowed), SUM(a.shadow), SUM(a.refused), MAX(a.last_seen), \
                 (SELECT p.status FROM permitted_ips p \
                  WHERE p.credential_id = ?1 AND p.ip = a.ip) \
-         FROM (SELECT ip, requests AS allowed, 0 AS refused, last_seen \
+         FROM (SELECT ip, requests AS allowed, 0 AS shadow, 0 AS refused, last_seen \
                FROM ip_usage WHERE credential_id = ?1 \
                UNION ALL \
-               SELECT ip, 0, requests, last_seen FROM refused_ips WHERE credential_id = ?1) a \
+               SELECT ip, 0, requests, 0, last_seen FROM shadow_ips WHERE credential_id = ?1 \
+               UNION ALL \
+               SELECT ip, 0, 0, requests, last_seen FROM refused_ips WHERE credential_id = ?1) a \
          GROUP BY a.ip \
-         ORDER BY SUM(a.allowed) + SUM(a.refused) DESC, a.ip",
+         ORDER BY SUM(a.allowed) + SUM(a.shadow) + SUM(a.refused) DESC, a.ip",
     )?;
     let rows = stmt
         .query_map([credential], |r| {
             let ip: String = r.get(0)?;
-            let listed: Option<String> = r.get(4)?;
+            let listed: Option<String> = r.get(5)?;
             Ok(Suggestion {
                 ip: parse_column(0, &ip)?,
                 allowed: r.get(1)?,
-                refused: r.get(2)?,
-                last_seen: Timestamp(r.get(3)?),
-                listed: listed.map(|s| parse_column(4, &s)).transpose()?,
+                shadow: r.get(2)?,
+                refused: r.get(3)?,
+                last_seen: Timestamp(r.get(4)?),
+                listed: listed.map(|s| parse_column(5, &s)).transpose()?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;

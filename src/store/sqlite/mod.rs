@@ -38,6 +38,8 @@ struct Inner {
     /// Set once the file exists and is migrated. After that it is never created again:
     /// a file that vanishes is an error to report, not an empty whitelist to serve.
     ready: AtomicBool,
+    /// Whether a missing (or empty) file may be created: `serve` and `admin init` only.
+    create: bool,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -47,11 +49,23 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl SqliteStore {
+    /// The store in `config`'s file, created on first use if it is not there.
     pub fn new(config: SqliteConfig) -> Self {
+        Self::with(config, true)
+    }
+
+    /// The store in `config`'s file, which must exist: a missing or empty file is
+    /// [`StoreError::Missing`], and nothing is written to it.
+    pub fn existing(config: SqliteConfig) -> Self {
+        Self::with(config, false)
+    }
+
+    fn with(config: SqliteConfig, create: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 ready: AtomicBool::new(false),
+                create,
             }),
         }
     }

@@ -95,4 +95,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         FROM permitted_ips p
         LEFT JOIN ip_usage u ON u.credential_id = p.credential_id AND u.ip = p.ip;
     ",
+    // 4: requests let through by shadow mode, apart from refusals (they were counted as
+    // refused before; those counts stay where they are).
+    "
+    CREATE TABLE shadow_ips (
+        credential_id INTEGER NOT NULL,
+        ip            TEXT NOT NULL,
+        requests      INTEGER NOT NULL,
+        first_seen    INTEGER NOT NULL,
+        last_seen     INTEGER NOT NULL,
+        PRIMARY KEY (credential_id, ip)
+    );
+    ",
 ];

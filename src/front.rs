@@ -15,15 +15,15 @@ use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
-    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, RefusalLimiter, Upstream,
-    UpstreamSetupError,
+    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, RefusalLimiter,
+    RequestBody, Upstream, UpstreamSetupError,
 };
 use crate::request_id::{RequestIds, X_REQUEST_ID};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,7 +117,7 @@ impl Front {
     }
 
     /// Handles one request that arrived on `conn`.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, conn: &ClientConn) -> Response<Body> {
         let started = Instant::now();
         let live = self.live.load();
         let trusted = conn.peer_trusted(live.generation, &live.client_ip.trusted_proxies);
@@ -125,6 +125,7 @@ impl Front {
         let request_id = self.ids.of(req.headers());
         let mut line = Line {
             front: self,
+            conn,
             started,
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -148,7 +149,7 @@ impl Front {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
         live: &Live,
         trusted: bool,
@@ -258,7 +259,7 @@ impl Front {
 impl Door for Front {
     fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         self.handle(req, conn)
@@ -278,6 +279,8 @@ impl Door for Front {
 /// grace period ended), when it is dropped.
 struct Line<'f> {
     front: &'f Front,
+    /// Says why, when the listener cut the connection under this request.
+    conn: &'f ClientConn,
     started: Instant,
     method: Method,
     uri: Uri,
@@ -341,6 +344,8 @@ impl Drop for Line<'_> {
         }
         let by = if self.front.cutting_off.load(Ordering::Acquire) {
             "shutdown"
+        } else if let Some(cut) = self.conn.cut_by() {
+            cut.label()
         } else {
             "client_closed"
         };

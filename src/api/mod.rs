@@ -33,13 +33,13 @@ use crate::config::LimitsConfig;
 use crate::gate::Gatekeeper;
 use crate::insight::Recorder;
 use crate::metrics::Metrics;
+use crate::proxy::RequestBody;
 use crate::refresh::Refresher;
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use route::Route;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ impl Api {
     /// Answers one call. HEAD is answered as GET; hyper sends the head without the body.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: CallSettings<'_>,
     ) -> (Answer, ApiCall) {
@@ -141,7 +141,7 @@ impl Api {
     async fn dispatch(
         &self,
         route: Route,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: &CallSettings<'_>,
         credential_id: &mut Option<u64>,
@@ -289,7 +289,7 @@ impl Api {
     fn authenticate(
         &self,
         gate: &Gatekeeper,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         client_ip: Option<IpAddr>,
         credential_id: &mut Option<u64>,
     ) -> Result<Identity, ApiError> {
@@ -346,7 +346,11 @@ impl Api {
     }
 
     /// Reads a body of at most `limits.max_body_bytes`, declared as JSON.
-    async fn body(&self, req: Request<Incoming>, limits: &LimitsConfig) -> Result<Bytes, ApiError> {
+    async fn body(
+        &self,
+        req: Request<RequestBody>,
+        limits: &LimitsConfig,
+    ) -> Result<Bytes, ApiError> {
         wire::require_json(req.headers())?;
         let limit = limits.max_body_bytes;
         match Limited::new(req.into_body(), limit).collect().await {

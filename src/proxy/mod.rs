@@ -1,5 +1,5 @@
 //! Hot-path plumbing: accepting connections (plain, TLS, PROXY protocol), keeping
-//! them within the cap, finding the client address, forwarding to the upstream, and
+//! them within the cap and their clients within their deadlines, finding the client address, forwarding to the upstream, and
 //! limiting refusals per address.
 //!
 //! What a request means is not decided here: the listener hands every request to a
@@ -8,6 +8,7 @@
 
 pub mod client_ip;
 mod connections;
+mod deadlines;
 mod forward;
 mod headers;
 mod listener;
@@ -17,6 +18,7 @@ mod refusal_limit;
 pub mod target;
 pub mod tls;
 
+pub use deadlines::{Deadlines, RequestBody};
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
 pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
 pub use listener::{serve, ListenerOptions};
@@ -30,7 +32,7 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// What the public listener answers with: the upstream's streamed body or our own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -40,7 +42,7 @@ pub trait Door: Send + Sync + 'static {
     /// Answers one request that arrived on `conn`.
     fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
     ) -> impl Future<Output = Response<Body>> + Send;
 
@@ -63,6 +65,32 @@ pub struct ClientConn {
     /// in the high bits (0: not worked out yet), the answer in bit 0. Worked out once
     /// per connection and configuration, not per request.
     trusted: AtomicU64,
+    /// Why the listener is closing this connection under its requests ([`Cut`] as a
+    /// number; 0: it is not).
+    cut: AtomicU8,
+}
+
+/// Why the listener closed a connection while requests were in flight: what their
+/// access lines say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cut {
+    /// A request body waited on the client past `server.body_timeout`.
+    BodyTimeout = 1,
+    /// An answer waited for the client to read it past `server.response_timeout`.
+    ResponseTimeout = 2,
+    /// Stalled at the cap: a new client took its place.
+    Evicted = 3,
+}
+
+impl Cut {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BodyTimeout => "body_timeout",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Evicted => "evicted_stalled",
+        }
+    }
 }
 
 impl ClientConn {
@@ -72,6 +100,22 @@ impl ClientConn {
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
             trusted: AtomicU64::new(0),
+            cut: AtomicU8::new(0),
+        }
+    }
+
+    /// The listener is about to close this connection, for `why`.
+    pub(crate) fn cut(&self, why: Cut) {
+        self.cut.store(why as u8, Ordering::Release);
+    }
+
+    /// Why the listener closed this connection under its requests, if it did.
+    pub fn cut_by(&self) -> Option<Cut> {
+        match self.cut.load(Ordering::Acquire) {
+            1 => Some(Cut::BodyTimeout),
+            2 => Some(Cut::ResponseTimeout),
+            3 => Some(Cut::Evicted),
+            _ => None,
         }
     }
 

@@ -23,9 +23,10 @@
 //! request start racing an eviction either wins (and the place is not taken) or finds
 //! itself evicted.
 
+use super::Cut;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -95,6 +96,8 @@ pub struct Seat {
     /// Body bytes received and answer bytes taken by the client: what the watchdog
     /// calls progress.
     moved: AtomicU64,
+    /// Why the listener closed the connection ([`Cut`] as a number; 0: it did not).
+    cut: AtomicU8,
 }
 
 /// What every request in flight on a connection waits for, when it is the client.
@@ -212,6 +215,7 @@ impl ConnectionTable {
             bodies_waiting: AtomicU32::new(0),
             answers_waiting: AtomicU32::new(0),
             moved: AtomicU64::new(0),
+            cut: AtomicU8::new(0),
         }
     }
 }
@@ -247,6 +251,21 @@ impl Seat {
     pub fn request_finished(&self) {
         self.finished.fetch_add(1, Ordering::Relaxed);
         self.update(|w| ((w & IN_FLIGHT).saturating_sub(1)) | (w & !IN_FLIGHT & !STALLED) | RECENT);
+    }
+
+    /// The listener is about to close this connection, for `why`.
+    pub fn cut(&self, why: Cut) {
+        self.cut.store(why as u8, Ordering::Release);
+    }
+
+    /// Why the listener closed this connection, if it did.
+    pub fn cut_by(&self) -> Option<Cut> {
+        match self.cut.load(Ordering::Acquire) {
+            1 => Some(Cut::BodyTimeout),
+            2 => Some(Cut::ResponseTimeout),
+            3 => Some(Cut::Evicted),
+            _ => None,
+        }
     }
 
     /// Marks the connection stalled (a new connection may take its place) or not.

@@ -39,6 +39,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -210,32 +211,29 @@ pub async fn serve<D: Door>(
             metrics: Arc::clone(&metrics),
             builder: Arc::clone(&builder),
             http1: Arc::clone(&http1_builder),
-            deadlines: options.deadlines,
         };
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
         let cut = cut.clone();
-        tasks.spawn(
+        let seat = Arc::new(seat);
+        let serving = Arc::clone(&seat);
+        let open = Open::counted(&metrics);
+        let connection = tasks.spawn(
             async move {
-                let seat = Arc::new(seat);
-                client.metrics.open_connections.inc();
-                let work = client.serve(stream, peer_ip, watcher, &seat);
-                // The work first: once serving HTTP it watches for its eviction itself,
-                // to tell its requests' access lines why they were cut.
+                let _open = open;
+                let work = client.serve(stream, peer_ip, watcher, &serving);
                 tokio::select! {
                     biased;
                     () = work => {}
-                    () = seat.evicted() => {
-                        tracing::debug!("idle connection closed to make room for a new one");
-                    }
                     () = cut.cancelled() => {
                         tracing::debug!("connection cut off at the end of the grace period");
                     }
                 }
-                client.metrics.open_connections.dec();
             }
-            .instrument(span),
+            .instrument(span.clone()),
         );
+        let watching = watchdog(seat, options.deadlines, Arc::clone(&metrics), connection);
+        tokio::spawn(watching.instrument(span));
     }
 
     drop(listener);
@@ -270,7 +268,6 @@ struct Client<D> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// The same HTTP/1 settings, for connections known to speak HTTP/1.
     http1: Arc<http1::Builder>,
-    deadlines: Deadlines,
 }
 
 /// What a connection is known to speak before it is served.
@@ -391,7 +388,7 @@ impl<D: Door> Client<D> {
     }
 
     async fn serve_http<I: Stream>(&self, io: I, peer: IpAddr, watcher: Watcher, seat: &Arc<Seat>) {
-        let conn = Arc::new(ClientConn::new(peer));
+        let conn = Arc::new(ClientConn::on_seat(peer, Arc::clone(seat)));
         let service = service_fn(|req: Request<Incoming>| {
             // Busy from the head's arrival until the response has been sent or dropped.
             seat.request_started();
@@ -446,30 +443,55 @@ impl<D: Door> Client<D> {
                 self.metrics.record_client_error(ClientError::HeaderTimeout);
                 tracing::debug!("header read timeout: no request head in time, connection closed");
             }
-            // The reason is set before the branch completes: select! drops the other
-            // branches (the requests, writing their access lines) before its handler.
-            cut = async {
-                let cut = match watch(seat, &self.deadlines).await {
-                    ClientWait::Body => Cut::BodyTimeout,
-                    ClientWait::Answer => Cut::ResponseTimeout,
-                };
-                conn.cut(cut);
-                cut
-            } => {
-                self.metrics.record_client_error(match cut {
-                    Cut::BodyTimeout => ClientError::BodyTimeout,
-                    _ => ClientError::ResponseTimeout,
-                });
-                tracing::debug!(reason = cut.label(), "client too slow: connection closed");
-            }
-            () = async {
-                seat.evicted().await;
-                conn.cut(Cut::Evicted);
-            } => {
-                tracing::debug!("idle or stalled connection closed to make room for a new one");
-            }
         }
     }
+}
+
+/// Counts a connection in `ipgate_open_connections` until dropped, also when its task
+/// is aborted.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn counted(metrics: &Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// Watches one connection from its own task and aborts `connection` (the task serving
+/// it) when its client keeps it waiting past a deadline, or a new connection took its
+/// place at the cap; ends with the connection. A task of its own, not a branch beside
+/// the serving: that would be polled at every wake-up of every request.
+async fn watchdog(
+    seat: Arc<Seat>,
+    deadlines: Deadlines,
+    metrics: Arc<Metrics>,
+    mut connection: JoinHandle<()>,
+) {
+    let why = tokio::select! {
+        _ = &mut connection => return,
+        wait = watch(&seat, &deadlines) => match wait {
+            ClientWait::Body => {
+                metrics.record_client_error(ClientError::BodyTimeout);
+                Cut::BodyTimeout
+            }
+            ClientWait::Answer => {
+                metrics.record_client_error(ClientError::ResponseTimeout);
+                Cut::ResponseTimeout
+            }
+        },
+        () = seat.evicted() => Cut::Evicted,
+    };
+    // Before the abort: the requests' access lines, written as they are dropped, say why.
+    seat.cut(why);
+    connection.abort();
+    tracing::debug!(reason = why.label(), "connection closed by the listener");
 }
 
 /// Fires `timeout` after it is first polled unless a request has started by then.

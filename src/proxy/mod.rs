@@ -25,6 +25,7 @@ pub use listener::{serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
 use bytes::Bytes;
+use connections::Seat;
 use forward::Lane;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
@@ -32,7 +33,8 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What the public listener answers with: the upstream's streamed body or our own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -65,9 +67,8 @@ pub struct ClientConn {
     /// in the high bits (0: not worked out yet), the answer in bit 0. Worked out once
     /// per connection and configuration, not per request.
     trusted: AtomicU64,
-    /// Why the listener is closing this connection under its requests ([`Cut`] as a
-    /// number; 0: it is not).
-    cut: AtomicU8,
+    /// Its place in the listener's table, which says why the listener cut it.
+    seat: Option<Arc<Seat>>,
 }
 
 /// Why the listener closed a connection while requests were in flight: what their
@@ -100,23 +101,21 @@ impl ClientConn {
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
             trusted: AtomicU64::new(0),
-            cut: AtomicU8::new(0),
+            seat: None,
         }
     }
 
-    /// The listener is about to close this connection, for `why`.
-    pub(crate) fn cut(&self, why: Cut) {
-        self.cut.store(why as u8, Ordering::Release);
+    /// A connection that holds `seat` in the listener's table.
+    fn on_seat(peer: IpAddr, seat: Arc<Seat>) -> Self {
+        Self {
+            seat: Some(seat),
+            ..Self::new(peer)
+        }
     }
 
     /// Why the listener closed this connection under its requests, if it did.
     pub fn cut_by(&self) -> Option<Cut> {
-        match self.cut.load(Ordering::Acquire) {
-            1 => Some(Cut::BodyTimeout),
-            2 => Some(Cut::ResponseTimeout),
-            3 => Some(Cut::Evicted),
-            _ => None,
-        }
+        self.seat.as_ref().and_then(|seat| seat.cut_by())
     }
 
     /// Whether the peer is inside `trusted` (the proxies of configuration `generation`).

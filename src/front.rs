@@ -15,8 +15,8 @@ use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
-    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, RefusalLimiter,
-    RequestBody, Upstream, UpstreamSetupError,
+    client_ip, oversized_head, target, Body, ClientConn, Door, ForwardError, Forwarding,
+    RefusalLimiter, RequestBody, Upstream, UpstreamSetupError,
 };
 use crate::request_id::{RequestIds, X_REQUEST_ID};
 use arc_swap::ArcSwap;
@@ -156,6 +156,15 @@ impl Front {
         line: &mut Line<'_>,
     ) -> Response<Body> {
         let client_ip = line.client_ip;
+        if oversized_head(&req) {
+            self.metrics.record_client_error(ClientError::HeadTooLarge);
+            line.reason = "head_too_large";
+            let resp = closing(bunq::error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "The request head, or one line of it, is too large.",
+            ));
+            return resp.map(Either::Right);
+        }
         if let Some(malformed) = target::check(&req) {
             self.metrics.record_client_error(ClientError::Request);
             line.reason = malformed.label();

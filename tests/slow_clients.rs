@@ -423,7 +423,10 @@ async fn unread_http2_answers_keep_no_one_out() {
         }
         held.push((sender, conn));
     }
-    eprintln!("{total} HTTP/2 connections tried in {:?}", started.elapsed());
+    eprintln!(
+        "{total} HTTP/2 connections tried in {:?}",
+        started.elapsed()
+    );
     assert!(answers.len() >= CAP * STREAMS, "{} answers", answers.len());
     wait_open(&gw, CAP as f64).await;
     for _ in 0..3 {

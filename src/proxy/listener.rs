@@ -22,8 +22,7 @@ use super::{ClientConn, Cut, Door};
 use crate::acl::normalize;
 use crate::metrics::{ClientError, Metrics};
 use bytes::Buf;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Either;
+use http::Request;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -39,7 +38,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -218,9 +218,11 @@ pub async fn serve<D: Door>(
         let seat = Arc::new(seat);
         let serving = Arc::clone(&seat);
         let open = Open::counted(&metrics);
+        let (ended, end) = oneshot::channel::<Infallible>();
         let connection = tasks.spawn(
             async move {
                 let _open = open;
+                let _ended = ended;
                 let work = client.serve(stream, peer_ip, watcher, &serving);
                 tokio::select! {
                     biased;
@@ -230,10 +232,11 @@ pub async fn serve<D: Door>(
                     }
                 }
             }
-            .instrument(span.clone()),
+            .instrument(span),
         );
-        let watching = watchdog(seat, options.deadlines, Arc::clone(&metrics), connection);
-        tokio::spawn(watching.instrument(span));
+        let connection = connection.abort_handle();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(watchdog(seat, options.deadlines, metrics, connection, end));
     }
 
     drop(listener);
@@ -396,15 +399,8 @@ impl<D: Door> Client<D> {
             let door = Arc::clone(&self.door);
             let conn = Arc::clone(&conn);
             let req = req.map(|body| RequestBody::new(body, seat));
-            let oversized = oversized_head(&req);
-            let metrics = Arc::clone(&self.metrics);
             async move {
-                let resp = if oversized {
-                    metrics.record_client_error(ClientError::HeadTooLarge);
-                    head_too_large()
-                } else {
-                    door.serve(req, &conn).await
-                };
+                let resp = door.serve(req, &conn).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }
         });
@@ -466,16 +462,19 @@ impl Drop for Open {
 
 /// Watches one connection from its own task and aborts `connection` (the task serving
 /// it) when its client keeps it waiting past a deadline, or a new connection took its
-/// place at the cap; ends with the connection. A task of its own, not a branch beside
-/// the serving: that would be polled at every wake-up of every request.
+/// place at the cap; ends with the connection (`end` closes). A task of its own, not a
+/// branch beside the serving: that would be polled at every wake-up of every request.
+/// Not awaiting the serving task's `JoinHandle`: reading its output moves the whole of
+/// its (large) future's slot.
 async fn watchdog(
     seat: Arc<Seat>,
     deadlines: Deadlines,
     metrics: Arc<Metrics>,
-    mut connection: JoinHandle<()>,
+    connection: AbortHandle,
+    end: oneshot::Receiver<Infallible>,
 ) {
     let why = tokio::select! {
-        _ = &mut connection => return,
+        _ = end => return,
         wait = watch(&seat, &deadlines) => match wait {
             ClientWait::Body => {
                 metrics.record_client_error(ClientError::BodyTimeout);
@@ -514,10 +513,11 @@ impl Drop for InFlight {
 }
 
 /// True when a line of the head (the target, or one header) or the whole of it is over
-/// its bound. hyper bounds HTTP/1 heads as it reads them and HTTP/2 header lists as
-/// they are decoded, but not single lines, and not a head that arrived whole in a
-/// read larger than its buffer bound (hyper-util's HTTP/1 has no `max_header_size`).
-fn oversized_head<B>(req: &Request<B>) -> bool {
+/// its bound: the door answers 431. hyper bounds HTTP/1 heads as it reads them and
+/// HTTP/2 header lists as they are decoded, but not single lines, and not a head that
+/// arrived whole in a read larger than its buffer bound (hyper-util's HTTP/1 has no
+/// `max_header_size`).
+pub fn oversized_head<B>(req: &Request<B>) -> bool {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     let mut total = target;
     for (name, value) in req.headers() {
@@ -528,17 +528,6 @@ fn oversized_head<B>(req: &Request<B>) -> bool {
         total += line;
     }
     target > MAX_LINE_BYTES || total > MAX_HEAD_BYTES
-}
-
-/// The answer to a head over its bound, as hyper words its own: the connection closes.
-fn head_too_large() -> Response<super::Body> {
-    let mut resp = crate::bunq::error(
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        "The request head, or one line of it, is too large.",
-    );
-    resp.headers_mut()
-        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-    resp.map(Either::Right)
 }
 
 /// A response body that keeps its connection counted busy until hyper drops it, that

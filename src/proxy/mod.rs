@@ -21,7 +21,7 @@ pub mod tls;
 pub use deadlines::{Deadlines, RequestBody};
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
 pub use headers::{ip_value, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID};
-pub use listener::{serve, ListenerOptions};
+pub use listener::{oversized_head, serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
 use bytes::Bytes;

@@ -177,7 +177,9 @@ impl Front {
                 gate: &live.gate,
                 limits: &live.limits,
             };
-            let (resp, call) = self.api.handle(req, client_ip, settings).await;
+            // Boxed: the API's future is the largest the door holds, and every request's
+            // future (moved whole by hyper when it starts) would otherwise be its size.
+            let (resp, call) = Box::pin(self.api.handle(req, client_ip, settings)).await;
             let ApiCall {
                 operation,
                 ok,

@@ -398,8 +398,11 @@ impl<D: Door> Client<D> {
             let busy = InFlight(Arc::clone(seat));
             let door = Arc::clone(&self.door);
             let conn = Arc::clone(&conn);
-            let req = req.map(|body| RequestBody::new(body, seat));
+            // Wrapped inside the future, not here: a closure any bigger than this is
+            // not inlined into hyper's dispatcher, and the request's future (kilobytes)
+            // is then built elsewhere and copied.
             async move {
+                let req = req.map(|body| RequestBody::new(body, &busy.0));
                 let resp = door.serve(req, &conn).await;
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }

@@ -6,6 +6,12 @@
 //!   503 otherwise.
 //!
 //! Nothing here changes state; the operator's writes go through `ipgate admin`.
+//!
+//! No client holds it either (it is loopback by default, but a scraper may be slow or
+//! broken): at most `MAX_CONNECTIONS` at once, heads of at most `MAX_HEAD_BYTES`
+//! (431), and each connection closed after `CONNECTION_LIFETIME` whatever it is doing,
+//! which bounds a body that never comes and an answer that is never read. A request
+//! body is never read: hyper answers and closes the connection when one is left.
 
 use crate::acl::SnapshotCell;
 use crate::metrics::Metrics;
@@ -20,7 +26,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Admin connections open at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+/// Largest request head: the routes take no headers worth more.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long one admin connection may stay open. A scrape takes milliseconds; a
+/// kept-alive scraper reconnects.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Each request head within this (also a kept-alive connection's idle time).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AdminState {
     pub cell: Arc<SnapshotCell>,
@@ -68,6 +85,7 @@ impl AdminState {
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    let places = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -80,9 +98,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
                 }
             },
         };
+        let Ok(place) = Arc::clone(&places).try_acquire_owned() else {
+            tracing::debug!("admin connection closed at accept: {MAX_CONNECTIONS} open");
+            continue;
+        };
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _place = place;
             let service = service_fn(|req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(state.answer(&req)) }
@@ -90,18 +113,24 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(MAX_HEAD_BYTES);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+            let served = async {
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.as_mut().await
+                    }
                 }
             };
-            if let Err(error) = result {
-                tracing::debug!(%error, "admin connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "admin connection ended with an error"),
+                Err(_) => tracing::debug!("admin connection closed at the end of its lifetime"),
             }
         });
     }

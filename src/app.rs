@@ -167,6 +167,13 @@ pub async fn serve(
         proxy_protocol: config.server.proxy_protocol,
         proxy_protocol_local: config.server.proxy_protocol_local,
         max_connections: config.server.max_connections,
+        client_share_percent: config.server.client_share_percent,
+        deadlines: proxy::Deadlines {
+            body_timeout: config.server.body_timeout,
+            body_min_rate: config.server.body_min_rate,
+            response_timeout: config.server.response_timeout,
+            response_min_rate: config.server.response_min_rate,
+        },
     };
     proxy::serve(
         public,

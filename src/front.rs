@@ -15,15 +15,15 @@ use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
-    client_ip, target, Body, ClientConn, Door, ForwardError, Forwarding, Origin, RefusalLimiter,
-    Upstream, UpstreamSetupError,
+    client_ip, oversized_head, target, Body, ClientConn, Door, ForwardError, Forwarding, Origin,
+    RefusalLimiter, RequestBody, Upstream, UpstreamSetupError,
 };
 use crate::request_id::{RequestIds, X_REQUEST_ID};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -117,7 +117,7 @@ impl Front {
     }
 
     /// Handles one request that arrived on `conn`.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ClientConn) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, conn: &ClientConn) -> Response<Body> {
         let started = Instant::now();
         let live = self.live.load();
         let trusted = conn.peer_trusted(live.generation, &live.client_ip.trusted_proxies);
@@ -125,6 +125,7 @@ impl Front {
         let request_id = self.ids.of(req.headers());
         let mut line = Line {
             front: self,
+            conn,
             started,
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -148,7 +149,7 @@ impl Front {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
         live: &Live,
         trusted: bool,
@@ -159,6 +160,15 @@ impl Front {
             line.route = "health";
             line.reason = "health_check";
             return health(&live.gate).map(Either::Right);
+        }
+        if oversized_head(&req) {
+            self.metrics.record_client_error(ClientError::HeadTooLarge);
+            line.reason = "head_too_large";
+            let resp = closing(bunq::error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "The request head, or one line of it, is too large.",
+            ));
+            return resp.map(Either::Right);
         }
         if let Some(malformed) = target::check(&req) {
             self.metrics.record_client_error(ClientError::Request);
@@ -181,7 +191,9 @@ impl Front {
                 gate: &live.gate,
                 limits: &live.limits,
             };
-            let (resp, call) = self.api.handle(req, client_ip, settings).await;
+            // Boxed: the API's future is the largest the door holds, and every request's
+            // future (moved whole by hyper when it starts) would otherwise be its size.
+            let (resp, call) = Box::pin(self.api.handle(req, client_ip, settings)).await;
             let ApiCall {
                 operation,
                 ok,
@@ -288,7 +300,7 @@ impl Front {
 impl Door for Front {
     fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
     ) -> impl std::future::Future<Output = Response<Body>> + Send {
         self.handle(req, conn)
@@ -308,6 +320,8 @@ impl Door for Front {
 /// grace period ended), when it is dropped.
 struct Line<'f> {
     front: &'f Front,
+    /// Says why, when the listener cut the connection under this request.
+    conn: &'f ClientConn,
     started: Instant,
     method: Method,
     uri: Uri,
@@ -371,6 +385,8 @@ impl Drop for Line<'_> {
         }
         let by = if self.front.cutting_off.load(Ordering::Acquire) {
             "shutdown"
+        } else if let Some(cut) = self.conn.cut_by() {
+            cut.label()
         } else {
             "client_closed"
         };

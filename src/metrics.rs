@@ -55,16 +55,34 @@ pub enum ClientError {
     Request,
     /// The request head did not arrive within `server.header_read_timeout`.
     HeaderTimeout,
+    /// The request head, or one line of it, was over ipgate's bound: answered 431.
+    HeadTooLarge,
+    /// A request body waited on the client past `server.body_timeout` (and its
+    /// minimum rate): the connection was closed.
+    BodyTimeout,
+    /// An answer the client did not read past `server.response_timeout` (and its
+    /// minimum rate): the connection was closed.
+    ResponseTimeout,
 }
 
 impl ClientError {
-    const ALL: [ClientError; 3] = [Self::Body, Self::Request, Self::HeaderTimeout];
+    const ALL: [ClientError; 6] = [
+        Self::Body,
+        Self::Request,
+        Self::HeaderTimeout,
+        Self::HeadTooLarge,
+        Self::BodyTimeout,
+        Self::ResponseTimeout,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::Body => "body",
             Self::Request => "request",
             Self::HeaderTimeout => "header_timeout",
+            Self::HeadTooLarge => "head_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::ResponseTimeout => "response_timeout",
         }
     }
 }
@@ -191,6 +209,7 @@ pub struct Metrics {
     pub idle_closed: IntCounter,
     pub connections_refused: IntCounter,
     pub connections_evicted: IntCounter,
+    pub connections_over_share: IntCounter,
     pub max_connections: IntGauge,
     pub refusals_limited: IntCounter,
 }
@@ -285,7 +304,10 @@ impl Metrics {
                     "ipgate_client_errors_total",
                     "Requests and connections the client got wrong, by kind (body: a \
                      malformed or cut-short request body; request: a tunnel or a bad Host, \
-                     answered 400; header_timeout: no complete request head in time).",
+                     answered 400; header_timeout: no complete request head in time; \
+                     head_too_large: a request head or one of its lines over ipgate's bound, \
+                     answered 431; body_timeout and response_timeout: a request body not \
+                     sent, or an answer not read, within its deadline and minimum rate).",
                 ),
                 &["kind"],
             )
@@ -516,8 +538,14 @@ impl Metrics {
             ),
             connections_evicted: counter(
                 "ipgate_connections_evicted_total",
-                "Idle client connections closed to make room for a new one at \
+                "Idle or stalled client connections closed to make room for a new one at \
                  server.max_connections.",
+            ),
+            connections_over_share: counter(
+                "ipgate_connections_refused_client_share_total",
+                "Client connections closed at accept because their client address (its /64 \
+                 for IPv6) held server.client_share_percent of server.max_connections \
+                 already.",
             ),
             max_connections: int_gauge(
                 "ipgate_max_connections",

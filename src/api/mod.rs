@@ -41,6 +41,7 @@ use crate::config::{LimitsConfig, ResponseSigningKey};
 use crate::gate::Gatekeeper;
 use crate::insight::Recorder;
 use crate::metrics::Metrics;
+use crate::proxy::RequestBody;
 use crate::refresh::Refresher;
 use crate::request_id::{self, RequestIds};
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
@@ -48,7 +49,6 @@ use bytes::Bytes;
 use error::{created_id, ok, Answer, ApiError, ApiResult};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use route::Route;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl Api {
     /// Answers one call. HEAD is answered as GET; hyper sends the head without the body.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: CallSettings<'_>,
     ) -> (Answer, ApiCall) {
@@ -181,7 +181,7 @@ impl Api {
     async fn dispatch(
         &self,
         route: Route,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: &CallSettings<'_>,
         credential_id: &mut Option<u64>,
@@ -335,7 +335,7 @@ impl Api {
     fn authenticate(
         &self,
         gate: &Gatekeeper,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         client_ip: Option<IpAddr>,
         credential_id: &mut Option<u64>,
     ) -> Result<Identity, ApiError> {
@@ -392,7 +392,11 @@ impl Api {
     }
 
     /// Reads a body of at most `limits.max_body_bytes`, declared as JSON or not declared.
-    async fn body(&self, req: Request<Incoming>, limits: &LimitsConfig) -> Result<Bytes, ApiError> {
+    async fn body(
+        &self,
+        req: Request<RequestBody>,
+        limits: &LimitsConfig,
+    ) -> Result<Bytes, ApiError> {
         wire::require_json(req.headers())?;
         let limit = limits.max_body_bytes;
         match Limited::new(req.into_body(), limit).collect().await {

@@ -9,10 +9,10 @@ use super::{wire, Api, CallSettings};
 use crate::acl::{CredentialState, KeyHash, Reason, NEVER};
 use crate::gate::Gatekeeper;
 use crate::metrics::Registration;
+use crate::proxy::RequestBody;
 use crate::store::rules::REGISTRATION_REFUSED;
 use crate::store::{Actor, Change, StoreError, Target};
 use http::Request;
-use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use wire::BadInput;
@@ -54,7 +54,7 @@ impl Bindable {
 impl Api {
     pub(super) async fn register(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: &CallSettings<'_>,
         credential_id: &mut Option<u64>,

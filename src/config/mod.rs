@@ -302,6 +302,42 @@ mod tests {
     }
 
     #[test]
+    fn slow_client_limits() {
+        let c = Config::parse("", Path::new(".")).unwrap();
+        assert_eq!(c.server.body_timeout, Duration::from_secs(20));
+        assert_eq!(c.server.body_min_rate, DEFAULT_BODY_MIN_RATE);
+        assert_eq!(c.server.response_timeout, Duration::from_secs(20));
+        assert_eq!(c.server.response_min_rate, DEFAULT_RESPONSE_MIN_RATE);
+        assert_eq!(c.server.client_share_percent, DEFAULT_CLIENT_SHARE_PERCENT);
+        let c = Config::parse(
+            "[server]\nbody_timeout = \"5s\"\nbody_min_rate = 0\n\
+             response_timeout = \"7s\"\nresponse_min_rate = 100\nclient_share_percent = 100\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.server.body_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.body_min_rate, 0);
+        assert_eq!(c.server.response_timeout, Duration::from_secs(7));
+        assert_eq!(c.server.response_min_rate, 100);
+        assert_eq!(c.server.client_share_percent, 100);
+        let e = Config::parse(
+            "[server]\nbody_timeout = \"0s\"\nresponse_timeout = \"x\"\n\
+             client_share_percent = 0\nresponse_min_rate = -1\n",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "server.body_timeout",
+            "server.response_timeout",
+            "server.client_share_percent",
+            "server.response_min_rate",
+        ] {
+            assert!(e.contains(key), "{key} not named in {e}");
+        }
+    }
+
+    #[test]
     fn authorization_header_means_bearer() {
         let c = Config::parse("[auth]\nheader = \"Authorization\"\n", Path::new(".")).unwrap();
         assert!(c.auth.bearer);
@@ -421,6 +457,9 @@ mod tests {
                     "workers",
                     "shutdown_grace",
                     "header_read_timeout",
+                    "body_timeout",
+                    "response_min_rate",
+                    "client_share_percent",
                     "proxy_protocol",
                     "proxy_protocol_local",
                 ],
@@ -519,6 +558,8 @@ mod tests {
                         for d in [
                             c.server.shutdown_grace,
                             c.server.header_read_timeout,
+                            c.server.body_timeout,
+                            c.server.response_timeout,
                             c.upstream.timeout,
                             c.auth.registration_window,
                             c.refresh.interval,

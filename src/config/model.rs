@@ -29,6 +29,18 @@ pub const DEFAULT_STORE_POOL_SIZE: usize = 4;
 pub const DEFAULT_STORE_TIMEOUT: &str = "5s";
 pub const DEFAULT_KEEP_CHANGES: u64 = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A request body waiting on its client, before the bytes it sent earn more time.
+pub const DEFAULT_BODY_TIMEOUT: &str = "20s";
+/// Bytes a second that earn a body (or a response) one more second: Apache
+/// mod_reqtimeout's `MinRate`.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 500;
+/// An answer waiting on its client to read it, before the bytes it read earn more time.
+pub const DEFAULT_RESPONSE_TIMEOUT: &str = "20s";
+pub const DEFAULT_RESPONSE_MIN_RATE: u64 = 500;
+/// A minimum rate above this is a typo (1 GiB a second).
+pub const MAX_MIN_RATE: u64 = 1 << 30;
+/// The share of `max_connections` one client address (one /64 for IPv6) may hold.
+pub const DEFAULT_CLIENT_SHARE_PERCENT: u64 = 10;
 /// Beyond this a table entry per connection would cost more memory than it is worth.
 pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 pub const DEFAULT_REFUSALS_PER_SECOND: u32 = 100;
@@ -60,6 +72,17 @@ pub struct ServerConfig {
     /// Client connections open at once; at the cap an idle one makes room, and with
     /// none idle a new one is closed at accept.
     pub max_connections: usize,
+    /// How long a request body may wait on its client; every `body_min_rate` bytes
+    /// that arrive earn it one more second (0: none do).
+    pub body_timeout: Duration,
+    pub body_min_rate: u64,
+    /// The same for an answer its client does not read (HTTP/1 socket not drained,
+    /// HTTP/2 flow-control window at 0).
+    pub response_timeout: Duration,
+    pub response_min_rate: u64,
+    /// Percent of `max_connections` one client address (one /64 for IPv6) may hold
+    /// at once; trusted proxies are not held to it.
+    pub client_share_percent: u64,
     /// Every connection starts with a PROXY protocol (v1 or v2) header from a
     /// trusted proxy, naming the client.
     pub proxy_protocol: bool,

@@ -41,6 +41,27 @@ impl Config {
             "server.max_connections",
             a.server.max_connections == b.server.max_connections,
         );
+        // The listener is built with these; a new value needs a restart.
+        check(
+            "server.body_timeout",
+            a.server.body_timeout == b.server.body_timeout,
+        );
+        check(
+            "server.body_min_rate",
+            a.server.body_min_rate == b.server.body_min_rate,
+        );
+        check(
+            "server.response_timeout",
+            a.server.response_timeout == b.server.response_timeout,
+        );
+        check(
+            "server.response_min_rate",
+            a.server.response_min_rate == b.server.response_min_rate,
+        );
+        check(
+            "server.client_share_percent",
+            a.server.client_share_percent == b.server.client_share_percent,
+        );
         check(
             "server.proxy_protocol",
             a.server.proxy_protocol == b.server.proxy_protocol,

@@ -82,6 +82,11 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
             "shutdown_grace",
             "header_read_timeout",
             "max_connections",
+            "body_timeout",
+            "body_min_rate",
+            "response_timeout",
+            "response_min_rate",
+            "client_share_percent",
             "proxy_protocol",
             "proxy_protocol_local",
             "tls",
@@ -129,6 +134,37 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
             format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
         );
     }
+    let body_timeout = read_duration(r, &s, "body_timeout", DEFAULT_BODY_TIMEOUT, Zero::Refused);
+    let body_min_rate = r
+        .number(&s, "body_min_rate", DEFAULT_BODY_MIN_RATE, MAX_MIN_RATE)
+        .value;
+    let response_timeout = read_duration(
+        r,
+        &s,
+        "response_timeout",
+        DEFAULT_RESPONSE_TIMEOUT,
+        Zero::Refused,
+    );
+    let response_min_rate = r
+        .number(
+            &s,
+            "response_min_rate",
+            DEFAULT_RESPONSE_MIN_RATE,
+            MAX_MIN_RATE,
+        )
+        .value;
+    let client_share = r.number(
+        &s,
+        "client_share_percent",
+        DEFAULT_CLIENT_SHARE_PERCENT,
+        100,
+    );
+    if client_share.value == 0 {
+        r.problem(
+            &client_share,
+            "must be between 1 and 100 (percent of max_connections)",
+        );
+    }
     let tls = s.has("tls").then(|| {
         let t = r.section(&s, "tls", &["cert", "key"]);
         let mut file = |key: &str| {
@@ -166,6 +202,11 @@ fn server(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> (ServerCon
         shutdown_grace,
         header_read_timeout,
         max_connections: max_connections.value as usize,
+        body_timeout,
+        body_min_rate,
+        response_timeout,
+        response_min_rate,
+        client_share_percent: client_share.value.max(1),
         proxy_protocol: proxy_protocol.value,
         proxy_protocol_local,
         tls,

@@ -57,7 +57,7 @@ impl From<UpstreamError> for ForwardError {
 /// The client's request body on its way up. It streams untouched; its only job is to
 /// mark an error as the client's, so that a send that fails because of it can be
 /// told from an upstream failure by walking the error's sources.
-pub struct ClientBody(Incoming);
+pub struct ClientBody(super::RequestBody);
 
 /// The client's request body failed while it was being sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +197,7 @@ impl Upstream {
     /// downstream streams and https upstreams use the shared pool.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<super::RequestBody>,
         how: Forwarding<'_>,
         lane: Option<&Lane>,
     ) -> Result<Response<Incoming>, ForwardError> {

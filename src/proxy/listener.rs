@@ -1,6 +1,8 @@
 //! Accepting connections on the public listener (plain or TLS), keeping them within
-//! `server.max_connections`, closing the ones that send no request head in time, and
-//! draining them on shutdown.
+//! `server.max_connections` and each client address within its share of it, closing
+//! the ones that send no request head in time or keep a body or an answer waiting past
+//! its deadline (`deadlines`), refusing heads over their bound with 431, and draining
+//! connections on shutdown.
 //!
 //! Deadlines: a PROXY header and a TLS handshake each within `header_read_timeout`;
 //! then the first request head within it (this module's timer: hyper-util's protocol
@@ -13,14 +15,17 @@
 //! hyper-util's `auto`, which reads the first bytes itself and wraps the connection to
 //! give them back: a layer every later read and write of the connection goes through.
 
-use super::connections::{Admission, ConnectionTable, Seat};
+use super::connections::{client_key, Admission, ClientWait, ConnectionTable, Seat};
+use super::deadlines::{watch, Deadlines, RequestBody};
 use super::proxy_protocol::read_header;
 use super::warn_limit::WarnLimit;
-use super::{ClientConn, Door, Origin};
+use super::{ClientConn, Cut, Door, Origin};
 use crate::acl::normalize;
 use crate::config::ProxyLocal;
 use crate::metrics::{ClientError, Metrics};
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::Buf;
+use http::Request;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,14 +40,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Largest request head (line and headers) accepted over HTTP/1.
+/// Largest request head (request line and headers) accepted, over HTTP/1 and HTTP/2;
+/// a larger one is answered 431 and never forwarded (HAProxy's buffer is 16 KiB,
+/// nginx's largest head 32 KiB: this leaves room for big tokens and cookies).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Largest single line of a head: the request target, or one header's name and value
+/// (nginx refuses lines over 8 KiB).
+const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Concurrent streams per HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 256;
 /// At most one warning per this long about connections refused at the cap.
@@ -65,6 +77,10 @@ pub struct ListenerOptions {
     pub proxy_protocol_local: ProxyLocal,
     /// Client connections open at once, at most.
     pub max_connections: usize,
+    /// Percent of `max_connections` one client address (one /64) may hold.
+    pub client_share_percent: u64,
+    /// How long a body or an answer may wait on the client.
+    pub deadlines: Deadlines,
 }
 
 /// The warning about refused connections, at most once per `REFUSED_WARNING_EVERY`,
@@ -127,6 +143,8 @@ pub async fn serve<D: Door>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES);
+    // hyper-util's HTTP/1 settings have no `max_header_size`: `max_buf_size` bounds a
+    // head that arrives in parts, and `oversized_head` one that fits a larger read.
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -134,15 +152,20 @@ pub async fn serve<D: Door>(
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .keep_alive_interval(Duration::from_secs(30));
     let mut http1_builder = http1::Builder::new();
+    // `max_buf_size` alone lets a head through whole when one read brings more than
+    // it (the buffer grows past it before the head is parsed): `max_header_size` is
+    // checked on the parsed head.
     http1_builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     let http1_builder = Arc::new(http1_builder);
     let graceful = GracefulShutdown::new();
     raise_open_file_limit(options.max_connections);
-    let table = ConnectionTable::new(options.max_connections);
+    let per_client = (options.max_connections as u64 * options.client_share_percent / 100) as usize;
+    let table = ConnectionTable::new(options.max_connections, per_client);
     metrics.max_connections.set(options.max_connections as i64);
     let tasks = TaskTracker::new();
     let cut = CancellationToken::new();
@@ -162,8 +185,11 @@ pub async fn serve<D: Door>(
                 }
             },
         };
+        let peer_ip = normalize(peer.ip());
+        // Trusted proxies stand for many clients: no share for them.
+        let client = (!door.trusts(peer_ip)).then(|| client_key(peer_ip));
         // Before any other work: a connection over the cap costs an accept and a close.
-        let seat = match table.admit() {
+        let seat = match table.admit(client) {
             Admission::Free(seat) => seat,
             Admission::Evicted(seat) => {
                 metrics.connections_evicted.inc();
@@ -175,11 +201,15 @@ pub async fn serve<D: Door>(
                 refused.refused(options.max_connections);
                 continue;
             }
+            Admission::OverShare => {
+                drop(stream);
+                metrics.connections_over_share.inc();
+                continue;
+            }
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let peer_ip = normalize(peer.ip());
         let client = Client {
             proxy_protocol: options.proxy_protocol,
             proxy_protocol_local: options.proxy_protocol_local,
@@ -194,25 +224,28 @@ pub async fn serve<D: Door>(
         let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
         let cut = cut.clone();
-        tasks.spawn(
+        let seat = Arc::new(seat);
+        let serving = Arc::clone(&seat);
+        let open = Open::counted(&metrics);
+        let (ended, end) = oneshot::channel::<Infallible>();
+        let connection = tasks.spawn(
             async move {
-                let seat = Arc::new(seat);
-                client.metrics.open_connections.inc();
-                let work = client.serve(stream, peer_ip, watcher, &seat);
+                let _open = open;
+                let _ended = ended;
+                let work = client.serve(stream, peer_ip, watcher, &serving);
                 tokio::select! {
                     biased;
-                    () = seat.evicted() => {
-                        tracing::debug!("idle connection closed to make room for a new one");
-                    }
+                    () = work => {}
                     () = cut.cancelled() => {
                         tracing::debug!("connection cut off at the end of the grace period");
                     }
-                    () = work => {}
                 }
-                client.metrics.open_connections.dec();
             }
             .instrument(span),
         );
+        let connection = connection.abort_handle();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(watchdog(seat, options.deadlines, metrics, connection, end));
     }
 
     drop(listener);
@@ -390,16 +423,20 @@ impl<D: Door> Client<D> {
         watcher: Watcher,
         seat: &Arc<Seat>,
     ) {
-        let conn = Arc::new(ClientConn::new(peer, origin));
-        let service = service_fn(|req| {
+        let conn = Arc::new(ClientConn::on_seat(peer, origin, Arc::clone(seat)));
+        let service = service_fn(|req: Request<Incoming>| {
             // Busy from the head's arrival until the response has been sent or dropped.
             seat.request_started();
             let busy = InFlight(Arc::clone(seat));
             let door = Arc::clone(&self.door);
             let conn = Arc::clone(&conn);
+            // Wrapped inside the future, not here: a closure any bigger than this is
+            // not inlined into hyper's dispatcher, and the request's future (kilobytes)
+            // is then built elsewhere and copied.
             async move {
+                let req = req.map(|body| RequestBody::new(body, &busy.0));
                 let resp = door.serve(req, &conn).await;
-                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _busy: busy }))
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }
         });
         let served = async {
@@ -418,10 +455,12 @@ impl<D: Door> Client<D> {
         tokio::select! {
             result = served => {
                 let Err(error) = result else { return };
-                let timed_out = error
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout);
-                if !timed_out {
+                let hyper_error = error.downcast_ref::<hyper::Error>();
+                let timed_out = hyper_error.is_some_and(hyper::Error::is_timeout);
+                if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+                    // hyper answered 431 itself.
+                    self.metrics.record_client_error(ClientError::HeadTooLarge);
+                } else if !timed_out {
                     tracing::debug!(error = %error, "connection ended with an error");
                 } else if seat.idle_after_requests() {
                     self.metrics.idle_closed.inc();
@@ -437,6 +476,56 @@ impl<D: Door> Client<D> {
             }
         }
     }
+}
+
+/// Counts a connection in `ipgate_open_connections` until dropped, also when its task
+/// is aborted.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn counted(metrics: &Arc<Metrics>) -> Self {
+        metrics.open_connections.inc();
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
+    }
+}
+
+/// Watches one connection from its own task and aborts `connection` (the task serving
+/// it) when its client keeps it waiting past a deadline, or a new connection took its
+/// place at the cap; ends with the connection (`end` closes). A task of its own, not a
+/// branch beside the serving: that would be polled at every wake-up of every request.
+/// Not awaiting the serving task's `JoinHandle`: reading its output moves the whole of
+/// its (large) future's slot.
+async fn watchdog(
+    seat: Arc<Seat>,
+    deadlines: Deadlines,
+    metrics: Arc<Metrics>,
+    connection: AbortHandle,
+    end: oneshot::Receiver<Infallible>,
+) {
+    let why = tokio::select! {
+        _ = end => return,
+        wait = watch(&seat, &deadlines) => match wait {
+            ClientWait::Body => {
+                metrics.record_client_error(ClientError::BodyTimeout);
+                Cut::BodyTimeout
+            }
+            ClientWait::Answer => {
+                metrics.record_client_error(ClientError::ResponseTimeout);
+                Cut::ResponseTimeout
+            }
+        },
+        () = seat.evicted() => Cut::Evicted,
+    };
+    // Before the abort: the requests' access lines, written as they are dropped, say why.
+    seat.cut(why);
+    connection.abort();
+    tracing::debug!(reason = why.label(), "connection closed by the listener");
 }
 
 /// Fires `timeout` after it is first polled unless a request has started by then.
@@ -458,11 +547,54 @@ impl Drop for InFlight {
     }
 }
 
+/// True when a line of the head (the target, or one header) or the whole of it is over
+/// its bound: the door answers 431. hyper bounds HTTP/1 heads as it reads them and
+/// HTTP/2 header lists as they are decoded, but not single lines, and not a head that
+/// arrived whole in a read larger than its buffer bound (hyper-util's HTTP/1 has no
+/// `max_header_size`).
+pub fn oversized_head<B>(req: &Request<B>) -> bool {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let mut total = target;
+    for (name, value) in req.headers() {
+        let line = name.as_str().len() + value.len() + 4;
+        if line > MAX_LINE_BYTES {
+            return true;
+        }
+        total += line;
+    }
+    target > MAX_LINE_BYTES || total > MAX_HEAD_BYTES
+}
+
 /// A response body that keeps its connection counted busy until hyper drops it, that
-/// is, until it has been written out or abandoned.
+/// is, until it has been written out or abandoned; and tells the seat while it waits
+/// for the client to take more of it (hyper has not asked for the next frame, or not
+/// dropped it after the last).
 struct Tracked<B> {
     body: B,
-    _busy: InFlight,
+    busy: InFlight,
+    waiting: bool,
+}
+
+impl<B: Body> Tracked<B> {
+    fn new(body: B, busy: InFlight) -> Self {
+        let waiting = !body.is_end_stream();
+        if waiting {
+            busy.0.answer_waiting(true);
+        }
+        Self {
+            body,
+            busy,
+            waiting,
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.busy.0.answer_waiting(false);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -473,7 +605,22 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        // hyper asks for more: the client took what it had (or it is the first ask).
+        if self.waiting {
+            self.waiting = false;
+            self.busy.0.answer_waiting(false);
+        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.busy.0.moved(data.remaining());
+            }
+            // Also after the last frame: hyper holds the body until that frame is
+            // written (HTTP/1) or sent within the client's window (HTTP/2).
+            self.waiting = true;
+            self.busy.0.answer_waiting(true);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,5 +1,5 @@
 //! Hot-path plumbing: accepting connections (plain, TLS, PROXY protocol), keeping
-//! them within the cap, finding the client address, forwarding to the upstream, and
+//! them within the cap and their clients within their deadlines, finding the client address, forwarding to the upstream, and
 //! limiting refusals per address.
 //!
 //! What a request means is not decided here: the listener hands every request to a
@@ -8,6 +8,7 @@
 
 pub mod client_ip;
 mod connections;
+mod deadlines;
 mod forward;
 mod headers;
 mod listener;
@@ -18,14 +19,16 @@ pub mod target;
 pub mod tls;
 mod warn_limit;
 
+pub use deadlines::{Deadlines, RequestBody};
 pub use forward::{ForwardError, Upstream, UpstreamSetupError};
 pub use headers::{
     ip_value, spoofable, Forwarding, CLIENT_IP, CREDENTIAL_ID, ENFORCEMENT, USER_ID,
 };
-pub use listener::{serve, ListenerOptions};
+pub use listener::{oversized_head, serve, ListenerOptions};
 pub use refusal_limit::RefusalLimiter;
 
 use bytes::Bytes;
+use connections::Seat;
 use forward::Lane;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
@@ -34,6 +37,7 @@ use ipnet::IpNet;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// What the public listener answers with: the upstream's streamed body or our own.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -43,7 +47,7 @@ pub trait Door: Send + Sync + 'static {
     /// Answers one request that arrived on `conn`.
     fn serve(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: &ClientConn,
     ) -> impl Future<Output = Response<Body>> + Send;
 
@@ -82,6 +86,31 @@ pub struct ClientConn {
     /// in the high bits (0: not worked out yet), the answer in bit 0. Worked out once
     /// per connection and configuration, not per request.
     trusted: AtomicU64,
+    /// Its place in the listener's table, which says why the listener cut it.
+    seat: Option<Arc<Seat>>,
+}
+
+/// Why the listener closed a connection while requests were in flight: what their
+/// access lines say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cut {
+    /// A request body waited on the client past `server.body_timeout`.
+    BodyTimeout = 1,
+    /// An answer waited for the client to read it past `server.response_timeout`.
+    ResponseTimeout = 2,
+    /// Stalled at the cap: a new client took its place.
+    Evicted = 3,
+}
+
+impl Cut {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::BodyTimeout => "body_timeout",
+            Self::ResponseTimeout => "response_timeout",
+            Self::Evicted => "evicted_stalled",
+        }
+    }
 }
 
 impl ClientConn {
@@ -92,7 +121,21 @@ impl ClientConn {
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
             trusted: AtomicU64::new(0),
+            seat: None,
         }
+    }
+
+    /// A connection that holds `seat` in the listener's table.
+    fn on_seat(peer: IpAddr, origin: Origin, seat: Arc<Seat>) -> Self {
+        Self {
+            seat: Some(seat),
+            ..Self::new(peer, origin)
+        }
+    }
+
+    /// Why the listener closed this connection under its requests, if it did.
+    pub fn cut_by(&self) -> Option<Cut> {
+        self.seat.as_ref().and_then(|seat| seat.cut_by())
     }
 
     /// Whether the peer is inside `trusted` (the proxies of configuration `generation`)

@@ -1,0 +1,193 @@
+//! Deadlines on what waits on the client once a request head has arrived: its body
+//! coming in, and its answer going out (an HTTP/1 client that does not drain its
+//! socket, an HTTP/2 client that leaves its flow-control window at 0).
+//!
+//! The models are nginx's `client_body_timeout` and Apache's mod_reqtimeout: a wait
+//! may last `timeout`, and every `min_rate` bytes that move earn it one more second, so
+//! a body that stalls is cut after `timeout` and one that trickles soon after. Time
+//! spent waiting on the upstream is never counted: a body the upstream reads slowly,
+//! or an answer the upstream has not produced yet, is not the client's doing.
+//!
+//! The request body ([`RequestBody`]) and the answer body (the listener's `Tracked`)
+//! tell the connection's [`Seat`] when they wait on the client and how many bytes
+//! moved; one watchdog per connection ([`watch`]) looks once a [`TICK`] and reports a
+//! connection whose every request in flight has waited past its deadline. It also
+//! marks a connection stalled (nothing moved since its last look) so that a new
+//! client may take its place at the cap. This module decides nothing else: the
+//! listener closes the connection and counts it.
+
+use super::connections::{ClientWait, Seat};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How often the watchdog looks at its connection: the granularity of every deadline
+/// here, and how soon a stalled connection may be evicted (after two looks).
+pub const TICK: Duration = Duration::from_millis(500);
+
+/// The limits on waiting for a client (`server.body_*`, `server.response_*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub body_timeout: Duration,
+    /// Bytes a second that earn one more second; 0: none do.
+    pub body_min_rate: u64,
+    pub response_timeout: Duration,
+    pub response_min_rate: u64,
+}
+
+impl Deadlines {
+    /// How long a wait may last after `moved` bytes moved during it.
+    fn allowed(&self, wait: ClientWait, moved: u64) -> Duration {
+        let (timeout, rate) = match wait {
+            ClientWait::Body => (self.body_timeout, self.body_min_rate),
+            ClientWait::Answer => (self.response_timeout, self.response_min_rate),
+        };
+        let earned = moved.checked_div(rate).unwrap_or(0);
+        timeout.saturating_add(Duration::from_secs(earned))
+    }
+}
+
+/// A client's request body as the front door reads it: hyper's own, which tells the
+/// connection's seat while it is still coming and how much of it arrived.
+pub struct RequestBody {
+    inner: Incoming,
+    /// Held while the body is still coming (none for a request without a body).
+    seat: Option<Arc<Seat>>,
+}
+
+impl RequestBody {
+    pub(super) fn new(inner: Incoming, seat: &Arc<Seat>) -> Self {
+        let seat = (!inner.is_end_stream()).then(|| {
+            seat.body_waiting(true);
+            Arc::clone(seat)
+        });
+        Self { inner, seat }
+    }
+
+    fn done(&mut self) {
+        if let Some(seat) = self.seat.take() {
+            seat.body_waiting(false);
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(seat) = &self.seat else {
+            return polled;
+        };
+        let ended = match &polled {
+            Poll::Pending => false,
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seat.moved(data.len());
+                }
+                self.inner.is_end_stream()
+            }
+            Poll::Ready(_) => true,
+        };
+        if ended {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// A wait on the client the watchdog is timing.
+struct Wait {
+    kind: ClientWait,
+    since: Instant,
+    /// Bytes moved on the connection when it began, and at the last look.
+    start: u64,
+    last: u64,
+}
+
+/// Resolves with what the client kept waiting past its deadline; never, while every
+/// wait is within its deadline. Marks the seat stalled from the second look at a wait
+/// in which nothing moved, and clears the mark when the wait ends or bytes move.
+pub async fn watch(seat: &Seat, deadlines: &Deadlines) -> ClientWait {
+    let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut wait: Option<Wait> = None;
+    loop {
+        tick.tick().await;
+        let Some(kind) = seat.client_wait() else {
+            if wait.take().is_some() {
+                seat.set_stalled(false);
+            }
+            continue;
+        };
+        let moved = seat.progress();
+        let now = Instant::now();
+        match &mut wait {
+            Some(w) if w.kind == kind => {
+                if now.duration_since(w.since) >= deadlines.allowed(kind, moved - w.start) {
+                    return kind;
+                }
+                seat.set_stalled(moved == w.last);
+                w.last = moved;
+            }
+            _ => {
+                wait = Some(Wait {
+                    kind,
+                    since: now,
+                    start: moved,
+                    last: moved,
+                });
+                seat.set_stalled(false);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_move_earn_time_at_the_minimum_rate() {
+        let d = Deadlines {
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 500,
+            response_timeout: Duration::from_secs(3),
+            response_min_rate: 0,
+        };
+        assert_eq!(d.allowed(ClientWait::Body, 0), Duration::from_secs(10));
+        assert_eq!(d.allowed(ClientWait::Body, 499), Duration::from_secs(10));
+        assert_eq!(d.allowed(ClientWait::Body, 5_000), Duration::from_secs(20));
+        assert_eq!(
+            d.allowed(ClientWait::Answer, 1 << 40),
+            Duration::from_secs(3),
+            "rate 0: a hard deadline"
+        );
+        assert_eq!(
+            d.allowed(ClientWait::Body, u64::MAX),
+            Duration::from_secs(10 + u64::MAX / 500)
+        );
+    }
+}

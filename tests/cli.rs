@@ -607,6 +607,7 @@ fn unusable_addresses_and_revoked_lists_are_refused() {
             .output()
             .unwrap()
     };
+    assert!(admin(&["init"]).status.success());
     let user = String::from_utf8(admin(&["user", "add"]).stdout).unwrap();
     let key = admin(&["--json", "key", "create", "--user", user.trim()]);
     let cred = json_of(&key)["credential_id"].to_string();

@@ -328,7 +328,7 @@ check_container() {
     echo "deploy/config.container.toml (database folder stood in for):"
     "$(cat "$WORK/bin")" check-config "$WORK/config.container.toml"
     # The image builds with --locked: Cargo.lock must agree with Cargo.toml.
-    cargo metadata --locked --format-version 1 >/dev/null
+    cargo metadata --quiet --locked --format-version 1 >/dev/null
     echo "Cargo.lock is up to date (cargo build --locked will not refuse it)"
     grep -qx '!/deploy/config.container.toml' .dockerignore
     if command -v hadolint >/dev/null 2>&1; then
@@ -342,9 +342,40 @@ check_container() {
 # --- systemd -------------------------------------------------------------------------
 check_systemd() {
     local unit=$DEPLOY/systemd/ipgate.service
-    local stop grace
+    local conf=$DEPLOY/systemd/config.toml
+    local installed stop grace
+    # The unit's install steps must put the systemd config, not the container's (whose
+    # admin listener is on 0.0.0.0 for a port mapping a bare host does not have), where
+    # ExecStart reads it.
+    installed=$(sed -n 's|^#   install .* \(deploy/[^ ]*\) /etc/ipgate/config.toml.*|\1|p' "$unit")
+    if [[ $installed != "$conf" ]]; then
+        echo "the unit's steps install '${installed:-nothing}' as /etc/ipgate/config.toml, not $conf" >&2
+        exit 1
+    fi
+    grep -q '^ExecStart=.* --config /etc/ipgate/config.toml$' "$unit"
+    # check-config also checks that the SQLite file's folder exists: stand one in for
+    # the unit's StateDirectory.
+    mkdir -p "$WORK/systemd-state"
+    sed -E "s|^url = \"sqlite:///var/lib/ipgate/|url = \"sqlite://$WORK/systemd-state/|" "$conf" \
+        >"$WORK/systemd-config.toml"
+    grep -q "sqlite://$WORK/systemd-state/" "$WORK/systemd-config.toml"
+    echo "$conf (the unit's /etc/ipgate/config.toml; database folder stood in for):"
+    "$(cat "$WORK/bin")" check-config "$WORK/systemd-config.toml"
+    python3 - "$conf" <<'EOF'
+import ipaddress, sys, tomllib
+server = tomllib.load(open(sys.argv[1], "rb")).get("server", {})
+admin = server.get("admin_listen", "127.0.0.1:9090")
+host = admin.rsplit(":", 1)[0].strip("[]")
+try:
+    loopback = ipaddress.ip_address(host).is_loopback
+except ValueError:
+    loopback = host == "localhost"
+if not loopback:
+    sys.exit(f"server.admin_listen = {admin!r}: /metrics on a bare host must stay on loopback")
+print(f"server.admin_listen {admin}: loopback")
+EOF
     stop=$(seconds "$(sed -n 's/^TimeoutStopSec=//p' "$unit")")
-    grace=$(seconds "$(sed -n 's/^shutdown_grace *= *"\([^"]*\)".*/\1/p' "$DEPLOY/config.container.toml")")
+    grace=$(seconds "$(sed -n 's/^shutdown_grace *= *"\([^"]*\)".*/\1/p' "$conf")")
     python3 -c "import sys; sys.exit(not $stop > $grace)" ||
         {
             echo "TimeoutStopSec ($stop s) must exceed shutdown_grace ($grace s)" >&2

@@ -211,9 +211,9 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T
 fn register_process(r: &Registry) {
     // A pid always fits a pid_t (i32) on Linux: the kernel caps it at 2^22.
     let pid = i32::try_from(std::process::id()).expect("a Linux pid fits an i32");
-    r.register(Box::new(prometheus::process_collector::ProcessCollector::new(
-        pid, "ipgate",
-    )))
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::new(pid, "ipgate"),
+    ))
     .expect("metric names are unique");
 }
 

@@ -2,6 +2,8 @@
 //! (a minute by default, so at most one write per address per minute per gateway),
 //! and once more when the gateway stops. A batch the store refuses is kept and merged
 //! into the next one, up to a bound; past it the oldest counts are let go, counted.
+//! What the store refuses at the stop has no next flush: it is lost, logged and counted
+//! as such.
 
 use super::Recorder;
 use crate::metrics::Metrics;
@@ -17,6 +19,16 @@ const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
 
 /// Sightings kept for a store that is down, at most.
 const MAX_PENDING: usize = 200_000;
+
+/// Whether another flush follows this one: says what becomes of a batch the store
+/// refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Kept and merged into the next flush.
+    Retry,
+    /// The gateway is stopping: lost.
+    Stop,
+}
 
 /// Runs until `stop`, then flushes once more.
 pub async fn run(
@@ -34,14 +46,21 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => {
                 recorder.tick();
-                flush(&recorder, store.as_ref(), &metrics, &mut pending).await;
+                flush(&recorder, store.as_ref(), &metrics, &mut pending, Then::Stop).await;
                 return;
             }
             _ = clock.tick() => {}
         }
         recorder.tick();
         if tokio::time::Instant::now() >= due {
-            flush(&recorder, store.as_ref(), &metrics, &mut pending).await;
+            flush(
+                &recorder,
+                store.as_ref(),
+                &metrics,
+                &mut pending,
+                Then::Retry,
+            )
+            .await;
             due = tokio::time::Instant::now() + every;
         }
     }
@@ -53,6 +72,7 @@ pub async fn flush(
     store: &dyn Store,
     metrics: &Metrics,
     pending: &mut UsageBatch,
+    then: Then,
 ) {
     recorder.ask();
     // Busy workers hand over with their next request, idle ones did when they parked.
@@ -69,6 +89,24 @@ pub async fn flush(
             metrics.usage_flushes.with_label_values(&["ok"]).inc();
             metrics.usage_rows.inc_by(rows);
             metrics.usage_dropped.inc_by(dropped);
+        }
+        Err(error) if then == Then::Stop => {
+            metrics.usage_flushes.with_label_values(&["error"]).inc();
+            metrics.usage_dropped.inc_by(dropped + rows);
+            let requests: u64 = batch
+                .allowed
+                .iter()
+                .chain(&batch.refused)
+                .map(|s| s.requests)
+                .sum();
+            tracing::error!(
+                %error,
+                cause = crate::logging::error_chain(&error),
+                rows,
+                requests,
+                "usage could not be written at shutdown and is lost: {rows} rows, {requests} \
+                 requests (no flush follows this one)"
+            );
         }
         Err(error) => {
             metrics.usage_flushes.with_label_values(&["error"]).inc();

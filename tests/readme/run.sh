@@ -8,20 +8,22 @@
 #
 # What counts as passing:
 # - every command succeeds (a failing command is reported with its README line);
-# - every line of expected output the README shows is printed: a `#` line at the start
-#   of a line inside a block is output of the commands above it (since the previous
-#   such line); `#` and two or more spaces continues the line before. Compared after
-#   collapsing runs of blanks, in order, each against a whole output line, where `...`
-#   and `…` match anything and a timestamp (2026-11-30 03:12:41.000000) matches any;
-#   other output lines in between are allowed;
+# - every line of expected output the README shows is printed: a line of a block that
+#   starts with `# ` is output of the commands above it (since the previous such line);
+#   one that starts with `#` and two or more spaces continues the line before (joined
+#   without the spaces). Compared in order, each against a whole output line, after
+#   collapsing runs of blanks; `...` and `…` match anything, and a timestamp
+#   (2026-11-30 03:12:41.000000) matches any; other output lines in between are
+#   allowed;
 # - the section stops what it starts: anything still running at its end is a failure
 #   (and is then stopped, by PID), and its ports are free again afterwards.
 #
 # The README's first block is not a section: its first command (the gateway) runs as
-# the "first terminal" beside the sections in FIRST_TERMINAL, and stopped as Ctrl-C
-# stops it; `cargo test` is CI's own step. The copy lives at a fixed path under
-# target/ with its `target` linked to this repository's, so the README's
-# `cargo build --release` compiles once (the first section), then finds it fresh.
+# the "first terminal" beside the sections named in FIRST_TERMINAL, and is stopped as
+# Ctrl-C stops it; `cargo test` is CI's own step. The copy lives at a fixed path under
+# target/ with its `target` linked to this repository's, so the release build is made
+# once before the first section and every section's `cargo build --release` finds it
+# fresh.
 # Needs: cargo, python3, curl, openssl, git; PostgreSQL (Debian's postgresql) for
 # "Many gateways". Uses the README's fixed ports (PORTS below): nothing else on this
 # machine may listen on them.
@@ -353,6 +355,10 @@ done 3<"$WORK/sections.tsv"
 
 echo
 echo "README: $passed sections passed, ${#failed[@]} failed in $((SECONDS - started)) s"
+if ((passed + ${#failed[@]} == 0)); then
+    echo "no section's heading contains '$ONLY'"
+    exit 1
+fi
 if ((${#failed[@]})); then
     printf '  failed: %s\n' "${failed[@]}"
     exit 1

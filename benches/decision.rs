@@ -99,6 +99,7 @@ fn auth() -> AuthConfig {
         bearer: false,
         registration_window: Duration::from_secs(4 * 3600),
         forward_key: false,
+        response_signing_key: None,
     }
 }
 

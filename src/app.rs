@@ -96,6 +96,7 @@ pub async fn serve(
         metrics: Arc::clone(&metrics),
         recorder: Arc::clone(&recorder),
         store_slots: tokio::sync::Semaphore::new(crate::api::API_STORE_SLOTS),
+        signing_key: config.auth.response_signing_key.clone(),
     };
     let front = Arc::new(Front::new(
         live,
@@ -205,6 +206,7 @@ fn summary(config: &Config, public: &TcpListener, admin: &TcpListener) {
         store = %config.store.describe(),
         tls = config.server.tls.is_some(),
         proxy_protocol = config.server.proxy_protocol,
+        signs_api_answers = config.auth.response_signing_key.is_some(),
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "ipgate started"
     );

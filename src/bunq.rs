@@ -4,7 +4,7 @@
 //! Answers: `{"Response":[{"<Type>":{…}}, …]}`, lists with a `Pagination` object.
 //! What a refused request is told lives here too, so the decision core holds no wire
 //! text: every key problem gets the same 403 body, so the answer is no oracle.
-//! The names of bunq's own request and response id headers live here too.
+//! The names of bunq's own request and response id and signature headers live here too.
 
 use crate::acl::Reason;
 use bytes::Bytes;
@@ -20,6 +20,9 @@ pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-bunq-client
 /// A fresh id on every management API answer, as bunq sends; bunq's SDKs quote it in
 /// their error messages.
 pub const CLIENT_RESPONSE_ID: HeaderName = HeaderName::from_static("x-bunq-client-response-id");
+/// The server's RSA signature of an answer's body, base64, which bunq's SDKs verify
+/// with the server public key of their installation.
+pub const SERVER_SIGNATURE: HeaderName = HeaderName::from_static("x-bunq-server-signature");
 
 /// An error body as a `&'static str`, for answers that never change (refusals on the
 /// hot path): building them with serde for every request cost more than the check.
@@ -50,6 +53,9 @@ pub fn refusal(reason: Reason) -> Response<Full<Bytes>> {
 /// What the client is told, as a whole JSON body. Deliberately the same for every 403.
 pub fn refusal_body(reason: Reason) -> &'static str {
     match reason.status() {
+        401 if reason == Reason::ManyKeys => {
+            static_error_body!("More than one authentication token; send exactly one.")
+        }
         401 => static_error_body!("Missing authentication token."),
         403 => static_error_body!("Insufficient authorisation."),
         _ => static_error_body!("Service temporarily unavailable, try again later."),

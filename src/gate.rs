@@ -5,7 +5,7 @@
 //! API and the front door all call it, and it calls none of them. It writes no wire
 //! text (refusal bodies are [`crate::bunq`]'s) and does no I/O.
 
-use crate::acl::{decide, Decision, KeyHash, SnapshotCell};
+use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::config::AuthConfig;
 use http::header::HeaderMap;
 use std::net::IpAddr;
@@ -27,6 +27,16 @@ pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&
     if values.next().is_some() {
         return None;
     }
+    key_of(value, auth)
+}
+
+/// Whether the request carries the credential header more than once (refused as
+/// [`Reason::ManyKeys`] rather than as a missing key, so the client is told why).
+fn many_keys(headers: &HeaderMap, auth: &AuthConfig) -> bool {
+    headers.get_all(&auth.header).iter().nth(1).is_some()
+}
+
+fn key_of<'h>(value: &'h http::HeaderValue, auth: &AuthConfig) -> Option<&'h str> {
     let text = value.to_str().ok()?.trim();
     let key = if auth.bearer {
         let (scheme, rest) = text.split_once(' ')?;
@@ -59,13 +69,19 @@ impl Gatekeeper {
             }
         });
         let snapshot = self.cell.load();
-        decide(
+        let decision = decide(
             snapshot.as_deref(),
             self.cell.is_stale(self.max_staleness),
             key.as_ref(),
             client_ip,
             unix_now,
-        )
+        );
+        match decision {
+            Decision::Deny(Reason::MissingKey, None) if many_keys(headers, &self.auth) => {
+                Decision::Deny(Reason::ManyKeys, None)
+            }
+            decision => decision,
+        }
     }
 }
 
@@ -89,6 +105,7 @@ mod tests {
             header,
             registration_window: Duration::from_secs(60),
             forward_key: false,
+            response_signing_key: None,
         }
     }
 

@@ -63,7 +63,9 @@ impl Reloader {
                 tracing::error!(
                     file = %self.path.display(),
                     problems = errors.0.len(),
-                    details = %errors.render(&self.path).trim_end(),
+                    // One record, one line, also in the plain format: line-based log
+                    // shippers must not split it.
+                    details = %one_line(&errors.render(&self.path)),
                     "configuration reload refused; the running configuration stays"
                 );
                 return ConfigReload::Error;
@@ -137,4 +139,13 @@ impl Reloader {
         self.running = applied;
         ConfigReload::Ok
     }
+}
+
+/// A multi-line text as one line: its lines, trimmed, joined with "; ".
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -7,8 +7,12 @@
 //! The SDK expects bunq's installation, device-server and session handshake; ipgate
 //! has none of that (a key is used as it is, from an address on its whitelist). The
 //! script hands the SDK the context that handshake would leave behind, with the ipgate
-//! key as its session token; its docstring says exactly what it sets and the one SDK
-//! check it replaces (bunq's response signatures, which ipgate does not make).
+//! key as its session token and, as bunq's server public key, the public half of the
+//! gateway's `auth.response_signing_key` (made with openssl and handed out with
+//! `ipgate admin server-public-key`, as the README says); its docstring says exactly
+//! what it sets. The SDK itself runs unmodified, verifying
+//! every answer's `X-Bunq-Server-Signature`, and the script shows that answers signed
+//! by another key, changed on the way or unsigned make it raise.
 //!
 //! Without the SDK installed the test prints one "skipped" line and passes; with
 //! `IPGATE_REQUIRE_BUNQ_SDK=1` (CI) the skip is a failure.
@@ -17,6 +21,7 @@ mod common;
 
 use common::*;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 const REQUIRE_ENV: &str = "IPGATE_REQUIRE_BUNQ_SDK";
@@ -58,8 +63,19 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
         return;
     }
     let upstream = Upstream::start().await;
-    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    let dir = tempfile::tempdir().unwrap();
+    signing_key(dir.path());
+    let settings =
+        Settings::new(&upstream.url()).set("auth.response_signing_key", "\"server-key.pem\"");
+    let gw = Gateway::start_in(dir, &settings, &[]);
     gw.wait_ready().await;
+    // What the operator hands key holders, as the README says.
+    let public_key = gw.dir.path().join("server-public.pem");
+    let pem = gw.admin(&["server-public-key"])["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&public_key, pem).unwrap();
     let (user, cred, key) = gw.registered_key(&["127.0.0.1"]).await;
     let base = format!("http://{}/v1/", gw.target(ip("127.0.0.1")));
 
@@ -68,6 +84,7 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
         let mut child = Command::new("python3")
             .arg(SCRIPT)
             .args([base, user.to_string(), cred.to_string()])
+            .arg(public_key)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -97,7 +114,27 @@ async fn bunq_python_sdk_manages_a_whitelist_through_ipgate() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok: ")).count(),
-        16,
+        18,
         "every check ran:\n{stdout}"
     );
+}
+
+/// Makes the gateway's signing key, `server-key.pem` in `dir` (the config's folder),
+/// with openssl as the README tells an operator to.
+fn signing_key(dir: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "server-key.pem",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl, to make the gateway's signing key");
+    assert!(out.status.success(), "openssl genpkey: {out:?}");
 }

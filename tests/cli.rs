@@ -577,3 +577,36 @@ fn stored_text_is_shown_escaped_in_tables() {
         "{users:?}"
     );
 }
+
+#[test]
+fn unusable_addresses_and_revoked_lists_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Settings::new("http://127.0.0.1:9"));
+    let admin = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["admin", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let user = String::from_utf8(admin(&["user", "add"]).stdout).unwrap();
+    let key = admin(&["--json", "key", "create", "--user", user.trim()]);
+    let cred = json_of(&key)["credential_id"].to_string();
+    for bad in ["0.0.0.0", "::", "ff02::1", "255.255.255.255"] {
+        let out = admin(&["ip", "add", &cred, bad]);
+        assert!(!out.status.success(), "{bad} was stored");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no client connects from it"), "{bad}: {err}");
+    }
+    assert!(admin(&["ip", "add", &cred, "192.0.2.1"]).status.success());
+    assert!(admin(&["credential", "revoke", &cred]).status.success());
+    let out = admin(&["ip", "add", &cred, "192.0.2.2"]);
+    assert!(
+        !out.status.success(),
+        "an entry was added to a revoked credential"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REVOKED"));
+    let list = json_of(&admin(&["--json", "ip", "list", &cred]));
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+}

@@ -187,7 +187,8 @@ async fn an_absolute_form_target_reaches_only_the_configured_upstream() {
 
 #[tokio::test]
 async fn several_forwarded_for_lines_become_one_chain() {
-    let (_up, gw, _) = setup(|s| s.set("client_ip.trusted_proxies", "[\"127.0.0.5\"]")).await;
+    let (_up, gw, _) =
+        setup(|s| s.set("client_ip.trusted_proxies", "[\"127.0.0.5\", \"10.1.1.1\"]")).await;
     let (_, _, key) = gw.registered_key(&["127.0.0.9"]).await;
     let r = gw
         .send(
@@ -196,16 +197,18 @@ async fn several_forwarded_for_lines_become_one_chain() {
             "/",
             &[
                 (KEY_HEADER, &key),
-                ("x-forwarded-for", "6.6.6.6, 10.1.1.1"),
-                ("x-forwarded-for", "127.0.0.9"),
+                ("x-forwarded-for", "6.6.6.6, 127.0.0.9"),
+                ("x-forwarded-for", "10.1.1.1"),
             ],
             None,
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    // Read as one list from the right, past the trusted 10.1.1.1; what the client
+    // wrote to the left of itself (6.6.6.6) is not passed on as if verified.
     assert_eq!(
         r.echoed("x-forwarded-for"),
-        Some(vec!["6.6.6.6, 10.1.1.1, 127.0.0.9, 127.0.0.5".into()])
+        Some(vec!["127.0.0.9, 10.1.1.1, 127.0.0.5".into()])
     );
     assert_eq!(
         r.echoed("x-ipgate-client-ip"),

@@ -347,3 +347,21 @@ async fn a_full_disk_fails_the_write_whole_and_nothing_else() {
     drop(gw);
     drop(disk);
 }
+
+#[tokio::test]
+async fn registrations_while_the_store_is_down_are_503_never_refused() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()).set("refresh.interval", "\"1h\""));
+    gw.wait_ready().await;
+    // A key made by another process after the one load: this gateway cannot know it
+    // without reading the store, and the store is gone.
+    let (_, _, fresh) = gw.new_key();
+    std::fs::rename(store_file(&gw), gw.dir.path().join("moved.db")).unwrap();
+    // Registrations that crowd in share one look at the store; when that look fails,
+    // none of them may read "this key does not exist" into it.
+    let body = json!({"description": "d", "secret": fresh});
+    let tries = (0..8).map(|_| gw.register_device(ip("127.0.0.2"), body.clone()));
+    for r in futures_util::future::join_all(tries).await {
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    }
+}

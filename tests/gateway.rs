@@ -181,6 +181,23 @@ async fn missing_key_is_401_and_wildcard_admits_everyone() {
     );
 
     let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    // Two key headers, even the right key twice: refused, and told why.
+    let two = [(KEY_HEADER, key.as_str()), (KEY_HEADER, key.as_str())];
+    let r = gw.send(ip("127.0.0.2"), Method::GET, "/", &two, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.json()["Error"][0]["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("More than one authentication token"),
+        "{}",
+        r.text()
+    );
+    gw.wait_metric(
+        "ipgate_requests_total{decision=\"deny\",reason=\"many_keys\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(
         gw.get(ip("127.0.0.7"), "/", Some(&key)).await.status,
         StatusCode::FORBIDDEN

@@ -93,6 +93,18 @@ async fn every_request_has_one_access_line_and_an_id() {
     );
     assert!(line["latency_us"].is_u64());
 
+    // A percent-encoded path is logged as sent, not encoded twice.
+    let r = send(
+        Method::GET,
+        "/a%20b/c".into(),
+        "t-pct",
+        Some(key.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(line_of(&gw, "t-pct").await["path"], "/a%20b/c");
+
     // Refused on the hot path.
     let r = send(
         Method::GET,

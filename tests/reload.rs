@@ -118,8 +118,15 @@ async fn sighup_applies_what_may_change_and_names_what_may_not() {
         StatusCode::OK
     );
 
-    // A bad file: refused, logged with its problems, and nothing changes.
-    write_config(gw.dir.path(), &next.clone().set("log.level", "\"inf\""));
+    // A bad file: refused, logged with its problems (all of them in one line, for
+    // line-based log shippers), and nothing changes.
+    write_config(
+        gw.dir.path(),
+        &next
+            .clone()
+            .set("log.level", "\"inf\"")
+            .set("refresh.interval", "\"soon\""),
+    );
     let errors = gw
         .metric("ipgate_config_reloads_total{result=\"error\"}")
         .await;
@@ -131,6 +138,12 @@ async fn sighup_applies_what_may_change_and_names_what_may_not() {
     .await;
     let refused = wait_line(&gw, &["ERROR", "configuration reload refused"]).await;
     assert!(refused.contains("log.level"), "{refused}");
+    let details = serde_json::from_str::<serde_json::Value>(&refused).unwrap()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(details.contains("refresh.interval"), "{details}");
+    assert!(!details.contains('\n'), "{details:?}");
     let before = second.received();
     assert_eq!(get_on(&mut client, &auth).await.status, StatusCode::OK);
     assert_eq!(second.received(), before + 1);

@@ -32,7 +32,15 @@ const KEYS: [(&str, &[&str]); 9] = [
             "send_real_ip",
         ],
     ),
-    ("auth", &["header", "registration_window", "forward_key"]),
+    (
+        "auth",
+        &[
+            "header",
+            "registration_window",
+            "forward_key",
+            "response_signing_key",
+        ],
+    ),
     ("client_ip", &["trusted_proxies", "header"]),
     ("store", &["url"]),
     ("refresh", &["interval", "max_staleness", "notify"]),

@@ -45,6 +45,8 @@ impl Decision {
 pub enum Reason {
     /// No credential header, or one that cannot be read.
     MissingKey,
+    /// More than one credential header: ambiguity is refused, not resolved.
+    ManyKeys,
     UnknownKey,
     RevokedKey,
     ExpiredKey,
@@ -64,8 +66,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MissingKey,
+        Reason::ManyKeys,
         Reason::UnknownKey,
         Reason::RevokedKey,
         Reason::ExpiredKey,
@@ -79,7 +82,7 @@ impl Reason {
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::MissingKey => 401,
+            Reason::MissingKey | Reason::ManyKeys => 401,
             Reason::UnknownKey
             | Reason::RevokedKey
             | Reason::ExpiredKey
@@ -95,6 +98,7 @@ impl Reason {
     pub fn label(self) -> &'static str {
         match self {
             Reason::MissingKey => "missing_key",
+            Reason::ManyKeys => "many_keys",
             Reason::UnknownKey => "unknown_key",
             Reason::RevokedKey => "revoked_key",
             Reason::ExpiredKey => "expired_key",

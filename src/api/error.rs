@@ -50,6 +50,7 @@ impl ApiError {
             ApiError::Input(BadInput::Invalid(_)) => "bad_input",
             ApiError::Input(BadInput::NotJson) => "not_json",
             ApiError::Input(BadInput::Wildcard) => "wildcard",
+            ApiError::Input(BadInput::TooLarge(_)) => "too_large",
             ApiError::Refused(reason) => reason.label(),
             ApiError::OtherUser => "other_user",
             ApiError::NotFound(_) => "not_found",
@@ -66,6 +67,10 @@ impl ApiError {
             ApiError::Input(BadInput::NotJson) => bunq::error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Send the body as JSON, with Content-Type: application/json.",
+            ),
+            ApiError::Input(BadInput::TooLarge(limit)) => bunq::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("Request body is larger than {limit} bytes."),
             ),
             ApiError::Input(BadInput::Wildcard) => bunq::error(
                 StatusCode::FORBIDDEN,

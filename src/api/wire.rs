@@ -21,6 +21,8 @@ pub enum BadInput {
     Wildcard,
     /// 415: a write whose body is declared as something other than `application/json`.
     NotJson,
+    /// 413: a body over `limits.max_body_bytes`.
+    TooLarge(usize),
 }
 
 fn invalid(msg: impl Into<String>) -> BadInput {
@@ -419,7 +421,9 @@ mod tests {
                     }
                     Err(BadInput::Wildcard) => prop_assert_eq!(text.trim(), "*"),
                     Err(BadInput::Invalid(m)) => prop_assert!(!m.is_empty()),
-                    Err(BadInput::NotJson) => prop_assert!(false, "an address is never a media type"),
+                    Err(BadInput::NotJson | BadInput::TooLarge(_)) => {
+                        prop_assert!(false, "an address is never a media type or a body size")
+                    }
                 }
             }
 

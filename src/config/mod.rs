@@ -9,11 +9,13 @@
 mod document;
 mod model;
 mod reload;
+mod signing_key;
 mod store_url;
 mod validate;
 mod values;
 
 pub use model::*;
+pub use signing_key::ResponseSigningKey;
 pub use values::{check_log_filter, parse_duration, parse_net};
 
 use std::fmt;
@@ -394,7 +396,15 @@ mod tests {
                     "send_real_ip",
                 ],
             ),
-            ("auth", &["header", "registration_window", "forward_key"]),
+            (
+                "auth",
+                &[
+                    "header",
+                    "registration_window",
+                    "forward_key",
+                    "response_signing_key",
+                ],
+            ),
             ("client_ip", &["trusted_proxies", "header"]),
             ("store", &["url", "pool_size", "timeout", "keep_changes"]),
             ("refresh", &["interval", "max_staleness", "notify"]),

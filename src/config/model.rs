@@ -109,6 +109,9 @@ pub struct AuthConfig {
     pub bearer: bool,
     pub registration_window: Duration,
     pub forward_key: bool,
+    /// Signs the management API's successful answers (`X-Bunq-Server-Signature`), so
+    /// bunq's SDKs can verify them; `None`: answers are not signed.
+    pub response_signing_key: Option<super::ResponseSigningKey>,
 }
 
 /// Which forwarding header a trusted proxy sets.

@@ -1,15 +1,16 @@
 //! What a reload (SIGHUP) may change, and what it may not.
 //!
-//! Applied to new requests: `[upstream]`, `[auth]`, `[client_ip]`, `[limits]`,
-//! `log.level`, the TLS certificate and key files, `refresh.max_staleness`. Bound at
-//! start and kept: the listeners and what they were built with (TLS on or off
+//! Applied to new requests: `[upstream]`, `[auth]` (but its signing key), `[client_ip]`,
+//! `[limits]`, `log.level`, the TLS certificate and key files, `refresh.max_staleness`.
+//! Bound at start and kept: the listeners and what they were built with (TLS on or off
 //! included), the worker threads, the store, the poller's schedule, the log format,
-//! `[insight]`. A file that changes those is not refused: the rest applies, and the
-//! keys kept are named. But the configuration that would run, the kept keys with the
-//! new ones, is checked as a whole ([`Config::merged_problems`]): a file that is valid
-//! on its own but not beside what is kept is refused whole.
+//! `[insight]`, and `auth.response_signing_key` (key holders pin its public key, so a
+//! new one goes with a planned restart). A file that changes those is not refused: the
+//! rest applies, and the keys kept are named. But the configuration that would run, the
+//! kept keys with the new ones, is checked as a whole ([`Config::merged_problems`]): a
+//! file that is valid on its own but not beside what is kept is refused whole.
 
-use super::Config;
+use super::{AuthConfig, Config};
 
 impl Config {
     /// The keys whose new value in `next` a running gateway cannot take (it keeps its
@@ -52,6 +53,10 @@ impl Config {
             "server.tls",
             a.server.tls.is_some() == b.server.tls.is_some(),
         );
+        check(
+            "auth.response_signing_key",
+            a.auth.response_signing_key == b.auth.response_signing_key,
+        );
         check("store", a.store == b.store);
         check("refresh.interval", a.refresh.interval == b.refresh.interval);
         check("refresh.notify", a.refresh.notify == b.refresh.notify);
@@ -64,7 +69,11 @@ impl Config {
     pub fn reloaded(&self, next: &Config) -> Config {
         let mut out = self.clone();
         out.upstream = next.upstream.clone();
-        out.auth = next.auth.clone();
+        out.auth = AuthConfig {
+            // Key holders pin the public key: a new one is a planned restart.
+            response_signing_key: self.auth.response_signing_key.clone(),
+            ..next.auth.clone()
+        };
         out.client_ip = next.client_ip.clone();
         out.limits = next.limits.clone();
         out.log.level = next.log.level.clone();

@@ -8,6 +8,7 @@
 
 use super::document::{Document, Field, Reader, Section};
 use super::model::*;
+use super::signing_key::ResponseSigningKey;
 use super::store_url::store_config;
 use super::values::{check_log_filter, overlaps, parse_duration, parse_net, upstream_url};
 use http::header::HeaderName;
@@ -33,7 +34,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
     let root = doc.root(r, SECTIONS);
     let (server, proxy_protocol) = server(r, &root, base);
     let upstream = upstream(r, &root, base);
-    let auth = auth(r, &root);
+    let auth = auth(r, &root, base);
     let client_ip = client_ip(r, &root, &proxy_protocol);
     let store = {
         let s = r.section(
@@ -228,11 +229,16 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
     }
 }
 
-fn auth(r: &mut Reader<'_>, root: &Section<'_, '_>) -> AuthConfig {
+fn auth(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> AuthConfig {
     let s = r.section(
         root,
         "auth",
-        &["header", "registration_window", "forward_key"],
+        &[
+            "header",
+            "registration_window",
+            "forward_key",
+            "response_signing_key",
+        ],
     );
     let header_field = r.string(&s, "header", DEFAULT_AUTH_HEADER);
     let header = HeaderName::try_from(header_field.value.as_str()).unwrap_or_else(|_| {
@@ -250,6 +256,20 @@ fn auth(r: &mut Reader<'_>, root: &Section<'_, '_>) -> AuthConfig {
             Zero::Refused,
         ),
         forward_key: r.boolean(&s, "forward_key", false).value,
+        response_signing_key: signing_key(r, &s, base),
+    }
+}
+
+/// `auth.response_signing_key`: read now, so a key that cannot sign is listed here.
+fn signing_key(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path) -> Option<ResponseSigningKey> {
+    let f = r.optional_string(s, "response_signing_key");
+    let name = f.value.as_deref()?;
+    match ResponseSigningKey::load(&base.join(name)) {
+        Ok(key) => Some(key),
+        Err(message) => {
+            r.problem(&f, message);
+            None
+        }
     }
 }
 

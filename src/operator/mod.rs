@@ -4,6 +4,7 @@
 //! rendering for people. Keys are generated here, shown once and never stored.
 
 mod report;
+mod server_key;
 
 pub use report::ReportCommand;
 
@@ -48,6 +49,9 @@ pub enum AdminCommand {
     /// What the gateways saw: refused addresses, unused entries, a list to review.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Prints the public key (PEM) of auth.response_signing_key, for key holders:
+    /// bunq's SDKs verify the management API's answers with it.
+    ServerPublicKey,
     /// The audit log, newest first.
     Audit {
         /// Only changes to this credential.
@@ -314,6 +318,10 @@ pub async fn run(
     config: &Config,
     actor: &Actor,
 ) -> Result<Output, OperatorError> {
+    // Needs no store: a gateway's key can be handed out while its database is down.
+    if let AdminCommand::ServerPublicKey = command {
+        return server_key::server_public_key(config);
+    }
     let store = store::open(&config.store)?;
     let cx = Context {
         store: store.as_ref(),
@@ -357,6 +365,7 @@ pub async fn run(
             credential_id,
             limit,
         } => audit(&cx, credential_id, limit).await,
+        AdminCommand::ServerPublicKey => server_key::server_public_key(config),
     }
 }
 

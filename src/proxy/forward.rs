@@ -233,6 +233,11 @@ impl Upstream {
             }
         };
         strip_headers(resp.headers_mut(), false);
+        // The client's connection and version are the client's: an HTTP/1.0 upstream
+        // (python3 -m http.server) must not make ipgate answer an HTTP/1.1 client in
+        // HTTP/1.0 and close its connection, as NGINX does not. hyper answers an
+        // HTTP/1.0 client in 1.0 on its own.
+        *resp.version_mut() = Version::HTTP_11;
         Ok(resp)
     }
 

@@ -70,7 +70,7 @@ pub fn check<B>(req: &Request<B>) -> Option<Malformed> {
     // An absolute-form target (HTTP/1) or `:authority` (HTTP/2): RFC 9112 section 3.2.2
     // says it wins over `Host`, so it is the one that is forwarded and must be valid.
     if let Some(authority) = uri.authority() {
-        if !valid_authority(authority.as_str().as_bytes()) {
+        if !valid_parts(authority) {
             return Some(Malformed::BadHost);
         }
         if req.version() == Version::HTTP_2 {
@@ -99,9 +99,14 @@ pub fn valid_authority(text: &[u8]) -> bool {
     if text.contains(&b'@') {
         return false;
     }
-    let Ok(a) = Authority::try_from(text) else {
+    Authority::try_from(text).is_ok_and(|a| valid_parts(&a))
+}
+
+/// [`valid_authority`] for one hyper parsed already (no copy, no second parse).
+fn valid_parts(a: &Authority) -> bool {
+    if a.as_str().as_bytes().contains(&b'@') {
         return false;
-    };
+    }
     let host = a.host();
     let port = &a.as_str()[host.len()..];
     match port.strip_prefix(':') {

@@ -32,8 +32,16 @@ pub struct Refresher {
     /// Where the published snapshot stands (`None` before the first load). Held for a
     /// whole step, so steps never interleave and changes apply once, in order.
     position: tokio::sync::Mutex<Option<Position>>,
-    /// When the last step (poll, catch-up or load) began.
-    step_began: std::sync::Mutex<Option<Instant>>,
+    /// When the last step (poll, catch-up or load) began, and when the last one that
+    /// succeeded did: only a step that read the store serves a caller who waits for
+    /// one (a failed one must not pass for a fresh look).
+    step_began: std::sync::Mutex<Steps>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Steps {
+    any: Option<Instant>,
+    good: Option<Instant>,
 }
 
 impl Refresher {
@@ -43,7 +51,7 @@ impl Refresher {
             cell,
             metrics,
             position: tokio::sync::Mutex::new(None),
-            step_began: std::sync::Mutex::new(None),
+            step_began: std::sync::Mutex::new(Steps::default()),
         }
     }
 
@@ -79,17 +87,17 @@ impl Refresher {
         arrived: Instant,
         spacing: Duration,
     ) -> Result<(), StoreError> {
-        if let Some(last) = self.last_step_began() {
+        if let Some(last) = self.steps().any {
             tokio::time::sleep_until((last + spacing).into()).await;
         }
         let mut position = self.position.lock().await;
-        if position.is_some() && self.last_step_began().is_some_and(|t| t >= arrived) {
+        if position.is_some() && self.steps().good.is_some_and(|t| t >= arrived) {
             return Ok(());
         }
         self.step(&mut position).await.map(drop)
     }
 
-    fn last_step_began(&self) -> Option<Instant> {
+    fn steps(&self) -> Steps {
         *self.step_began.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -100,8 +108,17 @@ impl Refresher {
 
     async fn step(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
         let started = Instant::now();
-        *self.step_began.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        self.step_began
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .any = Some(started);
         let result = self.step_inner(position).await;
+        if result.is_ok() {
+            self.step_began
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .good = Some(started);
+        }
         self.metrics
             .refresh_duration
             .observe(started.elapsed().as_secs_f64());

@@ -179,6 +179,9 @@ pub fn plan(
             // An address already on the list (an operator may prepare a pending key)
             // keeps its entry and becomes ACTIVE; the others are added.
             for ip in ips {
+                usable(normalize(*ip))?;
+            }
+            for ip in ips {
                 match record.entry_by_ip(normalize(*ip)) {
                     None => plan.insert.push((normalize(*ip), IpStatus::Active)),
                     Some(e) if e.status != IpStatus::Active => {
@@ -206,6 +209,8 @@ pub fn plan(
         Change::AddIp { ip, status } => {
             plan.action = "ip.add";
             let ip = normalize(*ip);
+            not_revoked(c)?;
+            usable(ip)?;
             if record.entry_by_ip(ip).is_some() {
                 return Err(rejected(format!(
                     "{ip} is already on this credential's list; change the status of that entry instead"
@@ -220,6 +225,7 @@ pub fn plan(
                 .entry(*item)
                 .ok_or(StoreError::NotFound("permitted IP"))?;
             if entry.status != *status {
+                not_revoked(c)?;
                 if *status == IpStatus::Active {
                     check_limits(record, 1, 0, max_ips)?;
                 }
@@ -228,6 +234,32 @@ pub fn plan(
         }
     }
     Ok(plan)
+}
+
+/// A revoked credential's list is its audit trail: it no longer changes.
+fn not_revoked(c: &Credential) -> Result<(), StoreError> {
+    if c.status == CredentialStatus::Revoked {
+        return Err(rejected(format!(
+            "credential {} is REVOKED: its list of permitted IPs can no longer change",
+            c.id
+        )));
+    }
+    Ok(())
+}
+
+/// An entry must name an address a client can connect from. The unspecified address
+/// (`0.0.0.0`, `::`) reads like "any address" but matches no client, and a multicast or
+/// broadcast address is never a TCP peer: each would only take a billed slot.
+fn usable(ip: IpAddr) -> Result<(), StoreError> {
+    let why = match ip {
+        ip if ip.is_unspecified() => "the unspecified address: no client connects from it",
+        ip if ip.is_multicast() => "a multicast address: no client connects from it",
+        IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address: no client connects from it",
+        _ => return Ok(()),
+    };
+    Err(rejected(format!(
+        "{ip} is {why}; list the address the client connects from"
+    )))
 }
 
 /// Refuses a change that would leave more than `max_ips` ACTIVE entries, or more than
@@ -423,6 +455,45 @@ mod tests {
             plan(&missing, &r, Timestamp(0), 2),
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn unusable_addresses_and_revoked_lists_are_refused() {
+        let r = record(CredentialStatus::Active, &[("10.0.0.1", I)]);
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "::ffff:0.0.0.0",
+            "224.0.0.1",
+            "ff02::1",
+            "255.255.255.255",
+        ] {
+            let add = Change::AddIp {
+                ip: ip(bad),
+                status: A,
+            };
+            let e = plan(&add, &r, Timestamp(0), 5).unwrap_err();
+            assert!(
+                e.to_string().contains("no client connects from it"),
+                "{bad}: {e}"
+            );
+            let register = Change::Register {
+                description: "d".into(),
+                ips: vec![ip(bad)],
+                caller: ip("10.0.0.9"),
+            };
+            let pending = record(CredentialStatus::PendingFirstUse, &[]);
+            assert!(plan(&register, &pending, Timestamp(0), 5).is_err(), "{bad}");
+        }
+        let revoked = record(CredentialStatus::Revoked, &[("10.0.0.1", I)]);
+        let add = Change::AddIp {
+            ip: ip("10.0.0.2"),
+            status: A,
+        };
+        let e = plan(&add, &revoked, Timestamp(0), 5).unwrap_err();
+        assert!(e.to_string().contains("REVOKED"), "{e}");
+        let set = Change::SetIpStatus { item: 1, status: A };
+        assert!(plan(&set, &revoked, Timestamp(0), 5).is_err());
     }
 
     #[test]

@@ -15,4 +15,5 @@ mod helpers;
 mod reading;
 mod registration;
 mod rules;
+mod signatures;
 mod writes;

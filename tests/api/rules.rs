@@ -156,13 +156,22 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
             br#"{"ip":"127.0.0.5","stauts":"ACTIVE"}"#,
             "unknown field `stauts`",
         ),
-        (oversized.as_bytes(), "larger than 1024 bytes"),
+        (br#"{"ip":"0.0.0.0"}"#, "the unspecified address"),
+        (br#"{"ip":"::"}"#, "the unspecified address"),
+        (br#"{"ip":"224.0.0.1"}"#, "a multicast address"),
+        (br#"{"ip":"255.255.255.255"}"#, "the broadcast address"),
     ];
     for (body, says) in post_cases {
         let r = holder.raw(Method::POST, &holder.ips(), body).await;
         assert_error(&r, StatusCode::BAD_REQUEST, says);
         assert_eq!(holder.stored(), before, "after {says}");
     }
+    // Too large is its own status (RFC 9110: 413), not a malformed body.
+    let r = holder
+        .raw(Method::POST, &holder.ips(), oversized.as_bytes())
+        .await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "larger than 1024 bytes");
+    assert_eq!(holder.stored(), before);
     let put_cases: Vec<(&[u8], &str)> = vec![
         (br#"{"status":"DELETED"}"#, "Unknown status"),
         (br#"{"status":"INACTIVE""#, "Malformed request body"),

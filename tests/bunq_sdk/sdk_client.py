@@ -1,11 +1,11 @@
 """bunq's official Python SDK (`bunq-sdk` on PyPI) as a client of ipgate's management API.
 
-Run by tests/bunq_sdk.rs: `python3 sdk_client.py BASE_URL USER_ID CREDENTIAL_ID`, with
-the credential's key on stdin (never in argv, where `ps` shows it). Prints one `ok:`
-line per check and `bunq-sdk: all checks passed` at the end; any failure is an
-exception and a non-zero exit.
+Run by tests/bunq_sdk.rs: `python3 sdk_client.py BASE_URL USER_ID CREDENTIAL_ID
+SERVER_PUBLIC_KEY_PEM`, with the credential's key on stdin (never in argv, where `ps`
+shows it). Prints one `ok:` line per check and `bunq-sdk: all checks passed` at the end;
+any failure is an exception and a non-zero exit.
 
-What the SDK is handed, and why:
+What the SDK is handed, and why; the SDK's code itself is not changed in any way:
 
 - bunq's SDK starts with a handshake: POST /installation (bunq sends back its server
   public key and an installation token), POST /device-server, POST /session-server
@@ -15,22 +15,26 @@ What the SDK is handed, and why:
   key (the SDK sends it as `X-Bunq-Client-Authentication`, ipgate's default header),
   its environment's `uri_base` is the gateway, and its installation holds a client key
   pair made here (the SDK signs every request body with it; ipgate ignores
-  `X-Bunq-Client-Signature`). The device was registered before this script ran.
+  `X-Bunq-Client-Signature`) and, as the server public key, the public half of the
+  gateway's `auth.response_signing_key` (what `ipgate admin server-public-key` or
+  `openssl pkey -pubout` prints, as the README tells an operator to hand it out). The device was registered before this
+  script ran.
+- With that key the SDK verifies `X-Bunq-Server-Signature` on every successful answer,
+  as it does against bunq. To show it really does: a context holding another public
+  key, and answers changed or stripped of their signature on the way (a proxy in this
+  script), must all make the SDK raise.
 - `BunqContext.load_api_context` would also fetch the user's monetary accounts, which
   are bunq's banking API (the upstream's business behind ipgate), not ipgate's: the
   test sets the user context itself.
-- The one change to the SDK's behaviour: it verifies every successful answer's
-  `X-Bunq-Server-Signature` against the server key from bunq's installation
-  handshake. ipgate has no such key and signs nothing (TLS authenticates the
-  gateway), so `security.validate_response` is replaced by a check that the answer
-  carries no signature. Everything else is the SDK's own code: the requests it
-  builds, its headers, its parsing of `Response` and `Pagination`, its cursors and
-  its exceptions.
 """
 
 import datetime
+import http.client
+import http.server
 import socket
 import sys
+import threading
+import urllib.parse
 
 from bunq.sdk.context.api_context import ApiContext
 from bunq.sdk.context.bunq_context import BunqContext
@@ -38,6 +42,7 @@ from bunq.sdk.context.installation_context import InstallationContext
 from bunq.sdk.context.session_context import SessionContext
 from bunq.sdk.context.user_context import UserContext
 from bunq.sdk.exception.bad_request_exception import BadRequestException
+from bunq.sdk.exception.bunq_exception import BunqException
 from bunq.sdk.exception.forbidden_exception import ForbiddenException
 from bunq.sdk.exception.not_found_exception import NotFoundException
 from bunq.sdk.http.api_client import ApiClient
@@ -73,26 +78,13 @@ class Gateway:
         self.uri_base = uri_base
 
 
-answers_seen = []
-
-
-def unsigned_answer(public_key_server, status_code, body_bytes, headers):
-    """Replaces `security.validate_response`: ipgate does not sign its answers."""
-    if SERVER_SIGNATURE in headers:
-        raise AssertionError(
-            "ipgate now signs its answers: hand the SDK ipgate's server key and let "
-            "it verify them instead of skipping the check"
-        )
-    answers_seen.append(status_code)
-
-
-def context(base, user_id, key):
+def context(base, user_id, key, server_public_key):
     """The ApiContext bunq's handshake would leave behind, pointing at ipgate."""
     api_context = ApiContext(Gateway(base))
-    # No installation token (ipgate has no installation) and no server key (ipgate
-    # signs nothing); the client key is the SDK's own kind, made here.
+    # No installation token (ipgate has no installation); the client key is the SDK's
+    # own kind, made here; the server key is the one the gateway signs with.
     api_context._installation_context = InstallationContext(
-        None, security.generate_rsa_private_key(), None
+        None, security.generate_rsa_private_key(), server_public_key
     )
     token = SessionToken()
     token._token = key
@@ -104,12 +96,64 @@ def context(base, user_id, key):
     return api_context, user
 
 
+class Meddler(http.server.ThreadingHTTPServer):
+    """A man in the middle for GETs: forwards them to the gateway and passes the answer
+    back through `change(body, headers) -> (body, headers)`."""
+
+    def __init__(self, gateway_base, change):
+        target = urllib.parse.urlsplit(gateway_base)
+        self.gateway = (target.hostname, target.port)
+        self.change = change
+        super().__init__(("127.0.0.1", 0), MeddlerHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def base(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/"
+
+
+class MeddlerHandler(http.server.BaseHTTPRequestHandler):
+    HOP = {"host", "connection", "content-length", "transfer-encoding", "keep-alive"}
+
+    def do_GET(self):
+        gateway = http.client.HTTPConnection(*self.server.gateway, timeout=30)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self.HOP}
+        gateway.request("GET", self.path, headers=headers)
+        answer = gateway.getresponse()
+        body, headers = self.server.change(answer.read(), answer.getheaders())
+        gateway.close()
+        self.send_response(answer.status)
+        for name, value in headers:
+            if name.lower() not in self.HOP:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def must_not_verify(what, call):
+    """`call` must raise: the SDK refused an answer it could not verify."""
+    try:
+        call()
+    except BunqException as e:
+        assert str(e) == "Could not validate response signature.", repr(e)
+        return
+    except KeyError as e:
+        # bunq-sdk reads the header without a default: no signature is a KeyError.
+        assert SERVER_SIGNATURE.lower() in str(e).lower(), repr(e)
+        return
+    raise AssertionError(f"the SDK took {what}")
+
+
 def main():
     base, user_id, credential_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    with open(sys.argv[4]) as f:
+        server_public_key = security.rsa_key_from_string(f.read())
     key = sys.stdin.readline().strip()
-    security.validate_response = unsigned_answer
 
-    api_context, user = context(base, user_id, key)
+    api_context, user = context(base, user_id, key, server_public_key)
     BunqContext.update_api_context(api_context)
     BunqContext._user_context = UserContext(user_id, user)
     assert api_context.token == key and api_context.is_session_active()
@@ -121,7 +165,8 @@ def main():
     assert mine[0].status == "ACTIVE", mine[0].status
     assert mine[0].token_value is None
     assert RESPONSE_ID in listed.headers, dict(listed.headers)
-    ok("CredentialPasswordIp list: the credential, ACTIVE, no token value")
+    assert SERVER_SIGNATURE in listed.headers, dict(listed.headers)
+    ok("CredentialPasswordIp list: the credential, ACTIVE, no token value, signed")
     one = UserCredentialPasswordIpApiObject.get(credential_id).value
     assert (one.id_, one.status) == (credential_id, "ACTIVE")
     assert one.permitted_device.ip == "127.0.0.1", one.permitted_device.ip
@@ -220,7 +265,7 @@ def main():
     except NotFoundException as e:
         assert e.response_code == 404, e.message
     ok("404 missing entry: NotFoundException")
-    stranger, _ = context(base, user_id, "ipg_" + "0" * 40)
+    stranger, _ = context(base, user_id, "ipg_" + "0" * 40, server_public_key)
     BunqContext.update_api_context(stranger)
     try:
         UserCredentialPasswordIpApiObject.list()
@@ -235,8 +280,36 @@ def main():
         credential_id, params={"count": "200"}).value}
     assert after == set(want) | {("127.0.1.13", "ACTIVE")}, after
     ok("refused writes stored nothing")
-    assert answers_seen and all(s == 200 for s in answers_seen)
-    print(f"bunq-sdk: all {checks} checks passed ({len(answers_seen)} answers)")
+
+    # The SDK really verifies: every answer above passed its check, and these must not.
+    impostor = security.generate_rsa_private_key().publickey()
+    pinned_elsewhere, _ = context(base, user_id, key, impostor)
+    BunqContext.update_api_context(pinned_elsewhere)
+    must_not_verify("an answer signed by another key", lambda: PermittedIpApiObject.list(
+        credential_id))
+    ok("a context holding another server key refuses ipgate's answers")
+
+    def relabel(body, headers):
+        # Same length, still valid JSON, one address changed.
+        assert b'"127.0.0.1"' in body, body
+        return body.replace(b'"127.0.0.1"', b'"127.0.0.9"'), headers
+
+    def strip(body, headers):
+        return body, [(n, v) for n, v in headers if n.lower() != SERVER_SIGNATURE.lower()]
+
+    for change, what in [(relabel, "a changed body"), (strip, "an unsigned answer")]:
+        meddler = Meddler(base, change)
+        try:
+            between, _ = context(meddler.base(), user_id, key, server_public_key)
+            BunqContext.update_api_context(between)
+            must_not_verify(what, lambda: PermittedIpApiObject.list(
+                credential_id, params={"count": "200"}))
+        finally:
+            meddler.shutdown()
+            meddler.server_close()
+    BunqContext.update_api_context(api_context)
+    ok("a body changed on the way, or an answer without signature, is refused")
+    print(f"bunq-sdk: all {checks} checks passed")
 
 
 if __name__ == "__main__":

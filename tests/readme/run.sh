@@ -16,7 +16,8 @@
 #   (2026-11-30 03:12:41.000000) matches any; other output lines in between are
 #   allowed;
 # - the section stops what it starts: anything still running at its end is a failure
-#   (and is then stopped, by PID), and its ports are free again afterwards.
+#   (and is then stopped, by PID), and its ports are free again afterwards; and it
+#   removes its scratch folders ($PGDATA, $DEMO).
 #
 # The README's first block is not a section: its first command (the gateway) runs as
 # the "first terminal" beside the sections named in FIRST_TERMINAL, and is stopped as
@@ -40,11 +41,20 @@ SECTION_TIMEOUT=300
 COPY=$REPO/target/readme/work
 WORK=$(mktemp -d)
 terminal_one=
+section=
+# Interrupted: stops the running section's and the first terminal's process groups (by
+# their PIDs; a section's PostgreSQL, in a session of its own, is stopped by the
+# section's epilogue, which a TERM runs).
 cleanup() {
-    if [[ -n $terminal_one ]]; then
-        kill -KILL -- "-$terminal_one" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
+    local pgid
+    for pgid in $section $terminal_one; do
+        kill -TERM -- "-$pgid" 2>/dev/null || true
+    done
+    if [[ -n $section ]]; then wait "$section" 2>/dev/null || true; fi
+    for pgid in $section $terminal_one; do
+        kill -KILL -- "-$pgid" 2>/dev/null || true
+    done
+    rm -rf "$WORK" "$COPY"
 }
 trap cleanup EXIT
 
@@ -226,6 +236,14 @@ README_END() {
         echo "left running: PostgreSQL in $PGDATA"
         "${AS_PG[@]}" "$PGBIN/pg_ctl" -D "$PGDATA" stop -m fast >/dev/null
     fi
+    # The scratch folders the sections make: each must remove its own.
+    local dir
+    for dir in "${PGDATA:-}" "${DEMO:-}"; do
+        if [[ -n $dir && -d $dir ]]; then
+            echo "left behind: $dir"
+            rm -rf "$dir"
+        fi
+    done
     exit 0
 }
 EOF
@@ -252,6 +270,8 @@ if os.path.exists(epilogue):
     for line in open(epilogue).read().splitlines():
         if line.startswith("left running:"):
             problems.append(f"{spec['title']}: {line} (a section must stop what it starts)")
+        if line.startswith("left behind:"):
+            problems.append(f"{spec['title']}: {line} (a section must remove its scratch folder)")
 norm = lambda s: " ".join(s.split())
 STAMP = r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?"
 def pattern(text):
@@ -332,6 +352,7 @@ while IFS=$'\t' read -r -u 3 n title; do
     wait "$section" || true
     # Whatever is left in the section's process group (the epilogue stopped its jobs).
     stop_group "$section" TERM
+    section=
     if [[ -n $terminal_one ]]; then
         stop_group "$terminal_one" INT # Ctrl-C in the first terminal
         wait "$terminal_one" 2>/dev/null || true

@@ -4,7 +4,8 @@
 #
 #   deploy/check.sh                 every check but the metric names
 #   deploy/check.sh METRICS_FILE    also: every ipgate_* name the dashboard and the alerts
-#                                   use is in this /metrics capture
+#                                   use is in this /metrics capture, and every family
+#                                   in it is on a panel or an alert (or in NO_PANEL)
 #                                   (curl -s http://ADMIN_LISTEN/metrics > METRICS_FILE)
 #   deploy/check.sh --live          also: the same, against a gateway this script builds,
 #                                   starts on loopback with a throwaway store, and stops
@@ -22,7 +23,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 METRICS_ARG=${1:-}
 if [[ $# -gt 1 || $METRICS_ARG == -h || $METRICS_ARG == --help ]]; then
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 if [[ -n $METRICS_ARG && $METRICS_ARG != --live && ! -r $METRICS_ARG ]]; then
@@ -328,7 +329,7 @@ check_container() {
     echo "deploy/config.container.toml (database folder stood in for):"
     "$(cat "$WORK/bin")" check-config "$WORK/config.container.toml"
     # The image builds with --locked: Cargo.lock must agree with Cargo.toml.
-    cargo metadata --locked --format-version 1 >/dev/null
+    cargo metadata --quiet --locked --format-version 1 >/dev/null
     echo "Cargo.lock is up to date (cargo build --locked will not refuse it)"
     grep -qx '!/deploy/config.container.toml' .dockerignore
     if command -v hadolint >/dev/null 2>&1; then
@@ -342,9 +343,40 @@ check_container() {
 # --- systemd -------------------------------------------------------------------------
 check_systemd() {
     local unit=$DEPLOY/systemd/ipgate.service
-    local stop grace
+    local conf=$DEPLOY/systemd/config.toml
+    local installed stop grace
+    # The unit's install steps must put the systemd config, not the container's (whose
+    # admin listener is on 0.0.0.0 for a port mapping a bare host does not have), where
+    # ExecStart reads it.
+    installed=$(sed -n 's|^#   install .* \(deploy/[^ ]*\) /etc/ipgate/config.toml.*|\1|p' "$unit")
+    if [[ $installed != "$conf" ]]; then
+        echo "the unit's steps install '${installed:-nothing}' as /etc/ipgate/config.toml, not $conf" >&2
+        exit 1
+    fi
+    grep -q '^ExecStart=.* --config /etc/ipgate/config.toml$' "$unit"
+    # check-config also checks that the SQLite file's folder exists: stand one in for
+    # the unit's StateDirectory.
+    mkdir -p "$WORK/systemd-state"
+    sed -E "s|^url = \"sqlite:///var/lib/ipgate/|url = \"sqlite://$WORK/systemd-state/|" "$conf" \
+        >"$WORK/systemd-config.toml"
+    grep -q "sqlite://$WORK/systemd-state/" "$WORK/systemd-config.toml"
+    echo "$conf (the unit's /etc/ipgate/config.toml; database folder stood in for):"
+    "$(cat "$WORK/bin")" check-config "$WORK/systemd-config.toml"
+    python3 - "$conf" <<'EOF'
+import ipaddress, sys, tomllib
+server = tomllib.load(open(sys.argv[1], "rb")).get("server", {})
+admin = server.get("admin_listen", "127.0.0.1:9090")
+host = admin.rsplit(":", 1)[0].strip("[]")
+try:
+    loopback = ipaddress.ip_address(host).is_loopback
+except ValueError:
+    loopback = host == "localhost"
+if not loopback:
+    sys.exit(f"server.admin_listen = {admin!r}: /metrics on a bare host must stay on loopback")
+print(f"server.admin_listen {admin}: loopback")
+EOF
     stop=$(seconds "$(sed -n 's/^TimeoutStopSec=//p' "$unit")")
-    grace=$(seconds "$(sed -n 's/^shutdown_grace *= *"\([^"]*\)".*/\1/p' "$DEPLOY/config.container.toml")")
+    grace=$(seconds "$(sed -n 's/^shutdown_grace *= *"\([^"]*\)".*/\1/p' "$conf")")
     python3 -c "import sys; sys.exit(not $stop > $grace)" ||
         {
             echo "TimeoutStopSec ($stop s) must exceed shutdown_grace ($grace s)" >&2
@@ -461,13 +493,39 @@ for source, doc in (("dashboard", json.load(open(dashboard))), ("alerts", yaml.s
 missing = sorted(n for n in used if n not in exported)
 for n in missing:
     print(f"{n} (used by {', '.join(sorted(used[n]))}) is not exported by the gateway", file=sys.stderr)
-families = {n for n in exported if n.startswith("ipgate_")}
+# Families that deliberately have no dashboard panel and no alert, each with its reason.
+# Every other exported family must be on a panel or in an alert: a new metric gets one,
+# or a line here saying why not.
+NO_PANEL = {
+    # Fixed for the process's life; restarts show as counter resets and in `up`. Under
+    # the systemd unit's ProcSubset=pid it reads 0 (the boot time in /proc/stat is hidden).
+    "ipgate_process_start_time_seconds",
+    # Tokio's workers plus its blocking pool: worth a look when debugging, not watching.
+    "ipgate_process_threads",
+    # Address space reserved, not memory used: the resident memory panel is what counts.
+    "ipgate_process_virtual_memory_bytes",
+}
 base = lambda n: re.sub(r"_(bucket|sum|count)$", "", n)
-unseen = sorted({base(n) for n in families} - {base(n) for n in used})
-if unseen:
-    print("note: exported but on no dashboard panel or alert:", ", ".join(unseen))
-print(f"{len(used)} metric names used, {len(missing)} missing")
-sys.exit(1 if missing else 0)
+families = {base(n) for n in exported if n.startswith("ipgate_")}
+unseen = sorted(families - {base(n) for n in used} - NO_PANEL)
+for n in unseen:
+    print(f"{n} is exported but on no dashboard panel or alert: add a panel, or add it "
+          "to NO_PANEL in deploy/check.sh with the reason", file=sys.stderr)
+stale = sorted((NO_PANEL - families) | (NO_PANEL & {base(n) for n in used}))
+for n in stale:
+    print(f"{n} is in NO_PANEL but is not exported, or is used after all: remove it there",
+          file=sys.stderr)
+# The README's list of metrics ("Operating it"), braces expanded: names every family.
+readme = open("README.md").read()
+listed = set(NAME.findall(readme))
+for stem, alts in re.findall(r"\b(ipgate_[a-z0-9_]*)\{([a-z0-9_,]+,[a-z0-9_,]+)\}", readme):
+    listed |= {stem + a for a in alts.split(",")}
+unlisted = sorted(families - listed)
+for n in unlisted:
+    print(f"{n} is exported but not named in README.md's list of metrics", file=sys.stderr)
+print(f"{len(used)} metric names used, {len(missing)} missing, "
+      f"{len(unseen)} exported on no panel, {len(NO_PANEL)} without one on purpose")
+sys.exit(1 if missing or unseen or stale or unlisted else 0)
 EOF
 }
 

@@ -222,6 +222,23 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T
     c
 }
 
+/// The process's own memory, open descriptors, CPU time, threads and start time, read
+/// from `/proc/self` at scrape time by the `prometheus` crate's collector, named
+/// `ipgate_process_*` (every name starts with `ipgate_`). Linux only: elsewhere the
+/// crate has no collector and these families are absent.
+#[cfg(target_os = "linux")]
+fn register_process(r: &Registry) {
+    // A pid always fits a pid_t (i32) on Linux: the kernel caps it at 2^22.
+    let pid = i32::try_from(std::process::id()).expect("a Linux pid fits an i32");
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::new(pid, "ipgate"),
+    ))
+    .expect("metric names are unique");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn register_process(_: &Registry) {}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -346,6 +363,7 @@ impl Metrics {
         )
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+        register_process(&r);
         let counter = |name: &str, help: &str| {
             register(&r, IntCounter::new(name, help).expect("valid metric"))
         };
@@ -689,6 +707,12 @@ mod tests {
             "ipgate_snapshot_age_seconds -1",
             "ipgate_snapshot_active_ips 0",
             "ipgate_refresh_total{result=\"error\"} 0",
+            #[cfg(target_os = "linux")]
+            "ipgate_process_resident_memory_bytes ",
+            #[cfg(target_os = "linux")]
+            "ipgate_process_open_fds ",
+            #[cfg(target_os = "linux")]
+            "ipgate_process_cpu_seconds_total ",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::pg::Postgres;
 use common::*;
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -510,6 +511,52 @@ async fn usage_survives_a_restart_and_a_graceful_stop_flushes_it() {
     assert!(gw.wait_exit().success());
     let list = gw.admin(&["ip", "list", &cred]);
     assert_eq!(requests(&list, "127.0.0.2"), 7, "{list:#}");
+}
+
+/// Stopped after its database: the last flush has nowhere to go and nothing after it,
+/// so the log says the counts are lost, and how many, never that they wait for a next
+/// flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_the_database_cannot_take_at_shutdown_is_reported_lost() {
+    if !Postgres::available() {
+        return;
+    }
+    let pg = Postgres::start();
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(
+        &Settings::new(&upstream.url())
+            .set("store.url", &format!("\"{}\"", pg.url(&db)))
+            .set("store.timeout", "\"2s\"")
+            // Only the stop flushes.
+            .set("insight.flush_interval", "\"1h\""),
+    );
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    get_n(&gw, "127.0.0.2", &key, 3, StatusCode::OK).await;
+    get_n(&gw, "127.0.0.9", &key, 1, StatusCode::FORBIDDEN).await;
+    pg.stop();
+    signal(gw.pid(), "TERM");
+    assert!(gw.wait_exit().success());
+    let logs = gw.logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("kept for the next flush")),
+        "{logs:#?}"
+    );
+    let lost: Value = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("at shutdown and is lost"))
+        })
+        .unwrap_or_else(|| panic!("no loss reported: {logs:#?}"));
+    assert_eq!(lost["level"], "ERROR", "{lost}");
+    // A row for 127.0.0.2 (the registration and three requests) and one for the
+    // refused 127.0.0.9.
+    assert_eq!(lost["rows"], 2, "{lost}");
+    assert_eq!(lost["requests"], 5, "{lost}");
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 //! and once more when the gateway stops. Each store call writes at most
 //! [`MAX_ROWS_PER_WRITE`] rows, so a retry after an outage is as bounded as any flush.
 //! What the store refuses is kept and merged into the next flush, up to a bound; past
-//! it the oldest counts are let go, counted.
+//! it the oldest counts are let go, counted. What the store refuses at the stop has no
+//! next flush: it is lost, logged and counted as such.
 
 use super::Recorder;
 use crate::metrics::Metrics;
@@ -24,6 +25,16 @@ const MAX_PENDING: usize = 200_000;
 /// inside `store.timeout` (and the server's statement timeout).
 const MAX_ROWS_PER_WRITE: usize = 10_000;
 
+/// Whether another flush follows this one: says what becomes of a batch the store
+/// refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Then {
+    /// Kept and merged into the next flush.
+    Retry,
+    /// The gateway is stopping: lost.
+    Stop,
+}
+
 /// Runs until `stop`, then flushes once more.
 pub async fn run(
     recorder: Arc<Recorder>,
@@ -40,14 +51,21 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => {
                 recorder.tick();
-                flush(&recorder, store.as_ref(), &metrics, &mut pending).await;
+                flush(&recorder, store.as_ref(), &metrics, &mut pending, Then::Stop).await;
                 return;
             }
             _ = clock.tick() => {}
         }
         recorder.tick();
         if tokio::time::Instant::now() >= due {
-            flush(&recorder, store.as_ref(), &metrics, &mut pending).await;
+            flush(
+                &recorder,
+                store.as_ref(),
+                &metrics,
+                &mut pending,
+                Then::Retry,
+            )
+            .await;
             due = tokio::time::Instant::now() + every;
         }
     }
@@ -59,6 +77,7 @@ pub async fn flush(
     store: &dyn Store,
     metrics: &Metrics,
     pending: &mut UsageBatch,
+    then: Then,
 ) {
     recorder.ask();
     // Busy workers hand over with their next request, idle ones did when they parked.
@@ -78,6 +97,28 @@ pub async fn flush(
                 metrics.usage_flushes.with_label_values(&["ok"]).inc();
                 metrics.usage_rows.inc_by(rows);
                 rest = after;
+            }
+            Err(error) if then == Then::Stop => {
+                metrics.usage_flushes.with_label_values(&["error"]).inc();
+                let lost = combine(part, after);
+                let rows = lost.len() as u64;
+                metrics.usage_dropped.inc_by(rows);
+                let requests: u64 = lost
+                    .allowed
+                    .iter()
+                    .chain(&lost.shadow)
+                    .chain(&lost.refused)
+                    .map(|s| s.requests)
+                    .sum();
+                tracing::error!(
+                    %error,
+                    cause = crate::logging::error_chain(&error),
+                    rows,
+                    requests,
+                    "usage could not be written at shutdown and is lost: {rows} rows, {requests} \
+                     requests (no flush follows this one)"
+                );
+                break;
             }
             Err(error) => {
                 metrics.usage_flushes.with_label_values(&["error"]).inc();

@@ -530,3 +530,41 @@ async fn admin_answer(gw: &Gateway, bytes: Vec<u8>) -> String {
     let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An HTTP/1 client that sends a large request (echoed back by the upstream) and
+/// never reads the answer fills its socket; the answer waits on it and is cut at
+/// `server.response_timeout`, and counted.
+#[tokio::test]
+async fn an_unread_http1_answer_is_cut_at_its_deadline() {
+    let (_up, gw) = start(|s| s.set("server.response_timeout", "\"2s\"")).await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let from = ip("127.0.0.2");
+    let mut s = connect_from(from, gw.target(from)).await;
+    // Larger than the socket buffers on both sides can hold, twice over (the echo is
+    // JSON, as large as the body).
+    let body = vec![b'x'; 16 << 20];
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let sent = Instant::now();
+    // Nothing is read until the gateway gives up on this client.
+    gw.wait_metric("ipgate_client_errors_total{kind=\"response_timeout\"}", 1.0)
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "cut before its deadline: {took:?}"
+    );
+    // What arrived is the start of the answer, then the end of the stream.
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "still open");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &out[..out.len().min(40)]
+    );
+}

@@ -371,8 +371,7 @@ async fn stalled_bodies_from_five_addresses_keep_no_one_out() {
 /// HTTP/2 clients from five addresses that open streams with a flow-control window
 /// of 0 and never read, more than the gateway holds: their answers wait on them. An
 /// allowed client from a sixth is served within 2 s all the same (a stalled
-/// connection makes room), and at `server.response_timeout` every one of them is
-/// closed.
+/// connection makes room), during and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_http2_answers_keep_no_one_out() {
     let total = attackers() / 4;
@@ -382,8 +381,9 @@ async fn unread_http2_answers_keep_no_one_out() {
     let (_up, gw) = start(|s| {
         s.set("server.max_connections", &CAP.to_string())
             .set("server.client_share_percent", "20")
-            // Long enough to open them all on a busy machine before the first is cut.
-            .set("server.response_timeout", "\"20s\"")
+            // Never reached here: what makes room is eviction (the deadline has a
+            // test of its own below).
+            .set("server.response_timeout", "\"120s\"")
     })
     .await;
     let addresses = [
@@ -435,14 +435,49 @@ async fn unread_http2_answers_keep_no_one_out() {
     }
     gw.wait_metric("ipgate_connections_evicted_total", 1.0)
         .await;
-    // At the deadline every one of them is closed, and counted.
+    // After: the attackers leave, and the gateway serves as before.
+    drop(answers);
+    for (_, conn) in held {
+        conn.abort();
+    }
     wait_open(&gw, 0.0).await;
-    gw.wait_metric("ipgate_client_errors_total{kind=\"response_timeout\"}", 1.0)
-        .await;
     let took = served_within(&gw, allowed, &own, Duration::from_secs(2)).await;
     eprintln!("after: served in {took:?}");
-    drop(answers);
-    drop(held);
+}
+
+/// An HTTP/2 answer the client never makes room for is cut at
+/// `server.response_timeout`, and counted.
+#[tokio::test]
+async fn an_unread_http2_answer_is_cut_at_its_deadline() {
+    let (_up, gw) = start(|s| s.set("server.response_timeout", "\"2s\"")).await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let from = ip("127.0.0.2");
+    let stream = connect_from(from, gw.target(from)).await;
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let started = Instant::now();
+    let req = Request::builder()
+        .uri("http://gateway.test/unread")
+        .header(KEY_HEADER, &key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = sender.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    // The gateway closes the connection: the client's connection task ends.
+    let closed = tokio::time::timeout(PATIENCE, conn).await;
+    assert!(closed.is_ok(), "still open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "cut before its deadline: {took:?}"
+    );
+    gw.wait_metric("ipgate_client_errors_total{kind=\"response_timeout\"}", 1.0)
+        .await;
+    drop(answer);
 }
 
 /// The admin listener: a head over 16 KiB is answered 431; a scraper that sends half
@@ -494,4 +529,42 @@ async fn admin_answer(gw: &Gateway, bytes: Vec<u8>) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An HTTP/1 client that sends a large request (echoed back by the upstream) and
+/// never reads the answer fills its socket; the answer waits on it and is cut at
+/// `server.response_timeout`, and counted.
+#[tokio::test]
+async fn an_unread_http1_answer_is_cut_at_its_deadline() {
+    let (_up, gw) = start(|s| s.set("server.response_timeout", "\"2s\"")).await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let from = ip("127.0.0.2");
+    let mut s = connect_from(from, gw.target(from)).await;
+    // Larger than the socket buffers on both sides can hold, twice over (the echo is
+    // JSON, as large as the body).
+    let body = vec![b'x'; 16 << 20];
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let sent = Instant::now();
+    // Nothing is read until the gateway gives up on this client.
+    gw.wait_metric("ipgate_client_errors_total{kind=\"response_timeout\"}", 1.0)
+        .await;
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "cut before its deadline: {took:?}"
+    );
+    // What arrived is the start of the answer, then the end of the stream.
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "still open");
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &out[..out.len().min(40)]
+    );
 }

@@ -365,3 +365,28 @@ async fn registrations_while_the_store_is_down_are_503_never_refused() {
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
     }
 }
+
+#[tokio::test]
+async fn an_expiry_that_is_no_number_refuses_its_credential() {
+    let upstream = Upstream::start().await;
+    let gw = start(&upstream);
+    gw.wait_ready().await;
+    let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+    // SQLite keeps whatever it is given: a text where the expiry belongs (as a hand edit
+    // or another tool could leave it) was read as "never expires", and let the key in.
+    let db = rusqlite::Connection::open(store_file(&gw)).unwrap();
+    db.execute_batch(&format!(
+        "BEGIN IMMEDIATE; \
+         UPDATE credentials SET expiry = 'tomorrow' WHERE id = {cred}; \
+         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; \
+         INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+           SELECT value, {cred}, 98, 0 FROM meta WHERE name = 'change_version'; \
+         COMMIT;"
+    ))
+    .unwrap();
+    drop(db);
+    gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN)
+        .await;
+    gw.wait_metric("ipgate_store_damaged_credentials", 1.0)
+        .await;
+}

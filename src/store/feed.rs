@@ -106,6 +106,12 @@ pub fn continuation(
         // long as none of it was pruned.
         return (pruned_through > 0).then_some(ResyncReason::TooOld);
     }
+    if at.version == pruned_through && at.stamp == 0 && stamp_at.is_none() {
+        // A position a full load made where history starts: it found no row for its
+        // version (a store upgraded from before the change feed, where history begins
+        // at the version it had), and everything after it is kept.
+        return None;
+    }
     if at.version <= pruned_through {
         return Some(ResyncReason::TooOld);
     }
@@ -159,8 +165,9 @@ pub struct StoredCredential {
     pub status: String,
     pub wildcard: bool,
     pub mode: String,
-    /// Unix microseconds.
-    pub expiry: Option<i64>,
+    /// Unix microseconds; `Err` when the stored value is not a number (the credential
+    /// is damaged, never "without expiry").
+    pub expiry: Result<Option<i64>, String>,
     /// Its ACTIVE entries' addresses.
     pub ips: Vec<String>,
 }
@@ -192,6 +199,10 @@ impl StoredCredential {
             Ok(mode) => mode == Mode::Shadow,
             Err(e) => return damaged(e),
         };
+        let expiry = match &self.expiry {
+            Ok(expiry) => *expiry,
+            Err(e) => return damaged(format!("expiry {e} is not a time")),
+        };
         let mut ips = Vec::with_capacity(self.ips.len());
         for text in &self.ips {
             match text.parse::<IpAddr>() {
@@ -205,7 +216,7 @@ impl StoredCredential {
                 id: self.id,
                 user_id: self.user_id,
                 state,
-                expires_at: self.expiry.map_or(NEVER, |t| Timestamp(t).unix_seconds()),
+                expires_at: expiry.map_or(NEVER, |t| Timestamp(t).unix_seconds()),
                 wildcard: self.wildcard,
                 shadow,
                 active_ips: IpSet::new(ips),
@@ -251,6 +262,18 @@ mod tests {
             Some(ResyncReason::HistoryRewritten)
         );
         assert_eq!(continuation(&at(0, 0), 9, 3, 0, None), None);
+        // Upgraded from before the change feed: history starts at the version the store
+        // had, with no row for it; a load there continues, and resyncs no more.
+        assert_eq!(continuation(&at(5, 0), 9, 5, 5, None), None);
+        assert_eq!(continuation(&at(5, 0), 9, 8, 5, None), None);
+        assert_eq!(
+            continuation(&at(4, 0), 9, 8, 5, None),
+            Some(ResyncReason::TooOld)
+        );
+        assert_eq!(
+            continuation(&at(5, 55), 9, 8, 5, None),
+            Some(ResyncReason::TooOld)
+        );
         assert_eq!(
             continuation(&at(0, 0), 9, 3, 1, None),
             Some(ResyncReason::TooOld)
@@ -265,7 +288,7 @@ mod tests {
             status: "ACTIVE".into(),
             wildcard: false,
             mode: "enforce".into(),
-            expiry: None,
+            expiry: Ok(None),
             ips: vec!["10.0.0.1".into(), "::ffff:10.0.0.2".into()],
         }
     }
@@ -301,6 +324,13 @@ mod tests {
                 "key",
                 StoredCredential {
                     key: vec![1; 31],
+                    ..stored()
+                },
+            ),
+            (
+                "expiry",
+                StoredCredential {
+                    expiry: Err("\"tomorrow\"".into()),
                     ..stored()
                 },
             ),

@@ -238,7 +238,8 @@ pub(super) async fn stored_credentials(
                 key: col(&row, 2)?,
                 status: col(&row, 3)?,
                 wildcard: col(&row, 4)?,
-                expiry: col(&row, 5)?,
+                // A typed column: it is a number or NULL.
+                expiry: Ok(col(&row, 5)?),
                 mode: col(&row, 6)?,
                 ips: Vec::new(),
             });

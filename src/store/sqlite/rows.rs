@@ -186,7 +186,12 @@ pub(super) fn stored_credentials(
                 },
                 status: loose_text(row.get_ref_unwrap(3)),
                 wildcard: damaged_int(4).is_some_and(|w| w != 0),
-                expiry: damaged_int(5),
+                // SQLite stores what it is given: a text here is no expiry to trust.
+                expiry: match row.get_ref_unwrap(5) {
+                    ValueRef::Null => Ok(None),
+                    ValueRef::Integer(i) => Ok(Some(i)),
+                    other => Err(format!("{:?}", loose_text(other))),
+                },
                 mode: loose_text(row.get_ref_unwrap(6)),
                 ips: Vec::new(),
             });

@@ -287,8 +287,15 @@ async fn killing_a_gateway_during_writes_loses_nothing_acknowledged() {
         );
     }
     // Every acknowledged entry is enforced by the survivor, and by a new gateway.
+    // (The survivor's snapshot holds them all: the registration's own address and
+    // every acknowledged one, ACTIVE; 127.0.0.2 alone was allowed from the start.)
     let last = acknowledged.last().unwrap();
-    gws[1].wait_until_allowed(ip("127.0.0.2"), &key).await;
+    gws[1]
+        .wait_metric(
+            "ipgate_snapshot_active_ips",
+            acknowledged.len() as f64 + 1.0,
+        )
+        .await;
     let fresh = Gateway::start(&settings(pg, &db, &upstream, "1s", true));
     fresh.wait_ready().await;
     let active = fresh.metric("ipgate_snapshot_active_ips").await;

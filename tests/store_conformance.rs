@@ -774,9 +774,38 @@ async fn versions_are_gap_free_under_concurrent_writers(t: TestStore) {
             version(s.as_ref()).await
         }));
     }
+    // While they write, a reader that sees version W must see every version up to W,
+    // each with the credential it created: no later commit shows before an earlier one.
+    let reader = {
+        let s = Arc::clone(&t.store);
+        tokio::spawn(async move {
+            let mut reads = 0;
+            loop {
+                if let Feed::Changes(d) = s.changes_since(start).await.unwrap() {
+                    let seen = (d.to.version - start.version) as usize;
+                    assert_eq!(
+                        d.committed.len(),
+                        seen,
+                        "saw {}, not all before it",
+                        d.to.version
+                    );
+                    assert_eq!(d.changed.len(), seen, "at {}", d.to.version);
+                    if seen == 24 {
+                        return reads;
+                    }
+                }
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
     for task in tasks {
         task.await.unwrap();
     }
+    assert!(
+        reader.await.unwrap() > 0,
+        "the reader never read during the writes"
+    );
     let Feed::Changes(delta) = t.store.changes_since(start).await.unwrap() else {
         panic!("expected changes");
     };
@@ -1318,26 +1347,48 @@ async fn interleave(t: &TestStore, ops: &[Op]) {
         Arc::new(Metrics::new()),
     );
     r.refresh().await.unwrap();
+    // The writes between two polls run at once, beside a poll of their own: API writes
+    // and their catch-ups, other processes' writes and polling race as they do in a
+    // gateway. Each checked poll then runs alone, with nothing in flight.
+    let mut batch: Vec<(usize, &Op)> = Vec::new();
     for (n, op) in ops.iter().enumerate() {
-        match op {
-            Op::Api(c, k) => {
-                if let Ok(done) = change(ours.as_ref(), ids[*c], random_change(*k, n)).await {
-                    r.catch_up(done.version).await.unwrap();
-                    assert!(cell.load_full().unwrap().version() >= done.version);
+        if !matches!(op, Op::Poll) {
+            batch.push((n, op));
+            if n + 1 < ops.len() {
+                continue;
+            }
+        }
+        let writes = batch.drain(..).map(|(n, op)| {
+            let (ours, other, r, cell) = (&ours, &other, &r, &cell);
+            let ids = &ids;
+            async move {
+                match op {
+                    Op::Api(c, k) => {
+                        if let Ok(done) = change(ours.as_ref(), ids[*c], random_change(*k, n)).await
+                        {
+                            r.catch_up(done.version).await.unwrap();
+                            assert!(cell.load_full().unwrap().version() >= done.version);
+                        }
+                    }
+                    Op::Other(c, k) => {
+                        let _ = other
+                            .change(Target::Id(ids[*c]), random_change(*k, n), MAX_IPS, &admin())
+                            .await;
+                    }
+                    Op::Poll => {}
                 }
             }
-            Op::Other(c, k) => {
-                let _ = other
-                    .change(Target::Id(ids[*c]), random_change(*k, n), MAX_IPS, &admin())
-                    .await;
-            }
-            Op::Poll => {
-                r.refresh().await.unwrap();
-                let fresh = ours.load().await.unwrap().snapshot;
-                let snap = cell.load_full().unwrap();
-                assert_eq!(snap.version(), fresh.version());
-                assert_eq!(contents(&snap), contents(&fresh), "after step {n}: {op:?}");
-            }
+        });
+        let racing_poll = async {
+            r.refresh().await.unwrap();
+        };
+        futures_util::future::join(futures_util::future::join_all(writes), racing_poll).await;
+        if matches!(op, Op::Poll) {
+            r.refresh().await.unwrap();
+            let fresh = ours.load().await.unwrap().snapshot;
+            let snap = cell.load_full().unwrap();
+            assert_eq!(snap.version(), fresh.version());
+            assert_eq!(contents(&snap), contents(&fresh), "after step {n}: {op:?}");
         }
     }
     r.refresh().await.unwrap();

@@ -87,6 +87,16 @@ pub fn init(config: &LogConfig) -> (WorkerGuard, AccessLog, LogLevel) {
     (guard, access, level)
 }
 
+/// `error` and its whole chain of causes as one line: "outer: inner: innermost".
+pub fn error_chain_with(error: &dyn std::error::Error) -> String {
+    let chain = error_chain(error);
+    if chain.is_empty() {
+        error.to_string()
+    } else {
+        format!("{error}: {chain}")
+    }
+}
+
 /// The `source()` chain of an error, without the error itself: `cause: its cause: …`,
 /// for a log line (or the last words of `main`) that says why.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

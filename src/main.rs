@@ -285,7 +285,7 @@ fn admin(command: AdminCommand, config: &Config, actor: Option<&str>, json: bool
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("ipgate: {e}");
+            eprintln!("ipgate: {}", e.message());
             ExitCode::FAILURE
         }
     }

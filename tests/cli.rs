@@ -954,3 +954,27 @@ fn every_command_has_a_page_and_completions_know_the_values() {
     let page = std::fs::read_to_string(dir.path().join("ipgate-completions.1")).unwrap();
     assert!(!page.contains("config"), "{page}");
 }
+
+/// Issue 21, item 6: a PostgreSQL error says what the server said, once.
+#[test]
+fn a_postgres_error_says_what_the_server_said() {
+    let Some(pg) = common::pg::Postgres::shared() else {
+        return;
+    };
+    let db = pg.database();
+    let wrong = pg
+        .url(&db)
+        .replace(common::pg::PASSWORD, "not-the-password");
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &Settings::new("http://127.0.0.1:9").set("store.url", &format!("\"{wrong}\"")),
+    );
+    let out = admin_at(&config, &["user", "list"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(err.contains("28P01"), "the SQLSTATE: {err}");
+    assert!(!err.contains("db error: db error"), "{err}");
+    assert!(!err.contains("not-the-password"), "{err}");
+}

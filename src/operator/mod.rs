@@ -197,7 +197,13 @@ impl OperatorError {
 
     /// The error as the one JSON object `--json` prints.
     pub fn to_json(&self) -> Value {
-        json!({ "error": { "kind": self.kind(), "message": self.to_string() } })
+        json!({ "error": { "kind": self.kind(), "message": self.message() } })
+    }
+
+    /// What went wrong and why, in one line: a store's own words included ("store
+    /// unavailable" alone tells an operator nothing).
+    pub fn message(&self) -> String {
+        crate::logging::error_chain_with(self)
     }
 }
 

@@ -40,7 +40,12 @@ pub(super) struct TimedOut(pub(super) Duration);
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        StoreError::unavailable(e)
+        match e {
+            // deadpool's text repeats the backend's, which is its source as well: the
+            // server's own words once, via `PgFailure`, read better.
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => StoreError::unavailable(e),
+        }
     }
 }
 

@@ -24,7 +24,38 @@ pub(super) const IP_COLUMNS: &str =
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StoreError::unavailable(e)
+        StoreError::unavailable(PgFailure::of(&e))
+    }
+}
+
+/// A PostgreSQL error as one line that says what the server said: tokio-postgres's
+/// own text for a server error is only "db error", with the server's words in a
+/// source that several layers of wrapping lose (an operator read `db error: db error:`
+/// and nothing else).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct PgFailure(String);
+
+impl PgFailure {
+    pub(super) fn of(e: &tokio_postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            return PgFailure(crate::logging::error_chain_with(e));
+        };
+        let mut text = format!(
+            "PostgreSQL {} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        );
+        if let Some(detail) = db.detail() {
+            text.push_str("; detail: ");
+            text.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str("; hint: ");
+            text.push_str(hint);
+        }
+        PgFailure(text.replace('\n', " "))
     }
 }
 

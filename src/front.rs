@@ -358,6 +358,10 @@ impl Line<'_> {
             .metrics
             .request_duration
             .observe(elapsed.as_secs_f64());
+        // The declared length is what arrived only for a body read to its end: one cut
+        // off, broken or refused as too large says nothing of what was read.
+        let whole_body =
+            cut.is_none() && !matches!(self.reason, "client_body" | "too_large" | "head_too_large");
         self.front.access_log.record(&Entry {
             status,
             allowed: self.allowed,
@@ -370,7 +374,7 @@ impl Line<'_> {
             credential_id: self.credential_id,
             client_ip: self.client_ip,
             peer: self.peer,
-            bytes_in: self.bytes_in,
+            bytes_in: self.bytes_in.filter(|_| whole_body),
             bytes_out,
             latency_us: elapsed.as_micros() as u64,
             cut,

@@ -258,6 +258,25 @@ async fn a_request_whose_client_leaves_is_logged_as_cut() {
         json!({"status": 0, "path": "/slow", "decision": "allow", "credential_id": cred,
                "cut": "client_closed"}),
     );
+
+    // A body declared far longer than what was sent before the client left: the line
+    // does not claim the declared length arrived.
+    let before = upstream.received();
+    let mut s = connect_from(from, gw.target(from)).await;
+    let head = format!(
+        "POST /slow HTTP/1.1\r\nhost: x\r\n{KEY_HEADER}: {key}\r\nx-request-id: t-short\r\n\
+         content-length: 20000000\r\n\r\n{}",
+        "x".repeat(1000)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    upstream.wait_received_beyond(before).await;
+    drop(s);
+    let line = line_of(&gw, "t-short").await;
+    assert!(
+        line["cut"].is_string() || line["reason"] == "client_body",
+        "{line}"
+    );
+    assert!(line.get("bytes_in").is_none(), "{line}");
 }
 
 #[tokio::test]

@@ -141,6 +141,10 @@ struct Outbox {
 /// Spare tallies kept for reuse; more workers than this allocate afresh.
 const MAX_SPARES: usize = 64;
 
+/// A tally this small is added into the outbox entry by entry; a larger one is moved
+/// whole. Either way the lock is held for at most this many map updates.
+const ABSORB_BELOW: usize = 1024;
+
 impl Shared {
     fn receive(&self, tally: &mut Tally) {
         let n = tally.len();
@@ -149,6 +153,22 @@ impl Shared {
         }
         let refused = {
             let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+            if n <= ABSORB_BELOW {
+                // The usual hand-over (a worker parks after a few requests): a few map
+                // updates cost less than moving maps around, and the worker keeps its
+                // own map's capacity. The lock is held for a bounded number of them.
+                if outbox.pending.is_empty() {
+                    let spare = outbox.spares.pop().unwrap_or_default();
+                    outbox.pending.push(spare);
+                }
+                let others = outbox.waiting - outbox.pending.last().map_or(0, Tally::len);
+                let last = outbox.pending.last_mut().expect("one was just made");
+                let lost = last.absorb(tally, MAX_WAITING.saturating_sub(others));
+                outbox.waiting = others + outbox.pending.last().map_or(0, Tally::len);
+                drop(outbox);
+                self.dropped.fetch_add(lost, Ordering::Relaxed);
+                return;
+            }
             if outbox.waiting + n <= MAX_WAITING {
                 let spare = outbox.spares.pop().unwrap_or_default();
                 outbox.pending.push(std::mem::replace(tally, spare));
@@ -560,7 +580,8 @@ mod tests {
         }
         assert_eq!(tally.allowed.capacity(), 0);
         assert_eq!(r.drain().allowed.len(), 10_000);
-        // The emptied map comes back as the next worker's spare, capacity kept.
+        // A small hand-over is added entry by entry (the worker keeps its own map), into
+        // the emptied map that came back as a spare, capacity kept.
         let mut next = Tally::default();
         next.allowed.insert(
             key(1, ip()),
@@ -571,7 +592,13 @@ mod tests {
             },
         );
         r.shared.receive(&mut next);
-        assert!(next.allowed.capacity() >= 10_000);
         assert_eq!(next.len(), 0);
+        assert!(next.allowed.capacity() > 0, "the worker keeps its map");
+        {
+            let outbox = r.shared.outbox.lock().unwrap();
+            assert_eq!(outbox.pending.len(), 1);
+            assert!(outbox.pending[0].allowed.capacity() >= 10_000);
+        }
+        assert_eq!(r.drain().allowed.len(), 1);
     }
 }

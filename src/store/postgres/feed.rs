@@ -10,6 +10,7 @@
 use super::super::feed::{continuation, CredentialChange, Delta, Feed, Position, ResyncReason};
 use super::super::{Loaded, Result, StoreError};
 use super::pool::{with_server_timeouts, Lane, Lease, TimedOut};
+use super::rows::PgFailure;
 use super::rows::*;
 use super::PostgresStore;
 use crate::acl::SnapshotBuilder;
@@ -198,8 +199,8 @@ fn timed_out(e: &StoreError) -> bool {
     };
     source.is::<TimedOut>()
         || source
-            .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
+            .downcast_ref::<PgFailure>()
+            .and_then(|f| f.code.as_ref())
             == Some(&SqlState::QUERY_CANCELED)
 }
 

@@ -33,13 +33,22 @@ impl From<tokio_postgres::Error> for StoreError {
 /// source that several layers of wrapping lose (an operator read `db error: db error:`
 /// and nothing else).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct PgFailure(String);
+#[error("{text}")]
+pub(super) struct PgFailure {
+    text: String,
+    /// The server's SQLSTATE, for callers that tell one error from another
+    /// (`QUERY_CANCELED`: a statement timeout).
+    pub(super) code: Option<tokio_postgres::error::SqlState>,
+}
 
 impl PgFailure {
     pub(super) fn of(e: &tokio_postgres::Error) -> Self {
+        let code = e.code().cloned();
         let Some(db) = e.as_db_error() else {
-            return PgFailure(crate::logging::error_chain_with(e));
+            return PgFailure {
+                text: crate::logging::error_chain_with(e),
+                code,
+            };
         };
         let mut text = format!(
             "PostgreSQL {} {}: {}",
@@ -55,7 +64,10 @@ impl PgFailure {
             text.push_str("; hint: ");
             text.push_str(hint);
         }
-        PgFailure(text.replace('\n', " "))
+        PgFailure {
+            text: text.replace('\n', " "),
+            code,
+        }
     }
 }
 

@@ -6,9 +6,7 @@ mod common;
 
 use common::*;
 use http::{Method, StatusCode};
-use std::net::IpAddr;
-use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 async fn setup(settings: impl FnOnce(Settings) -> Settings) -> (Upstream, Gateway, String) {
     let upstream = Upstream::start().await;
@@ -16,35 +14,6 @@ async fn setup(settings: impl FnOnce(Settings) -> Settings) -> (Upstream, Gatewa
     gw.wait_ready().await;
     let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
     (upstream, gw, key)
-}
-
-/// Writes `bytes` from `from` (then, with `half_close`, shuts the write side) and reads
-/// until the gateway closes the connection. Panics when it does not within PATIENCE.
-async fn exchange(gw: &Gateway, from: IpAddr, bytes: &[u8], half_close: bool) -> String {
-    let mut s = connect_from(from, gw.target(from)).await;
-    s.write_all(bytes).await.unwrap();
-    if half_close {
-        s.shutdown().await.unwrap();
-    }
-    read_until_closed(&mut s).await
-}
-
-async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!(
-                "the gateway kept the connection open; so far: {}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The status line's code and the JSON body of a raw HTTP/1.1 answer.
@@ -95,7 +64,7 @@ async fn malformed_request_bodies_are_the_clients_fault() {
         ),
     ];
     for (n, (what, bytes, half_close)) in cases.iter().enumerate() {
-        let raw = exchange(&gw, from, bytes, *half_close).await;
+        let raw = exchange(from, gw.target(from), bytes, *half_close).await;
         assert_bunq_error(&raw, 400);
         assert!(
             raw.to_ascii_lowercase().contains("connection: close"),
@@ -129,7 +98,7 @@ async fn connect_and_authority_form_never_reach_the_upstream() {
         format!("CONNECT {target} HTTP/1.1\r\nhost: {target}\r\n{KEY_HEADER}: {key}\r\n\r\n"),
         format!("GET {target} HTTP/1.1\r\nhost: {target}\r\n{KEY_HEADER}: {key}\r\n\r\n"),
     ] {
-        let raw = exchange(&gw, from, request.as_bytes(), false).await;
+        let raw = exchange(from, gw.target(from), request.as_bytes(), false).await;
         assert_bunq_error(&raw, 400);
     }
     // An ordinary request afterwards reaches it: the upstream counts what arrives.
@@ -158,7 +127,7 @@ async fn host_must_be_one_valid_line() {
         "host: a b\r\n",
     ] {
         let request = format!("GET /h HTTP/1.1\r\n{hosts}{KEY_HEADER}: {key}\r\n\r\n");
-        let raw = exchange(&gw, from, request.as_bytes(), false).await;
+        let raw = exchange(from, gw.target(from), request.as_bytes(), false).await;
         assert_bunq_error(&raw, 400);
     }
     assert_eq!(
@@ -177,7 +146,7 @@ async fn an_absolute_form_target_reaches_only_the_configured_upstream() {
         "GET http://evil.example/steal?x=1 HTTP/1.1\r\nhost: other.example\r\n\
          {KEY_HEADER}: {key}\r\nconnection: close\r\n\r\n"
     );
-    let raw = exchange(&gw, from, request.as_bytes(), false).await;
+    let raw = exchange(from, gw.target(from), request.as_bytes(), false).await;
     let (status, echo) = parse_answer(&raw);
     assert_eq!(status, 200, "{raw}");
     // The echo comes from our upstream: the only place the gateway sends anything.
@@ -230,13 +199,19 @@ async fn a_head_that_never_ends_is_closed_and_counted() {
     };
     let from = ip("127.0.0.2");
     // Half a head: closed without an answer.
-    let raw = exchange(&gw, from, b"GET / HTTP/1.1\r\nhost: x\r\n", false).await;
+    let raw = exchange(
+        from,
+        gw.target(from),
+        b"GET / HTTP/1.1\r\nhost: x\r\n",
+        false,
+    )
+    .await;
     assert!(!raw.contains(" 200 "), "{raw}");
     gw.wait_metric("ipgate_client_errors_total{kind=\"header_timeout\"}", 1.0)
         .await;
     gw.wait_log("header read timeout").await;
     // Nothing at all: closed as well.
-    exchange(&gw, from, b"", false).await;
+    exchange(from, gw.target(from), b"", false).await;
     gw.wait_metric("ipgate_client_errors_total{kind=\"header_timeout\"}", 2.0)
         .await;
 

@@ -67,6 +67,21 @@ async fn holder(gw: &Gateway) -> (ApiPaths, String) {
     (ApiPaths { user, cred }, key)
 }
 
+/// Sets `column = value` on credential `id` behind the gateway's back, as a newer
+/// version or a hand edit could, and announces it in the change feed like any write.
+fn damage(gw: &Gateway, id: u64, set: &str) {
+    let db = rusqlite::Connection::open(store_file(gw)).unwrap();
+    db.execute_batch(&format!(
+        "BEGIN IMMEDIATE; \
+         UPDATE credentials SET {set} WHERE id = {id}; \
+         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; \
+         INSERT INTO change_log (version, credential_id, stamp, committed_at) \
+           SELECT value, {id}, value * 2 + 1, 0 FROM meta WHERE name = 'change_version'; \
+         COMMIT;"
+    ))
+    .unwrap();
+}
+
 fn start(upstream: &Upstream) -> Gateway {
     Gateway::start(&Settings::new(&upstream.url()).set("refresh.interval", "\"100ms\""))
 }
@@ -237,17 +252,7 @@ async fn a_damaged_row_refuses_its_credential_and_blocks_nothing_else() {
 
     // A row this ipgate cannot read (as a newer version's status would be), announced
     // in the change feed like any write.
-    let db = rusqlite::Connection::open(store_file(&gw)).unwrap();
-    db.execute_batch(&format!(
-        "BEGIN IMMEDIATE; \
-         UPDATE credentials SET status = 'SUSPENDED' WHERE id = {bad}; \
-         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; \
-         INSERT INTO change_log (version, credential_id, stamp, committed_at) \
-           SELECT value, {bad}, 99, 0 FROM meta WHERE name = 'change_version'; \
-         COMMIT;"
-    ))
-    .unwrap();
-    drop(db);
+    damage(&gw, bad, "status = 'SUSPENDED'");
     gw.wait_for_status(ip("127.0.0.2"), &bad_key, StatusCode::FORBIDDEN)
         .await;
     gw.wait_metric("ipgate_store_damaged_credentials", 1.0)
@@ -374,17 +379,7 @@ async fn an_expiry_that_is_no_number_refuses_its_credential() {
     let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
     // SQLite keeps whatever it is given: a text where the expiry belongs (as a hand edit
     // or another tool could leave it) was read as "never expires", and let the key in.
-    let db = rusqlite::Connection::open(store_file(&gw)).unwrap();
-    db.execute_batch(&format!(
-        "BEGIN IMMEDIATE; \
-         UPDATE credentials SET expiry = 'tomorrow' WHERE id = {cred}; \
-         UPDATE meta SET value = value + 1 WHERE name = 'change_version'; \
-         INSERT INTO change_log (version, credential_id, stamp, committed_at) \
-           SELECT value, {cred}, 98, 0 FROM meta WHERE name = 'change_version'; \
-         COMMIT;"
-    ))
-    .unwrap();
-    drop(db);
+    damage(&gw, cred, "expiry = 'tomorrow'");
     gw.wait_for_status(ip("127.0.0.2"), &key, StatusCode::FORBIDDEN)
         .await;
     gw.wait_metric("ipgate_store_damaged_credentials", 1.0)

@@ -12,16 +12,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::IpAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Writes `bytes` on a new connection from `from` and reads until the gateway closes.
-async fn raw(gw: &Gateway, from: IpAddr, bytes: &[u8]) -> String {
-    let mut s = connect_from(from, gw.target(from)).await;
-    s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "no close: {}", String::from_utf8_lossy(&out));
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The upstream's JSON echo in a raw HTTP/1 answer.
 fn echo_of(answer: &str) -> serde_json::Value {
     let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
@@ -130,7 +120,7 @@ async fn one_host_rule_for_http_1_0_1_1_and_2() {
 
     // HTTP/1.0, absolute-form with userinfo and a port that is no number, no Host.
     let bad = format!("GET http://evil@api.internal:xyz/y HTTP/1.0\r\n{KEY_HEADER}: {key}\r\n\r\n");
-    let answer = raw(&gw, from, bad.as_bytes()).await;
+    let answer = exchange(from, gw.target(from), bad.as_bytes(), false).await;
     assert!(
         answer.starts_with("HTTP/1.0 400") || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
@@ -139,7 +129,7 @@ async fn one_host_rule_for_http_1_0_1_1_and_2() {
     let bad = format!(
         "GET http://evil@api.internal/y HTTP/1.1\r\nhost: api.internal\r\n{KEY_HEADER}: {key}\r\n\r\n"
     );
-    let answer = raw(&gw, from, bad.as_bytes()).await;
+    let answer = exchange(from, gw.target(from), bad.as_bytes(), false).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert_eq!(
         upstream.received(),
@@ -151,14 +141,14 @@ async fn one_host_rule_for_http_1_0_1_1_and_2() {
     let req = format!(
         "GET /c HTTP/1.1\r\nhost: a.example\r\nconnection: host, close\r\n{KEY_HEADER}: {key}\r\n\r\n"
     );
-    let answer = raw(&gw, from, req.as_bytes()).await;
+    let answer = exchange(from, gw.target(from), req.as_bytes(), false).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(echo_of(&answer)["headers"]["host"][0], "a.example");
     // An absolute-form target's authority wins over Host (RFC 9112 section 3.2.2).
     let req = format!(
         "GET http://b.example/c HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n{KEY_HEADER}: {key}\r\n\r\n"
     );
-    let answer = raw(&gw, from, req.as_bytes()).await;
+    let answer = exchange(from, gw.target(from), req.as_bytes(), false).await;
     assert_eq!(
         echo_of(&answer)["headers"]["host"][0],
         "b.example",
@@ -166,7 +156,7 @@ async fn one_host_rule_for_http_1_0_1_1_and_2() {
     );
     // HTTP/1.0 without any host: the upstream's own.
     let req = format!("GET /c HTTP/1.0\r\n{KEY_HEADER}: {key}\r\n\r\n");
-    let answer = raw(&gw, from, req.as_bytes()).await;
+    let answer = exchange(from, gw.target(from), req.as_bytes(), false).await;
     assert_eq!(
         echo_of(&answer)["headers"]["host"][0],
         upstream.addr.to_string().as_str(),
@@ -276,7 +266,13 @@ async fn proxy_headers_naming_no_client_are_refused_by_default() {
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let answer = raw(&gw, ip("127.0.0.5"), reg.as_bytes()).await;
+    let answer = exchange(
+        ip("127.0.0.5"),
+        gw.target(ip("127.0.0.5")),
+        reg.as_bytes(),
+        false,
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let before = upstream.received();
     for preamble in [&b"PROXY UNKNOWN\r\n"[..], V2_LOCAL, V2_UNSPEC] {
@@ -392,7 +388,13 @@ async fn management_paths_in_disguise_are_refused_not_forwarded() {
         let req = format!(
             "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{KEY_HEADER}: {key}\r\n\r\n"
         );
-        let answer = raw(&gw, ip("127.0.0.2"), req.as_bytes()).await;
+        let answer = exchange(
+            ip("127.0.0.2"),
+            gw.target(ip("127.0.0.2")),
+            req.as_bytes(),
+            false,
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
     }
     assert_eq!(

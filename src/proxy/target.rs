@@ -15,7 +15,6 @@
 //! hyper already parsed.
 
 use http::header::HOST;
-use http::uri::Authority;
 use http::{Method, Request, Version};
 
 /// Why a request is refused before routing. The message is what the client is told.
@@ -70,7 +69,7 @@ pub fn check<B>(req: &Request<B>) -> Option<Malformed> {
     // An absolute-form target (HTTP/1) or `:authority` (HTTP/2): RFC 9112 section 3.2.2
     // says it wins over `Host`, so it is the one that is forwarded and must be valid.
     if let Some(authority) = uri.authority() {
-        if !valid_parts(authority) {
+        if !valid_authority(authority.as_str().as_bytes()) {
             return Some(Malformed::BadHost);
         }
         if req.version() == Version::HTTP_2 {
@@ -134,11 +133,6 @@ pub fn valid_authority(text: &[u8]) -> bool {
             }
             _ => false,
         }
-}
-
-/// [`valid_authority`] for one hyper parsed already.
-fn valid_parts(a: &Authority) -> bool {
-    valid_authority(a.as_str().as_bytes())
 }
 
 #[cfg(test)]

@@ -8,9 +8,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
-use super::KEY_HEADER;
+use super::{KEY_HEADER, PATIENCE};
 
 /// The management API's paths for one user's credential.
 pub struct ApiPaths {
@@ -122,4 +124,33 @@ pub async fn send_h2(from: IpAddr, to: SocketAddr, path: &str, key: &str) -> Ans
         .body(Full::new(Bytes::new()))
         .unwrap();
     collect(sender.send_request(req).await.unwrap()).await
+}
+
+/// Writes `bytes` from `from` to `to` (then, with `half_close`, shuts the write side) and reads
+/// until the gateway closes the connection. Panics when it does not within PATIENCE.
+pub async fn exchange(from: IpAddr, to: SocketAddr, bytes: &[u8], half_close: bool) -> String {
+    let mut s = connect_from(from, to).await;
+    s.write_all(bytes).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    read_until_closed(&mut s).await
+}
+
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "the gateway kept the connection open; so far: {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

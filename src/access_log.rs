@@ -56,6 +56,7 @@ pub struct Entry<'a> {
     pub cut: Option<&'a str>,
 }
 
+#[derive(Clone)]
 pub struct AccessLog {
     format: LogFormat,
     writer: Option<NonBlocking>,

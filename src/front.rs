@@ -15,8 +15,8 @@ use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
-    client_ip, oversized_head, target, Body, ClientConn, Door, ForwardError, Forwarding, Origin,
-    RefusalLimiter, RequestBody, Upstream, UpstreamSetupError,
+    client_ip, oversized_head, target, tunnel, Body, ClientConn, Door, ForwardError, Forwarding,
+    Origin, RefusalLimiter, RequestBody, Upstream, UpstreamSetupError,
 };
 use crate::request_id::{RequestIds, X_REQUEST_ID};
 use arc_swap::ArcSwap;
@@ -28,6 +28,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+mod upgrade;
 
 /// The parts of the configuration a SIGHUP may change, as one value: swapped whole.
 pub struct Live {
@@ -235,7 +237,13 @@ impl Front {
                     // flood. Held first (a tarpit), so it cannot come back at once.
                     line.done = true;
                     live.refusals.hold().await;
+                    if crate::grpc::called(&req) {
+                        return crate::grpc::refusal(429).map(Either::Right);
+                    }
                     return bunq::too_many_refusals().map(Either::Right);
+                }
+                if crate::grpc::called(&req) {
+                    return crate::grpc::refusal(reason.status()).map(Either::Right);
                 }
                 return bunq::refusal(reason).map(Either::Right);
             }
@@ -269,7 +277,16 @@ impl Front {
             shadow,
         };
         let upstream_started = Instant::now();
-        let forwarded = live.upstream.forward(req, how, Some(&conn.lane)).await;
+        let forwarded = if tunnel::wanted(&req) {
+            // Boxed: a tunnel's set-up is rare and must not grow every request's future.
+            let forwarded = Box::pin(self.upgrade(req, how, live, conn, line)).await;
+            // A tunnel writes its own line when it ends.
+            line.done =
+                matches!(&forwarded, Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS);
+            forwarded
+        } else {
+            live.upstream.forward(req, how, Some(&conn.lane)).await
+        };
         self.metrics
             .upstream_duration
             .observe(upstream_started.elapsed().as_secs_f64());

@@ -12,7 +12,8 @@
 //! - [`proxy`]: hot-path plumbing: listener, TLS, PROXY protocol, client address,
 //!   forwarding.
 //! - [`api`]: the management API (bunq's credential-password-ip and device-server).
-//! - [`bunq`]: the wire shapes both answer with; [`request_id`]: `X-Request-Id`.
+//! - [`bunq`]: the wire shapes both answer with ([`grpc`]: a refusal as gRPC clients
+//!   read one); [`request_id`]: `X-Request-Id`.
 //! - [`store`]: the source of truth; [`refresh`]: the poller that turns it into
 //!   snapshots.
 //! - [`config`] (and [`reload`]: SIGHUP), [`metrics`], [`logging`] and [`access_log`],
@@ -28,6 +29,7 @@ pub mod bunq;
 pub mod config;
 pub mod front;
 pub mod gate;
+pub mod grpc;
 pub mod insight;
 pub mod logging;
 pub mod metrics;

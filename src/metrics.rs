@@ -212,6 +212,11 @@ pub struct Metrics {
     pub connections_over_share: IntCounter,
     pub max_connections: IntGauge,
     pub refusals_limited: IntCounter,
+    /// Bytes spliced through upgraded connections (WebSockets): `up` from the client,
+    /// `down` from the upstream.
+    pub tunnel_bytes_up: IntCounter,
+    pub tunnel_bytes_down: IntCounter,
+    pub open_tunnels: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -394,6 +399,18 @@ impl Metrics {
         };
         let int_gauge =
             |name: &str, help: &str| register(&r, IntGauge::new(name, help).expect("valid metric"));
+        let tunnel_bytes = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "ipgate_tunnel_bytes_total",
+                    "Bytes spliced through upgraded connections (WebSockets), by direction: \
+                     up (client to upstream), down (upstream to client).",
+                ),
+                &["direction"],
+            )
+            .expect("valid metric"),
+        );
         Self {
             allowed,
             denied,
@@ -573,6 +590,12 @@ impl Metrics {
                 "ipgate_refusals_limited_total",
                 "Requests answered 429 because their client address was refused more than \
                  limits.refusals_per_second times this second.",
+            ),
+            tunnel_bytes_up: tunnel_bytes.with_label_values(&["up"]),
+            tunnel_bytes_down: tunnel_bytes.with_label_values(&["down"]),
+            open_tunnels: int_gauge(
+                "ipgate_open_tunnels",
+                "Upgraded connections (WebSockets) being spliced to the upstream now.",
             ),
             registry: r,
         }

@@ -16,6 +16,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "30s";
+/// How long an upgraded connection (a WebSocket) may carry no byte either way.
+pub const DEFAULT_TUNNEL_IDLE_TIMEOUT: &str = "5m";
 pub const DEFAULT_AUTH_HEADER: &str = "X-Bunq-Client-Authentication";
 pub const DEFAULT_REGISTRATION_WINDOW: &str = "4h";
 pub const DEFAULT_STORE_URL: &str = "sqlite://ipgate.db";
@@ -123,6 +125,23 @@ pub struct UpstreamConfig {
     pub send_forwarded: bool,
     /// Also write `X-Real-IP` (the client address the gateway decided with).
     pub send_real_ip: bool,
+    /// What the upstream speaks (`upstream.protocol`).
+    pub protocol: UpstreamProtocol,
+    /// An upgraded connection (a WebSocket) that carries no byte either way this long
+    /// is closed.
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// What the gateway speaks to the upstream (`upstream.protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default): one upstream connection per client connection.
+    Http1,
+    /// HTTP/2 without TLS (prior knowledge, an `http://` url): one multiplexed
+    /// connection. gRPC servers speak it.
+    H2c,
+    /// HTTP/2 over TLS with ALPN `h2` (an `https://` url): one multiplexed connection.
+    H2,
 }
 
 #[derive(Clone, Debug, PartialEq)]

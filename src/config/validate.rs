@@ -226,6 +226,8 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
             "host",
             "send_forwarded",
             "send_real_ip",
+            "protocol",
+            "tunnel_idle_timeout",
         ],
     );
     let url_field = r.string(&s, "url", DEFAULT_UPSTREAM);
@@ -262,6 +264,14 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
         }
         value
     });
+    let protocol = upstream_protocol(r, &s, &url);
+    let tunnel_idle_timeout = read_duration(
+        r,
+        &s,
+        "tunnel_idle_timeout",
+        DEFAULT_TUNNEL_IDLE_TIMEOUT,
+        Zero::Refused,
+    );
     UpstreamConfig {
         url,
         connect_timeout,
@@ -270,7 +280,34 @@ fn upstream(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> Upstream
         host,
         send_forwarded: r.boolean(&s, "send_forwarded", false).value,
         send_real_ip: r.boolean(&s, "send_real_ip", false).value,
+        protocol,
+        tunnel_idle_timeout,
     }
+}
+
+/// `upstream.protocol`, which must fit the url's scheme: `h2c` is HTTP/2 without TLS,
+/// `h2` HTTP/2 over TLS.
+fn upstream_protocol(r: &mut Reader<'_>, s: &Section<'_, '_>, url: &Uri) -> UpstreamProtocol {
+    let field = r.string(s, "protocol", "http1");
+    let (protocol, scheme) = match field.value.as_str() {
+        "http1" => return UpstreamProtocol::Http1,
+        "h2c" => (UpstreamProtocol::H2c, "http"),
+        "h2" => (UpstreamProtocol::H2, "https"),
+        other => {
+            r.problem(
+                &field,
+                format!("{other:?}: expected \"http1\", \"h2c\" or \"h2\""),
+            );
+            return UpstreamProtocol::Http1;
+        }
+    };
+    if url.scheme_str().is_some_and(|s| s != scheme) {
+        r.problem(
+            &field,
+            format!("{:?} needs an {scheme}:// upstream.url", field.value),
+        );
+    }
+    protocol
 }
 
 fn auth(r: &mut Reader<'_>, root: &Section<'_, '_>, base: &Path) -> AuthConfig {

@@ -6,7 +6,7 @@
 //! [`super::headers`] says.
 
 use super::headers::{set_forwarding, strip_headers, Forwarding};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::metrics::UpstreamError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -117,6 +117,11 @@ pub struct Upstream {
     id: u64,
     config: UpstreamConfig,
     client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    /// HTTP/1.1 for upgrades (a WebSocket): the same client when `upstream.protocol`
+    /// is `http1`, an HTTP/1.1 one beside the HTTP/2 client otherwise.
+    upgrades: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    /// What requests go upstream as: HTTP/1.1, or HTTP/2 for `h2c` and `h2`.
+    version: Version,
     scheme: Scheme,
     authority: Authority,
     /// `host:port` for lanes; `None` for an https upstream (lanes are plain TCP).
@@ -158,24 +163,29 @@ fn log_failure(kind: UpstreamError, error: &(dyn std::error::Error + 'static)) {
 impl Upstream {
     /// `id` tells this upstream from others built in this process (a reload's).
     pub fn new(config: &UpstreamConfig, id: u64) -> Result<Self, UpstreamSetupError> {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        connector.enforce_http(false);
-        let connector = https_connector(config)?.wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
+        let upgrades = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(connector(config, UpstreamProtocol::Http1)?);
+        let (client, version) = match config.protocol {
+            UpstreamProtocol::Http1 => (upgrades.clone(), Version::HTTP_11),
+            protocol => (
+                super::h2_upstream::client(connector(config, protocol)?),
+                Version::HTTP_2,
+            ),
+        };
         let parts = config.url.clone().into_parts();
         let direct = match (config.url.scheme_str(), config.url.authority()) {
-            (Some("http"), Some(a)) => Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80))),
+            (Some("http"), Some(a)) if version == Version::HTTP_11 => {
+                Some(format!("{}:{}", a.host(), a.port_u16().unwrap_or(80)))
+            }
             _ => None,
         };
         Ok(Self {
             id,
             config: config.clone(),
             client,
+            upgrades,
+            version,
             direct,
             connect_timeout: config.connect_timeout,
             scheme: parts.scheme.unwrap_or(Scheme::HTTP),
@@ -349,10 +359,91 @@ impl Upstream {
         } else {
             Uri::from(path)
         };
-        *req.version_mut() = Version::HTTP_11;
-
-        set_forwarding(req.headers_mut(), how, &self.config)
+        *req.version_mut() = self.version;
+        // gRPC asks for trailers with `TE: trailers`, the one TE value HTTP/2 allows
+        // (RFC 9113 section 8.2.2): kept towards an HTTP/2 upstream, dropped otherwise
+        // with the other hop-by-hop headers.
+        let trailers =
+            self.version == Version::HTTP_2 && super::h2_upstream::asks_trailers(req.headers());
+        set_forwarding(req.headers_mut(), how, &self.config)?;
+        if trailers {
+            req.headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        Ok(())
     }
+
+    /// Forwards an upgrade request (a WebSocket handshake) over HTTP/1.1 on a
+    /// connection of its own, with its `Upgrade` and `Connection: upgrade`. A 101
+    /// comes back with the upstream's `Upgrade` and `Connection: upgrade`, and the
+    /// upstream's end of the tunnel in its extensions (`hyper::upgrade::on`); any other
+    /// answer is an ordinary one.
+    pub async fn upgrade(
+        &self,
+        req: Request<super::RequestBody>,
+        how: Forwarding<'_>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut req = req.map(ClientBody);
+        let wanted = req.headers().get(header::UPGRADE).cloned();
+        self.rewrite(&mut req, &how, true)?;
+        *req.version_mut() = Version::HTTP_11;
+        if let Some(wanted) = wanted {
+            super::tunnel::mark_upgrade(req.headers_mut(), wanted);
+        }
+        let sent = tokio::time::timeout(self.timeout, self.upgrades.request(req)).await;
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(error)) => {
+                let kind = if error.is_connect() {
+                    UpstreamError::Connect
+                } else {
+                    UpstreamError::Protocol
+                };
+                return Err(classify(kind, &error));
+            }
+            Err(_) => {
+                tracing::warn!(
+                    kind = UpstreamError::Timeout.label(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "upstream did not answer the upgrade in time"
+                );
+                return Err(ForwardError::Upstream(UpstreamError::Timeout));
+            }
+        };
+        let switched = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| resp.headers().get(header::UPGRADE).cloned())
+            .flatten();
+        strip_headers(resp.headers_mut(), false);
+        if let Some(switched) = switched {
+            super::tunnel::mark_upgrade(resp.headers_mut(), switched);
+        }
+        *resp.version_mut() = Version::HTTP_11;
+        Ok(resp)
+    }
+
+    /// How long an upgraded connection may carry no byte either way.
+    pub fn tunnel_idle_timeout(&self) -> Duration {
+        self.config.tunnel_idle_timeout
+    }
+}
+
+/// The connector for `protocol`: TCP (nodelay, keepalive, the connect timeout), with
+/// TLS for an `https` upstream offering ALPN `h2` for `h2` and nothing for HTTP/1.1.
+fn connector(
+    config: &UpstreamConfig,
+    protocol: UpstreamProtocol,
+) -> Result<HttpsConnector<HttpConnector>, UpstreamSetupError> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.enforce_http(false);
+    let tls = https_connector(config)?;
+    Ok(match protocol {
+        UpstreamProtocol::Http1 => tls.https_or_http().enable_http1().wrap_connector(connector),
+        UpstreamProtocol::H2c => tls.https_or_http().enable_http2().wrap_connector(connector),
+        UpstreamProtocol::H2 => tls.https_only().enable_http2().wrap_connector(connector),
+    })
 }
 
 /// TLS towards an `https` upstream: the configured CA file, or the system's roots.
@@ -360,7 +451,7 @@ impl Upstream {
 fn https_connector(
     config: &UpstreamConfig,
 ) -> Result<
-    hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsProtocols2>,
+    hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
     UpstreamSetupError,
 > {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -390,7 +481,7 @@ fn https_connector(
             builder.with_tls_config(client_config(provider, rustls::RootCertStore::empty())?)
         }
     };
-    Ok(builder.https_or_http().enable_http1())
+    Ok(builder)
 }
 
 fn client_config(

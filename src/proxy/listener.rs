@@ -215,6 +215,7 @@ pub async fn serve<D: Door>(
             proxy_protocol_local: options.proxy_protocol_local,
             proxy_warnings: Arc::clone(&proxy_warnings),
             tls: options.tls.clone(),
+            shutdown: shutdown.clone(),
             handshake_timeout: options.header_read_timeout,
             door: Arc::clone(&door),
             metrics: Arc::clone(&metrics),
@@ -255,7 +256,10 @@ pub async fn serve<D: Door>(
     );
     tasks.close();
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        // Then the tunnels (upgraded connections), which the graceful watch lets go of.
+        _ = async { graceful.shutdown().await; tasks.wait().await } => {
+            tracing::info!("all connections drained")
+        }
         _ = tokio::time::sleep(options.grace) => {
             tracing::warn!(
                 connections = tasks.len(),
@@ -278,6 +282,8 @@ struct Client<D> {
     /// each (anyone who can connect can cause one).
     proxy_warnings: Arc<WarnLimit>,
     tls: Option<TlsAcceptor>,
+    /// Fires when shutdown starts: an HTTP/1 connection is told to finish.
+    shutdown: CancellationToken,
     handshake_timeout: Duration,
     door: Arc<D>,
     metrics: Arc<Metrics>,
@@ -440,17 +446,30 @@ impl<D: Door> Client<D> {
             }
         });
         let served = async {
-            match io.speaks().await {
-                Speaks::Http1 => watcher
-                    .watch(self.http1.serve_connection(TokioIo::new(io), service))
-                    .await
-                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from),
-                Speaks::Unknown => {
-                    watcher
-                        .watch(self.builder.serve_connection(TokioIo::new(io), service))
+            let result = match io.speaks().await {
+                Speaks::Http1 => {
+                    // hyper-util's watcher takes no upgradeable connection: the same
+                    // graceful end by hand, the watcher held so the drain waits for it.
+                    let conn = self.http1.serve_connection(TokioIo::new(io), service);
+                    drain_on_shutdown(conn.with_upgrades(), &self.shutdown, watcher)
                         .await
+                        .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
                 }
+                Speaks::Unknown => {
+                    let conn = self
+                        .builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service);
+                    watcher.watch(conn).await
+                }
+            };
+            // An upgrade answered 101: the connection is the tunnel's now, and counted
+            // busy (never idle, never evicted) until it ends.
+            if let Some(tunnel) = conn.tunnel.take() {
+                seat.request_started();
+                let _busy = InFlight(Arc::clone(seat));
+                tunnel.await;
             }
+            result
         };
         tokio::select! {
             result = served => {
@@ -476,6 +495,32 @@ impl<D: Door> Client<D> {
             }
         }
     }
+}
+
+/// Serves an HTTP/1 connection until it ends, and from the start of shutdown lets it
+/// finish the request in flight and close, as hyper-util's `Watcher` does; `watcher`
+/// is held until then, so the drain waits for this connection.
+async fn drain_on_shutdown<I, S, B>(
+    conn: http1::UpgradeableConnection<I, S>,
+    shutdown: &CancellationToken,
+    watcher: Watcher,
+) -> hyper::Result<()>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let _watcher = watcher;
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        biased;
+        result = conn.as_mut() => return result,
+        () = shutdown.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 /// Counts a connection in `ipgate_open_connections` until dropped, also when its task

@@ -10,6 +10,7 @@ pub mod client_ip;
 mod connections;
 mod deadlines;
 mod forward;
+mod h2_upstream;
 mod headers;
 mod listener;
 #[doc(hidden)] // public for the fuzz targets only
@@ -17,6 +18,7 @@ pub mod proxy_protocol;
 mod refusal_limit;
 pub mod target;
 pub mod tls;
+pub mod tunnel;
 mod warn_limit;
 
 pub use deadlines::{Deadlines, RequestBody};
@@ -82,6 +84,8 @@ pub struct ClientConn {
     pub peer_value: http::HeaderValue,
     /// The upstream connection this client connection owns (HTTP/1 only).
     pub lane: Lane,
+    /// The tunnel an upgrade answered 101 leaves for the listener to run.
+    pub tunnel: tunnel::TunnelSlot,
     /// Whether `peer` is a trusted proxy, as of which configuration: `generation + 1`
     /// in the high bits (0: not worked out yet), the answer in bit 0. Worked out once
     /// per connection and configuration, not per request.
@@ -120,6 +124,7 @@ impl ClientConn {
             origin,
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
+            tunnel: tunnel::TunnelSlot::default(),
             trusted: AtomicU64::new(0),
             seat: None,
         }

@@ -286,6 +286,35 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_protocol_fits_the_url() {
+        let c = Config::parse("", Path::new(".")).unwrap();
+        assert_eq!(c.upstream.protocol, UpstreamProtocol::Http1);
+        assert_eq!(c.upstream.tunnel_idle_timeout, Duration::from_secs(300));
+        let parse = |url: &str, protocol: &str| {
+            let text = format!("[upstream]\nurl = \"{url}\"\nprotocol = \"{protocol}\"\n");
+            Config::parse(&text, Path::new("."))
+        };
+        let h2c = parse("http://127.0.0.1:50051", "h2c").unwrap();
+        assert_eq!(h2c.upstream.protocol, UpstreamProtocol::H2c);
+        let h2 = parse("https://grpc.internal", "h2").unwrap();
+        assert_eq!(h2.upstream.protocol, UpstreamProtocol::H2);
+        for (url, protocol) in [
+            ("https://grpc.internal", "h2c"),
+            ("http://127.0.0.1:50051", "h2"),
+            ("http://127.0.0.1:50051", "http2"),
+        ] {
+            let e = parse(url, protocol).unwrap_err();
+            assert!(e.to_string().contains("upstream.protocol"), "{e}");
+        }
+        let e = Config::parse("[upstream]\ntunnel_idle_timeout = \"0s\"\n", Path::new("."))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("upstream.tunnel_idle_timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn connection_and_refusal_limits() {
         let c = Config::parse("", Path::new(".")).unwrap();
         assert_eq!(c.server.max_connections, DEFAULT_MAX_CONNECTIONS);

@@ -340,6 +340,18 @@ check_container() {
     fi
 }
 
+# --- gRPC backend --------------------------------------------------------------------
+check_grpc() {
+    local conf=$DEPLOY/grpc/config.toml
+    grep -q '^protocol = "h2c"' "$conf"
+    mkdir -p "$WORK/grpc-state"
+    sed -E "s|^url = \"sqlite:///var/lib/ipgate/|url = \"sqlite://$WORK/grpc-state/|" "$conf" \
+        >"$WORK/grpc-config.toml"
+    grep -q "sqlite://$WORK/grpc-state/" "$WORK/grpc-config.toml"
+    echo "$conf (database folder stood in for):"
+    "$(cat "$WORK/bin")" check-config "$WORK/grpc-config.toml"
+}
+
 # --- systemd -------------------------------------------------------------------------
 check_systemd() {
     local unit=$DEPLOY/systemd/ipgate.service
@@ -538,6 +550,7 @@ check "kubernetes sidecar" check_kubernetes
 check "kubernetes schema" check_kubernetes_schema
 check "container image" check_container
 check "systemd unit" check_systemd
+check "gRPC backend config" check_grpc
 check "check.sh itself" check_shell
 if [[ -n $METRICS_ARG ]]; then
     check "metric names" check_metric_names "$METRICS_ARG"

@@ -30,9 +30,7 @@ fn main() {
             let header = args.get(4).map(|h| h.split_once(':').expect("NAME:VALUE"));
             runtime.block_on(load(&args[1], seconds, connections, header));
         }
-        _ => eprintln!(
-            "usage: ws_echo serve | ws_echo load URL SECONDS CONNECTIONS [NAME:VALUE]"
-        ),
+        _ => eprintln!("usage: ws_echo serve | ws_echo load URL SECONDS CONNECTIONS [NAME:VALUE]"),
     }
 }
 
@@ -69,7 +67,12 @@ async fn load(url: &str, seconds: u64, connections: usize, header: Option<(&str,
             req.headers_mut()
                 .insert(name, value.trim().parse().expect("a header value"));
         }
-        let authority = req.uri().authority().expect("host:port").as_str().to_owned();
+        let authority = req
+            .uri()
+            .authority()
+            .expect("host:port")
+            .as_str()
+            .to_owned();
         let stream = tokio::net::TcpStream::connect(&authority)
             .await
             .expect("connect");

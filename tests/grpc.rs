@@ -183,6 +183,7 @@ where
                         _ => grpc.streaming(Bidi, req).await,
                     }
                 }
+                "/trailers" => echo_trailers(req).await,
                 _ => http::Response::new(tonic::body::Body::new(Full::new(Bytes::from_static(
                     b"plain",
                 )))),
@@ -193,6 +194,26 @@ where
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
         .await;
+}
+
+/// Answers with the request's trailers as its own (renamed `x-echoed-*`) after a body.
+async fn echo_trailers(req: http::Request<Incoming>) -> http::Response<tonic::body::Body> {
+    use http_body_util::BodyExt;
+    let collected = req.into_body().collect().await.unwrap();
+    let mut echoed = http::HeaderMap::new();
+    for (name, value) in collected.trailers().into_iter().flatten() {
+        let name = format!("x-echoed-{name}");
+        echoed.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.clone(),
+        );
+    }
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"body"))),
+        Ok(hyper::body::Frame::trailers(echoed)),
+    ];
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    http::Response::new(tonic::body::Body::new(body))
 }
 
 type Channel = hyper_util::client::legacy::Client<SourceConnector, tonic::body::Body>;
@@ -391,4 +412,48 @@ async fn curl_with_http2_prior_knowledge_through_an_h2c_upstream() {
     assert_eq!(curl(key).await.unwrap(), "plain\n2 200");
     let refused = curl("not-a-key-at-all".into()).await.unwrap();
     assert!(refused.ends_with("\n2 403"), "{refused}");
+}
+
+/// Trailers cross both ways: an HTTP/2 client's request trailers reach the h2c upstream,
+/// whose answer's trailers reach the client.
+#[tokio::test]
+async fn trailers_pass_both_ways_over_an_h2c_upstream() {
+    use http_body_util::BodyExt;
+    let server = GrpcServer::start(None).await;
+    let gw = Gateway::start(
+        &Settings::new(&format!("http://{}", server.addr)).set("upstream.protocol", "\"h2c\""),
+    );
+    gw.wait_ready().await;
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let from = ip("127.0.0.2");
+    let stream = connect_from(from, gw.target(from)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from_static(b"data"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://gateway.test/trailers")
+        .header(KEY_HEADER, &key)
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("no trailers came back");
+    assert_eq!(trailers["x-echoed-x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"body"));
 }

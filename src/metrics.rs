@@ -112,7 +112,7 @@ impl Registration {
 
 /// Every operation label of `ipgate_api_requests_total` (the management API's routes,
 /// `src/api/route.rs`), so each series exists from the start.
-pub const API_OPERATIONS: [&str; 8] = [
+pub const API_OPERATIONS: [&str; 12] = [
     "device_server",
     "list_credentials",
     "get_credential",
@@ -120,6 +120,11 @@ pub const API_OPERATIONS: [&str; 8] = [
     "add_ip",
     "get_ip",
     "update_ip",
+    "list_refused_ips",
+    "list_suggested_ips",
+    // The console's own routes (`src/console/`): its page and assets, and `me`.
+    "console_page",
+    "console_me",
     "not_found",
 ];
 

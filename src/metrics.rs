@@ -112,7 +112,7 @@ impl Registration {
 
 /// Every operation label of `ipgate_api_requests_total` (the management API's routes,
 /// `src/api/route.rs`), so each series exists from the start.
-pub const API_OPERATIONS: [&str; 12] = [
+pub const API_OPERATIONS: [&str; 14] = [
     "device_server",
     "list_credentials",
     "get_credential",
@@ -125,8 +125,13 @@ pub const API_OPERATIONS: [&str; 12] = [
     // The console's own routes (`src/console/`): its page and assets, and `me`.
     "console_page",
     "console_me",
+    "console_link",
+    "console_session",
     "not_found",
 ];
+
+/// Results of `ipgate_console_links_total`.
+pub const CONSOLE_LINK_RESULTS: [&str; 2] = ["used", "refused"];
 
 /// Status classes of `ipgate_api_requests_total`.
 pub const API_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
@@ -217,6 +222,7 @@ pub struct Metrics {
     pub connections_over_share: IntCounter,
     pub max_connections: IntGauge,
     pub refusals_limited: IntCounter,
+    console_links: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -579,6 +585,17 @@ impl Metrics {
                 "Requests answered 429 because their client address was refused more than \
                  limits.refusals_per_second times this second.",
             ),
+            console_links: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ipgate_console_links_total",
+                        "Console links presented here: used (a session opened) or refused (unknown, spent or expired). Minting is in the audit log (console_link.mint).",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
         .touch_every_series()
@@ -595,7 +612,15 @@ impl Metrics {
                 self.api_requests.with_label_values(&[operation, class]);
             }
         }
+        for result in CONSOLE_LINK_RESULTS {
+            self.console_links.with_label_values(&[result]);
+        }
         self
+    }
+
+    /// Counts a console link presented here (`used` or `refused`).
+    pub fn record_console_link(&self, result: &'static str) {
+        self.console_links.with_label_values(&[result]).inc();
     }
 
     pub fn record_client_error(&self, kind: ClientError) {

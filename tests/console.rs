@@ -355,3 +355,264 @@ async fn a_page_framed_by_another_origin_is_refused() {
     assert!(c.find(Locator::Id("key")).await.is_ok());
     c.close().await.unwrap();
 }
+
+/// POSTs the link form as a browser would.
+async fn send_form(gw: &Gateway, from: &str, body: &str) -> Answer {
+    send_raw(
+        ip(from),
+        gw.target(ip(from)),
+        http::Method::POST,
+        "/ipgate/console/link",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        bytes::Bytes::from(body.to_owned()),
+    )
+    .await
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    send_raw(
+        ip("127.0.0.1"),
+        gw.admin,
+        http::Method::GET,
+        "/metrics",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .text()
+}
+
+/// Mints a console link for `cred` with the CLI; returns its path.
+fn mint(gw: &Gateway, cred: u64, ttl: &str) -> String {
+    let out = gw.admin(&[
+        "console-link",
+        "--credential",
+        &cred.to_string(),
+        "--ttl",
+        ttl,
+    ]);
+    let path = out["path"].as_str().unwrap().to_owned();
+    assert!(path.starts_with("/ipgate/console/link/"), "{out}");
+    assert!(out["expires"].is_string(), "{out}");
+    path
+}
+
+/// Spends a link from `from`: the session cookie (`name=value`) when it opened one.
+async fn spend(gw: &Gateway, from: &str, path: &str) -> (StatusCode, Option<String>) {
+    let token = path.rsplit('/').next().unwrap();
+    // The GET shows a form only: link previews and mail scanners must not spend it.
+    let page = gw.get(ip(from), path, None).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains(&format!("value=\"{token}\"")));
+    let r = send_form(gw, from, &format!("token={token}")).await;
+    let cookie = r.headers.get("set-cookie").map(|c| {
+        let c = c.to_str().unwrap().to_owned();
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ipgate/console/"] {
+            assert!(c.contains(attribute), "{c} lacks {attribute}");
+        }
+        assert!(!c.contains("Secure"), "plain HTTP here: {c}");
+        c.split(';').next().unwrap().to_owned()
+    });
+    (r.status, cookie)
+}
+
+/// A call in a session: its cookie, from `from`, with these extra headers.
+async fn in_session(
+    gw: &Gateway,
+    from: &str,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
+    let mut all = vec![("origin", "http://gateway.test")];
+    all.extend_from_slice(headers);
+    gw.send(ip(from), method, path, &all, body).await
+}
+
+/// A locked-out owner's link: works once, from the address that opened it, from this
+/// origin, with the CSRF token on writes; cannot set the wildcard; expires; audited.
+#[tokio::test]
+async fn a_console_link_opens_one_session_once() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    gw.wait_ready().await;
+    // Registered from 127.0.0.5; the owner is now at 127.0.0.3, locked out.
+    let (user, cred, key) = gw.registered_key(&["127.0.0.5"]).await;
+    let owner = "127.0.0.3";
+    let link = mint(&gw, cred, "15m");
+
+    let (status, cookie) = spend(&gw, owner, &link).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.expect("a session cookie");
+    // Used once: the second time it opens nothing, from anywhere.
+    let (again, none) = spend(&gw, owner, &link).await;
+    assert_eq!(again, StatusCode::FORBIDDEN);
+    assert!(none.is_none());
+
+    let me = in_session(
+        &gw,
+        owner,
+        http::Method::GET,
+        "/ipgate/console/session/me",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text());
+    let who = me.json();
+    assert_eq!(who["credential_id"], cred);
+    assert_eq!(who["user_id"], user);
+    assert_eq!(who["caller_ip"], owner);
+    let csrf = who["csrf"].as_str().unwrap().to_owned();
+
+    let ips =
+        format!("/ipgate/console/session/api/v1/user/{user}/credential-password-ip/{cred}/ip");
+    let add = |ip: &str| Some(json!({ "ip": ip }));
+    // A write without the CSRF token, or with a forged one: refused, nothing stored.
+    for headers in [
+        vec![("cookie", cookie.as_str())],
+        vec![("cookie", cookie.as_str()), ("x-ipgate-csrf", "forged")],
+    ] {
+        let r = in_session(&gw, owner, http::Method::POST, &ips, &headers, add(owner)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    }
+    // The cookie from another address, or sent by another origin's page: refused.
+    let with = [
+        ("cookie", cookie.as_str()),
+        ("x-ipgate-csrf", csrf.as_str()),
+    ];
+    let r = in_session(
+        &gw,
+        "127.0.0.4",
+        http::Method::POST,
+        &ips,
+        &with,
+        add("127.0.0.4"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let evil = [
+        ("cookie", cookie.as_str()),
+        ("x-ipgate-csrf", csrf.as_str()),
+        ("origin", "https://evil.example"),
+    ];
+    let r = gw
+        .send(ip(owner), http::Method::POST, &ips, &evil, add(owner))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let cross = [
+        ("cookie", cookie.as_str()),
+        ("sec-fetch-site", "cross-site"),
+    ];
+    let r = gw
+        .send(ip(owner), http::Method::GET, &ips, &cross, None)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        gw.get(ip(owner), "/work", Some(&key)).await.status,
+        StatusCode::FORBIDDEN,
+        "nothing was added by the refused writes"
+    );
+    // Never the wildcard.
+    let r = in_session(&gw, owner, http::Method::POST, &ips, &with, add("*")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.text().contains("wildcard"), "{}", r.text());
+    // Only its own credential: not the user's list, not registration.
+    let r = in_session(
+        &gw,
+        owner,
+        http::Method::GET,
+        &format!("/ipgate/console/session/api/v1/user/{user}/credential-password-ip"),
+        &with,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // With everything right: the owner adds the new address, and the key works from it.
+    let r = in_session(&gw, owner, http::Method::POST, &ips, &with, add(owner)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        gw.get(ip(owner), "/work", Some(&key)).await.status,
+        StatusCode::OK
+    );
+
+    // Audited when minted and when used.
+    let audit = gw.admin(&["audit", "--credential", &cred.to_string()]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"console_link.mint"), "{actions:?}");
+    assert!(actions.contains(&"console_link.use"), "{actions:?}");
+
+    // A link past its time opens nothing.
+    let short = mint(&gw, cred, "1s");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (expired, none) = spend(&gw, owner, &short).await;
+    assert_eq!(expired, StatusCode::FORBIDDEN);
+    assert!(none.is_none());
+    // An unknown one neither, and it says so in the same words.
+    let (unknown, _) = spend(&gw, owner, "/ipgate/console/link/not-a-link").await;
+    assert_eq!(unknown, StatusCode::FORBIDDEN);
+
+    let metrics = metrics(&gw).await;
+    assert!(
+        metrics.contains("ipgate_console_links_total{result=\"used\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ipgate_console_links_total{result=\"refused\"} 3"),
+        "{metrics}"
+    );
+}
+
+/// The locked-out owner in a real browser: opens the link, sees that the current
+/// address is not on the list, adds it from the suggestions... or typed, and the key
+/// then works from it.
+#[tokio::test]
+async fn a_locked_out_owner_uses_a_link_in_a_browser() {
+    let Some((_driver, c)) = browser().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()));
+    gw.wait_ready().await;
+    let (_user, cred, key) = gw.registered_key(&["127.0.0.5"]).await;
+    let link = mint(&gw, cred, "15m");
+    c.goto(&format!("http://127.0.0.1:{}{link}", gw.public.port()))
+        .await
+        .unwrap();
+    c.find(Locator::Id("open-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(&c, "the session's view", false, || async {
+        text_of(&c, "#signed-in-with").await == "an operator's console link"
+    })
+    .await;
+    assert!(text_of(&c, "#caller")
+        .await
+        .contains("127.0.0.1: not on this key's list"));
+    let input = c.find(Locator::Id("new-ip")).await.unwrap();
+    input.send_keys("127.0.0.1\u{E007}").await.unwrap();
+    eventually(&c, "127.0.0.1 added", false, || async {
+        text_of(&c, "#message")
+            .await
+            .contains("127.0.0.1 was added")
+    })
+    .await;
+    assert!(text_of(&c, "#caller").await.contains("ACTIVE on this key"));
+    assert_eq!(
+        gw.get(ip("127.0.0.1"), "/work", Some(&key)).await.status,
+        StatusCode::OK
+    );
+    // The cookie is the browser's, out of the script's reach (HttpOnly).
+    let seen: Value = c.execute("return document.cookie", vec![]).await.unwrap();
+    assert_eq!(seen, json!(""));
+    c.close().await.unwrap();
+}

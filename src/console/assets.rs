@@ -11,6 +11,7 @@ pub const SCRIPT: &str = include_str!("assets/console.js");
 /// The page's style.
 pub const STYLE: &str = include_str!("assets/console.css");
 const PAGE: &str = include_str!("assets/index.html");
+const LINK: &str = include_str!("assets/link.html");
 
 /// The page for `path`, telling the script which header carries the key. Both values
 /// are validated to hold no character HTML would read (`console.path`: letters,
@@ -19,6 +20,13 @@ pub fn render_page(path: &str, auth: &AuthConfig) -> String {
     PAGE.replace("{{PATH}}", &escape(path))
         .replace("{{KEY_HEADER}}", &escape(auth.header.as_str()))
         .replace("{{BEARER}}", if auth.bearer { "true" } else { "false" })
+}
+
+/// The page that spends a console link with one POST (a GET must not spend it: mail
+/// scanners and link previews fetch links). The token is shown only as a form field.
+pub fn render_link(path: &str, token: &str) -> String {
+    LINK.replace("{{PATH}}", &escape(path))
+        .replace("{{TOKEN}}", &escape(token))
 }
 
 /// Escapes text for an HTML attribute or element.

@@ -3,6 +3,7 @@
 //! Each command returns one JSON value (printed as is with `--json`) and a plain
 //! rendering for people. Keys are generated here, shown once and never stored.
 
+mod console_link;
 pub mod manual;
 mod report;
 mod server_key;
@@ -58,6 +59,20 @@ pub enum AdminCommand {
     /// Prints the public key (PEM) of auth.response_signing_key, for key holders:
     /// bunq's SDKs verify the management API's answers with it.
     ServerPublicKey,
+    /// A short-lived, single-use link that opens the console for one credential, for
+    /// an owner who is locked out. Printed once; audited when minted and when used.
+    ConsoleLink {
+        /// The credential the link opens.
+        #[arg(long = "credential")]
+        credential_id: u64,
+        /// How long the link works (1s to 24h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The gateway's public address as key holders reach it (https://gw.example),
+        /// to print a whole URL instead of a path.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only changes to this credential.
@@ -441,6 +456,11 @@ async fn dispatch(cx: &Context<'_>, command: AdminCommand) -> Result<Output, Ope
             limit,
         } => audit(cx, credential_id, limit).await,
         AdminCommand::ServerPublicKey => server_key::server_public_key(cx.config),
+        AdminCommand::ConsoleLink {
+            credential_id,
+            ttl,
+            base_url,
+        } => console_link::console_link(cx, credential_id, &ttl, base_url.as_deref()).await,
     }
 }
 

@@ -149,8 +149,8 @@ async fn button(c: &Client, label: &str) -> Element {
         .unwrap_or_else(|_| panic!("no button labelled {label:?}"))
 }
 
-async fn screenshot(c: &Client, name: &str, width: u32) {
-    c.set_window_size(width, 1000).await.unwrap();
+async fn screenshot(c: &Client, name: &str, width: u32, height: u32) {
+    c.set_window_size(width, height).await.unwrap();
     let png = c.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     let file = format!("console-{name}.png");
@@ -241,8 +241,8 @@ async fn the_key_holder_sees_and_fixes_the_list_in_a_browser() {
         text_of(&c, "#refused tbody").await.contains("127.0.0.2")
     })
     .await;
-    screenshot(&c, "desktop", 1280).await;
-    screenshot(&c, "phone", 375).await;
+    screenshot(&c, "desktop", 1280, 1500).await;
+    screenshot(&c, "phone", 375, 1000).await;
     c.set_window_size(1280, 1000).await.unwrap();
 
     // Added from the suggestions in one click (here: keyboard, Enter on the button);

@@ -98,9 +98,12 @@ pub async fn serve(
         store_slots: tokio::sync::Semaphore::new(crate::api::store_slots(&config.store)),
         signing_key: config.auth.response_signing_key.clone(),
     };
+    let sessions = crate::console::Sessions::new(Arc::clone(&store), Arc::clone(&metrics));
+    let console = crate::console::Console::new(&config.console, Arc::new(sessions));
     let front = Arc::new(Front::new(
         live,
         api,
+        console,
         Arc::clone(&metrics),
         logs.access,
         acceptor.is_some(),

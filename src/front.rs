@@ -12,6 +12,7 @@ use crate::acl::{Decision, SnapshotCell};
 use crate::api::{Api, ApiCall, CallSettings};
 use crate::bunq;
 use crate::config::{ClientIpConfig, Config, LimitsConfig};
+use crate::console::Console;
 use crate::gate::Gatekeeper;
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
@@ -79,6 +80,8 @@ impl Live {
 pub struct Front {
     live: ArcSwap<Live>,
     api: Api,
+    /// The key holder's page; `None` when `console.enabled` is false.
+    console: Option<Console>,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     ids: RequestIds,
@@ -93,6 +96,7 @@ impl Front {
     pub fn new(
         live: Live,
         api: Api,
+        console: Option<Console>,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
         tls: bool,
@@ -100,6 +104,7 @@ impl Front {
         Self {
             live: ArcSwap::from_pointee(live),
             api,
+            console,
             metrics,
             access_log,
             ids: RequestIds::new(),
@@ -188,14 +193,20 @@ impl Front {
             return resp.map(Either::Right);
         }
 
-        if Api::owns(req.uri().path()) {
+        let console = self.console.as_ref().filter(|c| c.owns(req.uri().path()));
+        if console.is_some() || Api::owns(req.uri().path()) {
             let settings = CallSettings {
                 gate: &live.gate,
                 limits: &live.limits,
             };
             // Boxed: the API's future is the largest the door holds, and every request's
             // future (moved whole by hyper when it starts) would otherwise be its size.
-            let (resp, call) = Box::pin(self.api.handle(req, client_ip, settings)).await;
+            let (resp, call) = match console {
+                Some(console) => {
+                    Box::pin(console.handle(req, client_ip, settings, &self.api, self.tls)).await
+                }
+                None => Box::pin(self.api.handle(req, client_ip, settings)).await,
+            };
             let ApiCall {
                 operation,
                 ok,

@@ -27,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod bunq;
 pub mod config;
+pub mod console;
 pub mod front;
 pub mod gate;
 pub mod grpc;

@@ -112,7 +112,7 @@ impl Registration {
 
 /// Every operation label of `ipgate_api_requests_total` (the management API's routes,
 /// `src/api/route.rs`), so each series exists from the start.
-pub const API_OPERATIONS: [&str; 8] = [
+pub const API_OPERATIONS: [&str; 14] = [
     "device_server",
     "list_credentials",
     "get_credential",
@@ -120,8 +120,18 @@ pub const API_OPERATIONS: [&str; 8] = [
     "add_ip",
     "get_ip",
     "update_ip",
+    "list_refused_ips",
+    "list_suggested_ips",
+    // The console's own routes (`src/console/`): its page and assets, and `me`.
+    "console_page",
+    "console_me",
+    "console_link",
+    "console_session",
     "not_found",
 ];
+
+/// Results of `ipgate_console_links_total`.
+pub const CONSOLE_LINK_RESULTS: [&str; 2] = ["used", "refused"];
 
 /// Status classes of `ipgate_api_requests_total`.
 pub const API_CLASSES: [&str; 3] = ["2xx", "4xx", "5xx"];
@@ -217,6 +227,7 @@ pub struct Metrics {
     pub tunnel_bytes_up: IntCounter,
     pub tunnel_bytes_down: IntCounter,
     pub open_tunnels: IntGauge,
+    console_links: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -597,6 +608,17 @@ impl Metrics {
                 "ipgate_open_tunnels",
                 "Upgraded connections (WebSockets) being spliced to the upstream now.",
             ),
+            console_links: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "ipgate_console_links_total",
+                        "Console links presented here: used (a session opened) or refused (unknown, spent or expired). Minting is in the audit log (console_link.mint).",
+                    ),
+                    &["result"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
         .touch_every_series()
@@ -613,7 +635,15 @@ impl Metrics {
                 self.api_requests.with_label_values(&[operation, class]);
             }
         }
+        for result in CONSOLE_LINK_RESULTS {
+            self.console_links.with_label_values(&[result]);
+        }
         self
+    }
+
+    /// Counts a console link presented here (`used` or `refused`).
+    pub fn record_console_link(&self, result: &'static str) {
+        self.console_links.with_label_values(&[result]).inc();
     }
 
     pub fn record_client_error(&self, kind: ClientError) {

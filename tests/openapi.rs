@@ -363,6 +363,10 @@ fn the_document_describes_this_api_and_its_auth_header() {
         format!("HEAD {c}/{{credential_id}}/ip/{{item_id}}"),
         format!("PUT {c}/{{credential_id}}/ip/{{item_id}}"),
         format!("DELETE {c}/{{credential_id}}/ip/{{item_id}}"),
+        format!("GET {c}/{{credential_id}}/refused-ip"),
+        format!("HEAD {c}/{{credential_id}}/refused-ip"),
+        format!("GET {c}/{{credential_id}}/suggested-ip"),
+        format!("HEAD {c}/{{credential_id}}/suggested-ip"),
     ]
     .into();
     assert_eq!(operations, expected);
@@ -418,7 +422,9 @@ async fn every_documented_answer_is_what_the_gateway_sends() {
             // A trusted proxy that sends garbage leaves the client address unknown.
             .set("client_ip.trusted_proxies", "[\"127.0.0.5/32\"]")
             .set("limits.max_ips_per_credential", "3")
-            .set("limits.max_body_bytes", "1024"),
+            .set("limits.max_body_bytes", "1024")
+            // The insight extensions' lists fill within the test.
+            .set("insight.flush_interval", "\"100ms\""),
     );
     gw.wait_ready().await;
     let check = Checker::new(&gw, &upstream);
@@ -435,6 +441,7 @@ async fn every_documented_answer_is_what_the_gateway_sends() {
     };
     let item = writing(&check, &me, &bob).await;
     reading(&check, &me, &bob, item).await;
+    insight(&check, &me, &bob).await;
     other_caller(&check, &me, &bob, item).await;
     store_down(&check, &gw, &me, item).await;
 
@@ -815,6 +822,69 @@ async fn reading(check: &Checker<'_>, me: &Caller, bob: &Caller, item: u64) {
     );
 }
 
+/// The ipgate extensions: refused addresses and the suggestion, filled by real traffic.
+async fn insight(check: &Checker<'_>, me: &Caller, bob: &Caller) {
+    let key = Some(me.key.as_str());
+    // My key from an address not on my list: refused, and remembered, newest first
+    // (127.0.0.9 was refused before, while reading).
+    let r = check.gw.get(ip("127.0.0.10"), "/anything", key).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let r = check
+            .call(me.from, Method::GET, &me.refused(), key, Body::None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let listed = r.json()["Response"].as_array().unwrap().clone();
+        if listed.iter().any(|r| r["RefusedIp"]["ip"] == "127.0.0.10") {
+            assert_eq!(listed[0]["RefusedIp"]["ip"], "127.0.0.10", "newest first");
+            assert_eq!(listed[0]["RefusedIp"]["listed"], Value::Null);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refused address");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = check
+        .call(me.from, Method::GET, &me.suggested(), key, Body::None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let suggested = r.json()["Response"].clone();
+    assert!(
+        suggested
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["SuggestedIp"]["ip"] == "127.0.0.10" && s["SuggestedIp"]["refused"] == 1),
+        "{suggested}"
+    );
+    for path in [me.refused(), me.suggested()] {
+        let r = check
+            .call(me.from, Method::GET, &path, None, Body::None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = check
+            .call("127.0.0.9", Method::GET, &path, key, Body::None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+    for path in [bob.refused(), bob.suggested()] {
+        let r = check
+            .call(me.from, Method::GET, &path, key, Body::None)
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+    }
+    let theirs = ApiPaths {
+        user: me.user,
+        cred: bob.cred,
+    };
+    for path in [theirs.refused(), theirs.suggested()] {
+        let r = check
+            .call(me.from, Method::GET, &path, key, Body::None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+}
+
 /// A second user sees his own data, and nothing of mine.
 async fn other_caller(check: &Checker<'_>, me: &Caller, bob: &Caller, item: u64) {
     let r = check
@@ -870,6 +940,8 @@ async fn store_down(check: &Checker<'_>, gw: &Gateway, me: &Caller, item: u64) {
             Body::Valid(json!({"ip": "127.0.0.9"})),
         ),
         (Method::GET, me.entry(item), key, Body::None),
+        (Method::GET, me.refused(), key, Body::None),
+        (Method::GET, me.suggested(), key, Body::None),
         (
             Method::PUT,
             me.entry(item),

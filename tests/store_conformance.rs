@@ -13,8 +13,8 @@ use ipgate::refresh::Refresher;
 use ipgate::store::insight::REFUSED_KEPT;
 use ipgate::store::{
     self, Actor, Change, Committed, CredentialChange, CredentialStatus, Feed, IpStatus, Mode,
-    NewCredential, Page, Position, ResyncReason, Sighting, Store, StoreError, Target, Timestamp,
-    UsageBatch,
+    NewConsoleLink, NewCredential, Page, Position, ResyncReason, Sighting, Store, StoreError,
+    Target, Timestamp, UsageBatch,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -155,6 +155,7 @@ conformance!(
     refused_addresses_are_bounded_per_credential,
     concurrent_flushes_past_the_bound_never_fail,
     reports_of_unused_entries_and_suggestions,
+    console_links_are_spent_once_in_time_and_audited,
 );
 
 // ---- helpers ---------------------------------------------------------------------
@@ -1427,4 +1428,82 @@ fn postgres_random_interleavings_end_equal_to_the_store() {
         return;
     }
     run_interleavings(|| TestStore::postgres(KEEP), 16);
+}
+
+async fn console_links_are_spent_once_in_time_and_audited(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, _) = active(s, u, 1, &["10.0.0.1"]).await;
+    let link = |hash: &str, ttl: Duration, credential_id: u64| NewConsoleLink {
+        credential_id,
+        token_hash: hash.into(),
+        expires: Timestamp::now().plus(ttl),
+    };
+    let hour = Duration::from_secs(3600);
+    assert!(matches!(
+        s.mint_console_link(link("x", hour, 9999), &admin()).await,
+        Err(StoreError::NotFound("credential"))
+    ));
+    let before = version(s).await;
+    s.mint_console_link(link("a", hour, id), &admin())
+        .await
+        .unwrap();
+    assert_eq!(version(s).await, before, "no list changed: no new version");
+    // Two processes spend the same link at once: exactly one gets it.
+    let other = t.another();
+    let from = ip("192.0.2.7");
+    let (one, two) = tokio::join!(
+        s.use_console_link("a".into(), from),
+        other.use_console_link("a".into(), from)
+    );
+    let spent: Vec<_> = [one.unwrap(), two.unwrap()].into_iter().flatten().collect();
+    assert_eq!(spent.len(), 1, "{spent:?}");
+    assert_eq!(spent[0].credential_id, id);
+    assert_eq!(spent[0].user_id, u);
+    assert!(s
+        .use_console_link("a".into(), from)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s
+        .use_console_link("never".into(), from)
+        .await
+        .unwrap()
+        .is_none());
+    // Expired.
+    s.mint_console_link(link("b", Duration::ZERO, id), &admin())
+        .await
+        .unwrap();
+    assert!(s
+        .use_console_link("b".into(), from)
+        .await
+        .unwrap()
+        .is_none());
+    // Its credential revoked since it was minted.
+    s.mint_console_link(link("c", hour, id), &admin())
+        .await
+        .unwrap();
+    change(s, id, Change::Revoke).await.unwrap();
+    assert!(s
+        .use_console_link("c".into(), from)
+        .await
+        .unwrap()
+        .is_none());
+
+    let audit = s.audit(Some(id), Page::all()).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "console_link.mint")
+            .count(),
+        3
+    );
+    let used: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "console_link.use")
+        .collect();
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].actor, "console-link");
+    assert_eq!(used[0].actor_ip.as_deref(), Some("192.0.2.7"));
 }

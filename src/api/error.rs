@@ -11,11 +11,11 @@ use http::{header, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
-pub(super) type Answer = Response<Full<Bytes>>;
+pub(crate) type Answer = Response<Full<Bytes>>;
 
 /// What went wrong, mapped to status and message in one place.
 #[derive(Debug)]
-pub(super) enum ApiError {
+pub(crate) enum ApiError {
     Input(BadInput),
     Refused(Reason),
     OtherUser,
@@ -45,7 +45,7 @@ impl From<StoreError> for ApiError {
 
 impl ApiError {
     /// Why, for the access line: a short fixed label, never the message.
-    pub(super) fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             ApiError::Input(BadInput::Invalid(_)) => "bad_input",
             ApiError::Input(BadInput::NotJson) => "not_json",
@@ -61,7 +61,7 @@ impl ApiError {
         }
     }
 
-    pub(super) fn into_response(self) -> Answer {
+    pub(crate) fn into_response(self) -> Answer {
         match self {
             ApiError::Input(BadInput::Invalid(msg)) => bunq::error(StatusCode::BAD_REQUEST, &msg),
             ApiError::Input(BadInput::NotJson) => bunq::error(

@@ -12,6 +12,8 @@
 //! | POST | `/v1/user/{u}/credential-password-ip/{c}/ip` | add an entry |
 //! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | one entry |
 //! | PUT | `/v1/user/{u}/credential-password-ip/{c}/ip/{i}` | change its status |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}/refused-ip` | ipgate: addresses the key was refused from, newest first |
+//! | GET, HEAD | `/v1/user/{u}/credential-password-ip/{c}/suggested-ip` | ipgate: `report suggest` for the credential |
 //!
 //! A path under `/v1/user/{u}/credential-password-ip` that names no route (a user id
 //! that is no number, an extra segment) is this API's 404, never forwarded.
@@ -30,6 +32,7 @@
 
 mod error;
 mod registration;
+pub(crate) use error::{Answer, ApiError};
 #[doc(hidden)] // public for the fuzz targets only
 pub mod route;
 #[doc(hidden)] // public for the fuzz targets only
@@ -46,7 +49,7 @@ use crate::refresh::Refresher;
 use crate::request_id::{self, RequestIds};
 use crate::store::{Actor, Change, Committed, Page, Store, Target};
 use bytes::Bytes;
-use error::{created_id, ok, Answer, ApiError, ApiResult};
+use error::{created_id, ok, ApiResult};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use route::Route;
@@ -133,13 +136,34 @@ impl Api {
         client_ip: Option<IpAddr>,
         settings: CallSettings<'_>,
     ) -> (Answer, ApiCall) {
+        self.handle_as(req, client_ip, settings, None).await
+    }
+
+    /// Answers one call, authenticated by its key, or, with `session`, made through a
+    /// console session opened by an operator's link (`crate::console`): the same
+    /// handlers and rules, limited to the session's own credential, never a
+    /// registration.
+    pub async fn handle_as(
+        &self,
+        req: Request<RequestBody>,
+        client_ip: Option<IpAddr>,
+        settings: CallSettings<'_>,
+        session: Option<Identity>,
+    ) -> (Answer, ApiCall) {
         let route = Route::parse(req.uri().path());
         let operation = route.operation(req.method());
         // Echoed only when sane: it is the client's text, shown back on every answer.
         let client_request_id = request_id::sane_one(req.headers(), &bunq::CLIENT_REQUEST_ID);
         let mut credential_id = None;
         let (mut answer, mut reason) = match self
-            .dispatch(route, req, client_ip, &settings, &mut credential_id)
+            .dispatch(
+                route,
+                req,
+                client_ip,
+                &settings,
+                session,
+                &mut credential_id,
+            )
             .await
         {
             Ok(a) => (a, None),
@@ -184,6 +208,7 @@ impl Api {
         req: Request<RequestBody>,
         client_ip: Option<IpAddr>,
         settings: &CallSettings<'_>,
+        session: Option<Identity>,
         credential_id: &mut Option<u64>,
     ) -> ApiResult {
         // HEAD reads as GET: the same checks and the same answer, no body on the wire.
@@ -199,11 +224,21 @@ impl Api {
         if !allowed.split(", ").any(|m| m == req.method().as_str()) {
             return Err(ApiError::MethodNotAllowed(allowed));
         }
-        if route == Route::DeviceServer {
-            return self.register(req, client_ip, settings, credential_id).await;
-        }
-
-        let identity = self.authenticate(settings.gate, &req, client_ip, credential_id)?;
+        let identity = match session {
+            Some(identity) => {
+                *credential_id = Some(identity.credential_id);
+                // A session reaches its own credential only: no registration, no list
+                // of the user's other credentials.
+                if route.credential() != Some(identity.credential_id) {
+                    return Err(ApiError::NotFound("endpoint"));
+                }
+                identity
+            }
+            None if route == Route::DeviceServer => {
+                return self.register(req, client_ip, settings, credential_id).await;
+            }
+            None => self.authenticate(settings.gate, &req, client_ip, credential_id)?,
+        };
         if let Some(user) = route.user() {
             self.own_user(identity, user)?;
         }
@@ -325,6 +360,20 @@ impl Api {
                     .await?;
                 created_id(entry)
             }
+            Route::RefusedIps { user, credential } => {
+                self.own_credential(user, credential).await?;
+                // Newest first; at most `store::REFUSED_KEPT`, so no page is needed.
+                let report = self.store.refused(Some(credential)).await?;
+                let views: Vec<wire::RefusedIpView> =
+                    report.addresses.iter().map(Into::into).collect();
+                ok("RefusedIp", &views)
+            }
+            Route::SuggestedIps { user, credential } => {
+                self.own_credential(user, credential).await?;
+                let rows = self.store.suggest(credential).await?;
+                let views: Vec<wire::SuggestedIpView> = rows.iter().map(Into::into).collect();
+                ok("SuggestedIp", &views)
+            }
             Route::DeviceServer | Route::NotFound => Err(ApiError::NotFound("endpoint")),
         }
     }
@@ -332,7 +381,7 @@ impl Api {
     /// The same check as a proxied request: own key, from one of its ACTIVE addresses.
     /// Counted like any request; the access line says who and why. Shadow mode does not
     /// open the management API: whoever may change a list must already be on it.
-    fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         gate: &Gatekeeper,
         req: &Request<RequestBody>,

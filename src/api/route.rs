@@ -22,6 +22,16 @@ pub enum Route {
         credential: u64,
         item: u64,
     },
+    /// ipgate extension: the addresses the credential's key was refused from.
+    RefusedIps {
+        user: u64,
+        credential: u64,
+    },
+    /// ipgate extension: the addresses the key was used from, as a list to review.
+    SuggestedIps {
+        user: u64,
+        credential: u64,
+    },
     NotFound,
 }
 
@@ -60,6 +70,12 @@ impl Route {
                         user,
                         credential,
                     }),
+                    [c, "refused-ip"] => id(c).map_or(Route::NotFound, |credential| {
+                        Route::RefusedIps { user, credential }
+                    }),
+                    [c, "suggested-ip"] => id(c).map_or(Route::NotFound, |credential| {
+                        Route::SuggestedIps { user, credential }
+                    }),
                     [c, "ip", i] => match (id(c), id(i)) {
                         (Some(credential), Some(item)) => Route::Ip {
                             user,
@@ -81,8 +97,22 @@ impl Route {
             Route::Credentials { user }
             | Route::Credential { user, .. }
             | Route::Ips { user, .. }
-            | Route::Ip { user, .. } => Some(user),
+            | Route::Ip { user, .. }
+            | Route::RefusedIps { user, .. }
+            | Route::SuggestedIps { user, .. } => Some(user),
             Route::DeviceServer | Route::NotFound => None,
+        }
+    }
+
+    /// The credential the route names, if it names one.
+    pub(super) fn credential(&self) -> Option<u64> {
+        match *self {
+            Route::Credential { credential, .. }
+            | Route::Ips { credential, .. }
+            | Route::Ip { credential, .. }
+            | Route::RefusedIps { credential, .. }
+            | Route::SuggestedIps { credential, .. } => Some(credential),
+            Route::DeviceServer | Route::Credentials { .. } | Route::NotFound => None,
         }
     }
 
@@ -90,7 +120,10 @@ impl Route {
     pub(super) fn allowed(&self) -> &'static str {
         match self {
             Route::DeviceServer => "POST",
-            Route::Credentials { .. } | Route::Credential { .. } => "GET, HEAD",
+            Route::Credentials { .. }
+            | Route::Credential { .. }
+            | Route::RefusedIps { .. }
+            | Route::SuggestedIps { .. } => "GET, HEAD",
             Route::Ips { .. } => "GET, HEAD, POST",
             Route::Ip { .. } => "GET, HEAD, PUT",
             Route::NotFound => "",
@@ -107,6 +140,8 @@ impl Route {
             (Route::Ips { .. }, false) => "add_ip",
             (Route::Ip { .. }, true) => "get_ip",
             (Route::Ip { .. }, false) => "update_ip",
+            (Route::RefusedIps { .. }, _) => "list_refused_ips",
+            (Route::SuggestedIps { .. }, _) => "list_suggested_ips",
             (Route::NotFound, _) => "not_found",
         }
     }
@@ -137,6 +172,17 @@ mod tests {
         );
         assert_eq!(Route::parse("/v1/user/3/other"), Route::NotFound);
         assert_eq!(
+            Route::parse("/v1/user/3/credential-password-ip/4/refused-ip"),
+            Route::RefusedIps {
+                user: 3,
+                credential: 4
+            }
+        );
+        assert_eq!(
+            Route::parse("/v1/user/3/credential-password-ip/4/suggested-ip/").allowed(),
+            "GET, HEAD"
+        );
+        assert_eq!(
             Route::parse("/v1/user/3/credential-password-ip/4/ip").allowed(),
             "GET, HEAD, POST"
         );
@@ -156,6 +202,8 @@ mod tests {
             format!("{ids}/4"),
             format!("{ids}/4/ip"),
             format!("{ids}/4/ip/5"),
+            format!("{ids}/4/refused-ip"),
+            format!("{ids}/4/suggested-ip"),
             "/v1/nothing".to_owned(),
         ] {
             for method in [Method::GET, Method::HEAD, Method::POST, Method::PUT] {
@@ -209,6 +257,8 @@ mod tests {
                     "credential-password-ip",
                     "ip",
                     "device-server",
+                    "refused-ip",
+                    "suggested-ip",
                     "",
                     "+1",
                     "01",
@@ -249,6 +299,12 @@ mod tests {
                     credential,
                     item,
                 } => format!("/v1/user/{user}/{cpi}/{credential}/ip/{item}"),
+                Route::RefusedIps { user, credential } => {
+                    format!("/v1/user/{user}/{cpi}/{credential}/refused-ip")
+                }
+                Route::SuggestedIps { user, credential } => {
+                    format!("/v1/user/{user}/{cpi}/{credential}/suggested-ip")
+                }
                 Route::NotFound => return None,
             })
         }

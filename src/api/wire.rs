@@ -4,7 +4,9 @@
 //! status are each refused with a message that says what to send instead.
 
 use crate::acl::{normalize, ApiKey};
-use crate::store::{Credential, IpStatus, Page, PermittedIp, Timestamp};
+use crate::store::{
+    insight::RefusedAddress, Credential, IpStatus, Page, PermittedIp, Suggestion, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -248,6 +250,56 @@ impl From<&PermittedIp> for PermittedIpView {
             updated: p.updated,
             last_seen: p.last_seen,
             requests: p.requests,
+        }
+    }
+}
+
+/// `RefusedIp` (an ipgate extension): an address a valid key was refused from, the
+/// stolen-key signal. `listed` is its entry's status when the address is on the list
+/// now, else null.
+#[derive(Serialize)]
+pub struct RefusedIpView {
+    ip: IpAddr,
+    requests: u64,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    listed: Option<&'static str>,
+}
+
+impl From<&RefusedAddress> for RefusedIpView {
+    fn from(r: &RefusedAddress) -> Self {
+        Self {
+            ip: r.ip,
+            requests: r.requests,
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+            listed: r.listed.map(IpStatus::as_str),
+        }
+    }
+}
+
+/// `SuggestedIp` (an ipgate extension): an address the key was used from, with its
+/// requests allowed, let through by shadow mode and refused, and its entry's status
+/// when it is listed already (else null).
+#[derive(Serialize)]
+pub struct SuggestedIpView {
+    ip: IpAddr,
+    allowed: u64,
+    shadow: u64,
+    refused: u64,
+    last_seen: Timestamp,
+    listed: Option<&'static str>,
+}
+
+impl From<&Suggestion> for SuggestedIpView {
+    fn from(s: &Suggestion) -> Self {
+        Self {
+            ip: s.ip,
+            allowed: s.allowed,
+            shadow: s.shadow,
+            refused: s.refused,
+            last_seen: s.last_seen,
+            listed: s.listed.map(IpStatus::as_str),
         }
     }
 }

@@ -477,7 +477,7 @@ mod tests {
         use proptest::prelude::*;
         use std::time::Instant;
 
-        const KEYS: [(&str, &[&str]); 9] = [
+        const KEYS: [(&str, &[&str]); 10] = [
             (
                 "server",
                 &[
@@ -519,6 +519,7 @@ mod tests {
             ("limits", &["max_ips_per_credential", "max_body_bytes"]),
             ("log", &["format", "level"]),
             ("insight", &["record_usage", "flush_interval"]),
+            ("console", &["enabled", "path"]),
         ];
 
         fn value() -> impl Strategy<Value = String> {

@@ -59,6 +59,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub log: LogConfig,
     pub insight: InsightConfig,
+    pub console: ConsoleConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -256,6 +257,18 @@ pub struct InsightConfig {
     /// How often the counts are written to the store: at most one row per address per
     /// this interval per gateway.
     pub flush_interval: Duration,
+}
+
+/// Where the key holder's console is served (SPEC section 10).
+pub const DEFAULT_CONSOLE_PATH: &str = "/ipgate/console/";
+
+/// The key holder's web page on the public listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsoleConfig {
+    pub enabled: bool,
+    /// Starts and ends with `/`; letters, digits, `-`, `_` and `/` only; never under
+    /// the management API's `/v1/`.
+    pub path: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]

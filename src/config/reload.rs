@@ -83,6 +83,7 @@ impl Config {
         check("refresh.notify", a.refresh.notify == b.refresh.notify);
         check("log.format", a.log.format == b.log.format);
         check("insight", a.insight == b.insight);
+        check("console", a.console == b.console);
         kept
     }
 

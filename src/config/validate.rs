@@ -27,6 +27,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "log",
     "insight",
+    "console",
 ];
 
 /// Builds the model from `doc`, noting problems in `r`; `None` when there were any.
@@ -57,6 +58,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
     let limits = limits(r, &root);
     let log = log(r, &root);
     let insight = insight(r, &root);
+    let console = console(r, &root);
     Config {
         server,
         upstream,
@@ -67,6 +69,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
         limits,
         log,
         insight,
+        console,
     }
 }
 
@@ -423,6 +426,35 @@ fn insight(r: &mut Reader<'_>, root: &Section<'_, '_>) -> InsightConfig {
             DEFAULT_FLUSH_INTERVAL,
             Zero::Refused,
         ),
+    }
+}
+
+fn console(r: &mut Reader<'_>, root: &Section<'_, '_>) -> ConsoleConfig {
+    let s = r.section(root, "console", &["enabled", "path"]);
+    let enabled = r.boolean(&s, "enabled", true).value;
+    let path = r.string(&s, "path", DEFAULT_CONSOLE_PATH);
+    let plain = path
+        .value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
+    if !(path.value.len() > 2 && path.value.starts_with('/') && path.value.ends_with('/'))
+        || !plain
+        || path.value.contains("//")
+    {
+        r.problem(
+            &path,
+            "expected a path such as \"/ipgate/console/\": starting and ending with /, \
+             letters, digits, -, _ and / only",
+        );
+    } else if path.value.starts_with("/v1/") {
+        r.problem(
+            &path,
+            "the console cannot live under the management API's /v1/",
+        );
+    }
+    ConsoleConfig {
+        enabled,
+        path: path.value,
     }
 }
 

@@ -2,23 +2,29 @@
 //!
 //! Each command returns one JSON value (printed as is with `--json`) and a plain
 //! rendering for people. Keys are generated here, shown once and never stored.
+//!
+//! This file holds the command line's shape, the errors and the dispatch; each
+//! command family lives in its own file: [`users`] (`user`, `key`), [`credentials`]
+//! (`credential`, `wildcard`), [`ips`] (`ip`), [`audit`] (`usage`, `audit`),
+//! [`report`], [`console_link`] and [`server_key`].
 
+mod audit;
+mod console_link;
+mod credentials;
+mod ips;
 pub mod manual;
 mod report;
 mod server_key;
 mod table;
+mod users;
 
 pub use report::ReportCommand;
-use table::{change_summary, shown, utc, utc_or_dash, Table};
+pub use users::generate_key;
 
-use crate::acl::{ApiKey, KEY_PREFIX};
 use crate::config::{Config, StoreConfig};
-use crate::store::{
-    self, Actor, Change, IpStatus, Mode, NewCredential, Page, Store, StoreError, Target, Timestamp,
-};
+use crate::store::{self, Actor, Change, Page, Store, StoreError, Target};
 use clap::Subcommand;
 use serde_json::{json, Value};
-use std::net::IpAddr;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -58,6 +64,20 @@ pub enum AdminCommand {
     /// Prints the public key (PEM) of auth.response_signing_key, for key holders:
     /// bunq's SDKs verify the management API's answers with it.
     ServerPublicKey,
+    /// A short-lived, single-use link that opens the console for one credential, for
+    /// an owner who is locked out. Printed once; audited when minted and when used.
+    ConsoleLink {
+        /// The credential the link opens.
+        #[arg(long = "credential")]
+        credential_id: u64,
+        /// How long the link works (1s to 24h).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The gateway's public address as key holders reach it (https://gw.example),
+        /// to print a whole URL instead of a path.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
     /// The audit log, newest first.
     Audit {
         /// Only changes to this credential.
@@ -247,55 +267,6 @@ pub fn operator_actor(given: Option<&str>) -> Result<Actor, OperatorError> {
     Ok(Actor::operator(&name))
 }
 
-/// Characters of a key after its prefix: base62, so a double click selects it whole.
-const KEY_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-/// 43 base62 characters carry 256.03 bits; with the prefix a key is 47 bytes, which
-/// SHA-256 hashes in one block (a 64-character hex key took two).
-const KEY_CHARS: usize = 43;
-
-/// 256 bits from the OS, base62, behind the recognisable prefix. Each character is
-/// drawn uniformly: bytes of 248 and above (248 = 4 x 62) are thrown away, not folded.
-pub fn generate_key() -> Result<ApiKey, OperatorError> {
-    let mut key = String::with_capacity(KEY_PREFIX.len() + KEY_CHARS);
-    key.push_str(KEY_PREFIX);
-    let mut drawn = 0;
-    while drawn < KEY_CHARS {
-        let mut bytes = [0u8; 64];
-        getrandom::fill(&mut bytes).map_err(|e| OperatorError::Random(e.to_string()))?;
-        for b in bytes
-            .into_iter()
-            .filter(|b| *b < 248)
-            .take(KEY_CHARS - drawn)
-        {
-            key.push(char::from(KEY_ALPHABET[usize::from(b % 62)]));
-            drawn += 1;
-        }
-    }
-    Ok(ApiKey::new(key))
-}
-
-fn parse_status(s: &str) -> Result<IpStatus, OperatorError> {
-    s.parse().map_err(OperatorError::Input)
-}
-
-fn parse_ip(s: &str) -> Result<IpAddr, OperatorError> {
-    if s.trim() == "*" {
-        return Err(OperatorError::Input(
-            "\"*\" is not an address; use `ipgate admin wildcard set CREDENTIAL_ID`".into(),
-        ));
-    }
-    s.trim()
-        .parse()
-        .map_err(|_| OperatorError::Input(format!("{s:?} is not a single IPv4 or IPv6 address")))
-}
-
-/// The entry an entry change was about.
-fn entry_of(changed: store::Changed) -> Result<store::PermittedIp, OperatorError> {
-    changed
-        .entry
-        .ok_or(OperatorError::Store(StoreError::NotFound("permitted IP")))
-}
-
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
@@ -404,43 +375,50 @@ async fn init(config: &Config) -> Result<Output, OperatorError> {
 async fn dispatch(cx: &Context<'_>, command: AdminCommand) -> Result<Output, OperatorError> {
     match command {
         AdminCommand::Init => init(cx.config).await,
-        AdminCommand::User(UserCommand::Add { name }) => user_add(cx, name).await,
-        AdminCommand::User(UserCommand::List) => user_list(cx).await,
+        AdminCommand::User(UserCommand::Add { name }) => users::user_add(cx, name).await,
+        AdminCommand::User(UserCommand::List) => users::user_list(cx).await,
         AdminCommand::Key(KeyCommand::Create { user, description }) => {
-            key_create(cx, user, description).await
+            users::key_create(cx, user, description).await
         }
         AdminCommand::Credential(CredentialCommand::List { user }) => {
-            credential_list(cx, user).await
+            credentials::credential_list(cx, user).await
         }
         AdminCommand::Credential(CredentialCommand::Revoke { credential_id }) => {
-            credential_revoke(cx, credential_id).await
+            credentials::credential_revoke(cx, credential_id).await
         }
         AdminCommand::Credential(CredentialCommand::Mode {
             credential_id,
             mode,
-        }) => credential_mode(cx, credential_id, &mode).await,
+        }) => credentials::credential_mode(cx, credential_id, &mode).await,
         AdminCommand::Report(command) => report::run(cx, command).await,
         AdminCommand::Wildcard {
             action,
             credential_id,
-        } => wildcard(cx, action, credential_id).await,
-        AdminCommand::Ip(IpCommand::List { credential_id }) => ip_list(cx, credential_id).await,
+        } => credentials::wildcard(cx, action, credential_id).await,
+        AdminCommand::Ip(IpCommand::List { credential_id }) => {
+            ips::ip_list(cx, credential_id).await
+        }
         AdminCommand::Ip(IpCommand::Add {
             credential_id,
             ip,
             status,
-        }) => ip_add(cx, credential_id, &ip, &status).await,
+        }) => ips::ip_add(cx, credential_id, &ip, &status).await,
         AdminCommand::Ip(IpCommand::SetStatus {
             credential_id,
             item_id,
             status,
-        }) => ip_set_status(cx, credential_id, item_id, &status).await,
-        AdminCommand::Usage { user } => usage(cx, user).await,
+        }) => ips::ip_set_status(cx, credential_id, item_id, &status).await,
+        AdminCommand::Usage { user } => audit::usage(cx, user).await,
         AdminCommand::Audit {
             credential_id,
             limit,
-        } => audit(cx, credential_id, limit).await,
+        } => audit::audit(cx, credential_id, limit).await,
         AdminCommand::ServerPublicKey => server_key::server_public_key(cx.config),
+        AdminCommand::ConsoleLink {
+            credential_id,
+            ttl,
+            base_url,
+        } => console_link::console_link(cx, credential_id, &ttl, base_url.as_deref()).await,
     }
 }
 
@@ -448,290 +426,9 @@ fn or_dash(v: Option<impl std::fmt::Display>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
-async fn user_add(cx: &Context<'_>, name: Option<String>) -> Result<Output, OperatorError> {
-    let user = cx.store.add_user(name, cx.actor).await?.value;
-    Ok(Output {
-        plain: user.id.to_string(),
-        json: to_value(&user),
-    })
-}
-
-async fn user_list(cx: &Context<'_>) -> Result<Output, OperatorError> {
-    let list = cx.store.users(Page::all()).await?;
-    let mut t = Table::new(&["ID", "NAME", "CREATED"]).flexible(1);
-    for u in &list {
-        t.row(vec![
-            u.id.to_string(),
-            shown(u.name.as_deref().unwrap_or("-")),
-            utc(u.created),
-        ]);
-    }
-    Ok(Output {
-        plain: t.render(),
-        json: to_value(&list),
-    })
-}
-
-async fn key_create(
-    cx: &Context<'_>,
-    user: u64,
-    description: Option<String>,
-) -> Result<Output, OperatorError> {
-    cx.need_user(user).await?;
-    let key = generate_key()?;
-    let expiry = Timestamp::now().plus(cx.config.auth.registration_window);
-    let new = NewCredential {
-        user_id: user,
-        key: key.hash(),
-        description,
-        expiry,
-    };
-    let credential = cx.store.create_credential(new, cx.actor).await?.value;
-    Ok(Output {
-        plain: key.expose().to_owned(),
-        json: json!({
-            "credential_id": credential.id,
-            "user_id": credential.user_id,
-            "key": key.expose(),
-            "expiry_time": credential.expiry_time,
-        }),
-    })
-}
-
-async fn credential_list(cx: &Context<'_>, user: u64) -> Result<Output, OperatorError> {
-    cx.need_user(user).await?;
-    let list = cx.store.credentials(user, Page::all()).await?;
-    let mut t = Table::new(&[
-        "ID",
-        "STATUS",
-        "MODE",
-        "WILDCARD",
-        "EXPIRY",
-        "DEVICE",
-        "DESCRIPTION",
-    ])
-    .flexible(6);
-    for c in &list {
-        t.row(vec![
-            c.id.to_string(),
-            c.status.to_string(),
-            c.mode.to_string(),
-            if c.wildcard { "*" } else { "-" }.into(),
-            utc_or_dash(c.expiry_time),
-            or_dash(
-                c.permitted_device
-                    .as_ref()
-                    .map(|d| format!("{} ({})", shown(&d.description), d.ip)),
-            ),
-            shown(c.description.as_deref().unwrap_or("-")),
-        ]);
-    }
-    Ok(Output {
-        plain: t.render(),
-        json: to_value(&list),
-    })
-}
-
-async fn credential_revoke(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
-    let c = cx.change(id, Change::Revoke).await?.credential;
-    Ok(Output {
-        plain: format!("credential {} is {}", c.id, c.status),
-        json: to_value(&c),
-    })
-}
-
-async fn credential_mode(cx: &Context<'_>, id: u64, mode: &str) -> Result<Output, OperatorError> {
-    let mode: Mode = mode.parse().map_err(OperatorError::Input)?;
-    let c = cx.change(id, Change::Mode(mode)).await?.credential;
-    let what = match c.mode {
-        Mode::Shadow => "shadow (keys from unlisted addresses are let through and reported)",
-        Mode::Enforce => "enforce (keys from unlisted addresses are refused)",
-    };
-    Ok(Output {
-        plain: format!("credential {}: {what}", c.id),
-        json: to_value(&c),
-    })
-}
-
-async fn wildcard(
-    cx: &Context<'_>,
-    action: WildcardAction,
-    id: u64,
-) -> Result<Output, OperatorError> {
-    let on = matches!(action, WildcardAction::Set);
-    let c = cx.change(id, Change::Wildcard(on)).await?.credential;
-    let state = if c.wildcard {
-        "set (every address admitted)"
-    } else {
-        "cleared"
-    };
-    Ok(Output {
-        plain: format!("credential {}: wildcard {state}", c.id),
-        json: to_value(&c),
-    })
-}
-
-/// The entries as an array (`--json`); the wildcard is the credential's, shown by
-/// `credential list`, and here only as a line for people.
-async fn ip_list(cx: &Context<'_>, id: u64) -> Result<Output, OperatorError> {
-    let c = cx.need_credential(id).await?;
-    let list = cx.store.ips(id, Page::all()).await?;
-    let mut t = Table::new(&[
-        "ID",
-        "IP",
-        "STATUS",
-        "CREATED",
-        "UPDATED",
-        "LAST_SEEN",
-        "REQUESTS",
-    ]);
-    if c.wildcard {
-        let dash = || "-".to_string();
-        t.row(vec![
-            dash(),
-            "*".into(),
-            "ACTIVE".into(),
-            dash(),
-            dash(),
-            dash(),
-            "- (operator wildcard)".into(),
-        ]);
-    }
-    for p in &list {
-        t.row(vec![
-            p.id.to_string(),
-            p.ip.to_string(),
-            p.status.to_string(),
-            utc(p.created),
-            utc(p.updated),
-            utc_or_dash(p.last_seen),
-            p.requests.to_string(),
-        ]);
-    }
-    Ok(Output {
-        plain: t.render(),
-        json: to_value(&list),
-    })
-}
-
-async fn ip_add(
-    cx: &Context<'_>,
-    id: u64,
-    ip: &str,
-    status: &str,
-) -> Result<Output, OperatorError> {
-    let add = Change::AddIp {
-        ip: parse_ip(ip)?,
-        status: parse_status(status)?,
-    };
-    let entry = entry_of(cx.change(id, add).await?)?;
-    Ok(Output {
-        plain: entry.id.to_string(),
-        json: to_value(&entry),
-    })
-}
-
-async fn ip_set_status(
-    cx: &Context<'_>,
-    id: u64,
-    item: u64,
-    status: &str,
-) -> Result<Output, OperatorError> {
-    let set = Change::SetIpStatus {
-        item,
-        status: parse_status(status)?,
-    };
-    cx.need_credential(id).await?;
-    let changed = cx
-        .store
-        .change(
-            Target::Id(id),
-            set,
-            cx.config.limits.max_ips_per_credential,
-            cx.actor,
-        )
-        .await
-        .map_err(missing("permitted IP", item))?
-        .value;
-    let entry = entry_of(changed)?;
-    Ok(Output {
-        plain: format!("entry {} ({}) is {}", entry.id, entry.ip, entry.status),
-        json: to_value(&entry),
-    })
-}
-
-async fn usage(cx: &Context<'_>, user: Option<u64>) -> Result<Output, OperatorError> {
-    if let Some(id) = user {
-        cx.need_user(id).await?;
-    }
-    let list = cx.store.usage(user).await?;
-    let mut t = Table::new(&["CREDENTIAL", "USER", "STATUS", "WILDCARD", "ACTIVE_IPS"]);
-    for u in &list {
-        t.row(vec![
-            u.credential_id.to_string(),
-            u.user_id.to_string(),
-            u.status.to_string(),
-            if u.wildcard { "*" } else { "-" }.into(),
-            u.active_ips.to_string(),
-        ]);
-    }
-    Ok(Output {
-        plain: t.render(),
-        json: to_value(&list),
-    })
-}
-
-async fn audit(
-    cx: &Context<'_>,
-    credential: Option<u64>,
-    limit: u32,
-) -> Result<Output, OperatorError> {
-    if let Some(id) = credential {
-        cx.need_credential(id).await?;
-    }
-    let list = cx.store.audit(credential, Page::first(limit)).await?;
-    // The change in a few words; the full before and after are `--json`'s.
-    let mut t = Table::new(&[
-        "ID",
-        "AT",
-        "ACTOR",
-        "FROM",
-        "CREDENTIAL",
-        "ACTION",
-        "CHANGE",
-    ])
-    .flexible(6);
-    for a in &list {
-        t.row(vec![
-            a.id.to_string(),
-            utc(a.at),
-            shown(&a.actor),
-            shown(a.actor_ip.as_deref().unwrap_or("-")),
-            or_dash(a.credential_id),
-            a.action.to_string(),
-            change_summary(a.before.as_ref(), a.after.as_ref()),
-        ]);
-    }
-    Ok(Output {
-        plain: t.render(),
-        json: to_value(&list),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_prefixed_random_and_long() {
-        let a = generate_key().unwrap();
-        let b = generate_key().unwrap();
-        assert!(a.expose().starts_with("ipg_"));
-        assert_eq!(a.expose().len(), 4 + KEY_CHARS);
-        assert!(a.expose().len() <= 55, "more than one SHA-256 block");
-        assert!(a.expose()[4..].bytes().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(a, b);
-    }
 
     #[test]
     fn the_operator_is_named_in_the_audit_log() {
@@ -755,12 +452,5 @@ mod tests {
             e.to_json(),
             json!({"error": {"kind": "not_found", "message": "user 999 not found"}})
         );
-    }
-
-    #[test]
-    fn wildcard_is_not_an_address() {
-        assert!(parse_ip("*").is_err());
-        assert!(parse_ip("10.0.0.0/8").is_err());
-        assert!(parse_ip("::1").is_ok());
     }
 }

@@ -8,6 +8,7 @@
 //! returns and reports the version it committed at. The hot path never calls a store:
 //! it reads snapshots the poller builds.
 
+pub mod console_link;
 mod feed;
 pub mod insight;
 mod model;
@@ -15,6 +16,7 @@ mod postgres;
 pub mod rules;
 mod sqlite;
 
+pub use console_link::NewConsoleLink;
 pub use feed::{
     continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
 };
@@ -27,9 +29,10 @@ pub use postgres::PostgresStore;
 pub use rules::{Change, Changed, Target};
 pub use sqlite::SqliteStore;
 
-use crate::acl::{KeyHash, Snapshot};
+use crate::acl::{Identity, KeyHash, Snapshot};
 use crate::config::StoreConfig;
 use async_trait::async_trait;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -141,6 +144,13 @@ pub trait Store: Send + Sync + 'static {
     async fn unused(&self, since: Timestamp, user_id: Option<u64>) -> Result<UnusedReport>;
     /// Every address a credential was used from, allowed or refused, busiest first.
     async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>>;
+
+    /// Keeps a console link for an existing credential, audited ([`console_link`]).
+    async fn mint_console_link(&self, link: NewConsoleLink, actor: &Actor) -> Result<()>;
+    /// Spends the link whose token hashes to `token_hash`, opened from `from`: its
+    /// credential, once, before it expires, while the credential is ACTIVE; audited.
+    /// `None` for an unknown, spent or expired link alike: the answer is no oracle.
+    async fn use_console_link(&self, token_hash: String, from: IpAddr) -> Result<Option<Identity>>;
 }
 
 /// Opens the configured store, creating it (the file, or the schema) on the first call

@@ -36,6 +36,16 @@ impl ApiPaths {
     pub fn entry(&self, item: u64) -> String {
         format!("{}/{item}", self.ips())
     }
+
+    /// ipgate's extension: the addresses the key was refused from.
+    pub fn refused(&self) -> String {
+        format!("{}/refused-ip", self.credential())
+    }
+
+    /// ipgate's extension: `report suggest` for the credential.
+    pub fn suggested(&self) -> String {
+        format!("{}/suggested-ip", self.credential())
+    }
 }
 
 /// A response with its body read.

@@ -9,6 +9,7 @@
 //! `REPEATABLE READ` transaction, so a delta is one consistent view. The schema is
 //! created or migrated on first use, under an advisory lock ([`schema`]).
 
+mod console_link;
 mod feed;
 mod insight;
 mod pool;
@@ -21,7 +22,7 @@ use super::feed::{Feed, Position};
 use super::model::*;
 use super::rules::{Change, Changed, Target};
 use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
-use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
+use super::{NewConsoleLink, RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::config::PostgresConfig;
 use async_trait::async_trait;
 use pool::{Lane, Lanes, Lease};
@@ -346,6 +347,30 @@ impl Store for PostgresStore {
         self.call(Lane::Api, self.config.timeout, |mut client| async move {
             let tx = client.transaction().await?;
             insight::suggest(&tx, credential_id).await
+        })
+        .await
+    }
+
+    async fn mint_console_link(&self, link: NewConsoleLink, actor: &Actor) -> Result<()> {
+        self.call(Lane::Api, self.config.timeout, |mut client| async move {
+            let tx = client.transaction().await?;
+            console_link::mint(&tx, &link, actor).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn use_console_link(
+        &self,
+        token_hash: String,
+        from: std::net::IpAddr,
+    ) -> Result<Option<crate::acl::Identity>> {
+        self.call(Lane::Api, self.config.timeout, |mut client| async move {
+            let tx = client.transaction().await?;
+            let spent = console_link::spend(&tx, &token_hash, from).await?;
+            tx.commit().await?;
+            Ok(spent)
         })
         .await
     }

@@ -109,6 +109,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (credential_id, ip)
     );
     ",
+    // 4: console links (`ipgate admin console-link`): only each token's SHA-256.
+    "
+    CREATE TABLE console_links (
+        token_hash    TEXT PRIMARY KEY,
+        credential_id BIGINT NOT NULL REFERENCES credentials(id),
+        created       BIGINT NOT NULL,
+        expires       BIGINT NOT NULL,
+        used          BIGINT,
+        used_from     TEXT
+    );
+    ",
 ];
 
 /// Brings the schema up to date under a transaction-scoped advisory lock, or refuses a

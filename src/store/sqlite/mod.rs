@@ -7,6 +7,7 @@
 //! write durable before the call returns. Write transactions are `IMMEDIATE`: one
 //! writer at a time across processes, so versions advance in commit order.
 
+mod console_link;
 mod feed;
 mod file;
 mod insight;
@@ -18,7 +19,7 @@ use super::feed::{Feed, Position};
 use super::model::*;
 use super::rules::{Change, Changed, Target};
 use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
-use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
+use super::{NewConsoleLink, RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::config::SqliteConfig;
 use async_trait::async_trait;
 use file::FileError;
@@ -323,6 +324,21 @@ impl Store for SqliteStore {
 
     async fn suggest(&self, credential_id: u64) -> Result<Vec<Suggestion>> {
         self.blocking(move |s| s.read(|tx| insight::suggest(tx, credential_id)))
+            .await
+    }
+
+    async fn mint_console_link(&self, link: NewConsoleLink, actor: &Actor) -> Result<()> {
+        let actor = actor.clone();
+        self.blocking(move |s| s.write(|tx| console_link::mint(tx, &link, &actor)))
+            .await
+    }
+
+    async fn use_console_link(
+        &self,
+        token_hash: String,
+        from: std::net::IpAddr,
+    ) -> Result<Option<crate::acl::Identity>> {
+        self.blocking(move |s| s.write(|tx| console_link::spend(tx, &token_hash, from)))
             .await
     }
 

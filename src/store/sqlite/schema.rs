@@ -107,4 +107,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (credential_id, ip)
     );
     ",
+    // 5: console links (`ipgate admin console-link`): only each token's SHA-256.
+    "
+    CREATE TABLE console_links (
+        token_hash    TEXT PRIMARY KEY,
+        credential_id INTEGER NOT NULL REFERENCES credentials(id),
+        created       INTEGER NOT NULL,
+        expires       INTEGER NOT NULL,
+        used          INTEGER,
+        used_from     TEXT
+    );
+    ",
 ];

@@ -21,9 +21,9 @@
 mod pg;
 
 use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
-use ipgate::config::{Config, StoreConfig};
+use ipgate::config::{parse_duration, Config, StoreConfig, DEFAULT_HINT_SPACING};
 use ipgate::metrics::{Metrics, RefreshResult};
-use ipgate::refresh::{Refresher, MIN_HINT_SPACING};
+use ipgate::refresh::{Pace, Refresher};
 use ipgate::store::{
     self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, Target, Timestamp,
 };
@@ -33,7 +33,6 @@ use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -151,7 +150,19 @@ async fn credentials(s: &dyn Store, n: u64) -> Vec<u64> {
 /// Versions a poller published, and when.
 type Seen = Arc<Mutex<Vec<(u64, Instant)>>>;
 
-/// One simulated gateway's poller: `Refresher::run`'s loop, recording each version it
+/// Polls every simulated poller has made, for the cost of one poll.
+static POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Least time between hinted polls, from `IPGATE_BENCH_HINT_SPACING` (ms) when set.
+fn hint_spacing() -> Duration {
+    std::env::var("IPGATE_BENCH_HINT_SPACING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| parse_duration(DEFAULT_HINT_SPACING).unwrap())
+}
+
+/// One simulated gateway's poller: `Refresher::run` itself, recording each version it
 /// publishes.
 async fn poller(
     store: Arc<dyn Store>,
@@ -170,40 +181,23 @@ async fn poller(
     tokio::spawn(async move {
         // Gateways start at different moments, their LISTEN connections too.
         tokio::time::sleep(start_after).await;
-        let hints = if notify {
-            store.change_hints(stop.child_token())
-        } else {
-            None
+        let hints = store.change_hints(notify, stop.child_token());
+        let pace = Pace {
+            interval: INTERVAL,
+            hint_spacing: hint_spacing(),
         };
         let mut last = None;
-        loop {
-            let polled = Instant::now();
-            if refresher.refresh().await.is_ok() {
-                let v = task_cell.load().as_ref().map(|s| s.version());
-                if v > last {
-                    last = v;
-                    seen.lock().unwrap().push((v.unwrap_or(0), Instant::now()));
-                }
+        let observe = move || {
+            POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let v = task_cell.load().as_ref().map(|s| s.version());
+            if v > last {
+                last = v;
+                seen.lock().unwrap().push((v.unwrap_or(0), Instant::now()));
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(INTERVAL) => {}
-                _ = wait(&hints, polled) => {}
-            }
-        }
+        };
+        refresher.run_observed(pace, hints, stop, observe).await;
     });
     cell
-}
-
-/// A hint, then the spacing `Refresher::run` keeps between hinted polls.
-async fn wait(hints: &Option<Arc<Notify>>, polled: Instant) {
-    match hints {
-        Some(n) => {
-            n.notified().await;
-            tokio::time::sleep_until((polled + MIN_HINT_SPACING).into()).await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// A spread of start times over one interval, as independent gateways would have.

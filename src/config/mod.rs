@@ -486,7 +486,10 @@ mod tests {
             ),
             ("client_ip", &["trusted_proxies", "header"]),
             ("store", &["url", "pool_size", "timeout", "keep_changes"]),
-            ("refresh", &["interval", "max_staleness", "notify"]),
+            (
+                "refresh",
+                &["interval", "max_staleness", "notify", "hint_spacing"],
+            ),
             ("limits", &["max_ips_per_credential", "max_body_bytes"]),
             ("log", &["format", "level"]),
             ("insight", &["record_usage", "flush_interval"]),

@@ -9,6 +9,7 @@
 //! it reads snapshots the poller builds.
 
 mod feed;
+mod hints;
 pub mod insight;
 mod model;
 mod postgres;
@@ -18,6 +19,7 @@ mod sqlite;
 pub use feed::{
     continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
 };
+pub use hints::{Heard, Hints};
 pub use insight::{RefusedReport, Sighting, Suggestion, UnusedReport, UsageBatch, REFUSED_KEPT};
 pub use model::{
     Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Mode, Page, PermittedIp,
@@ -31,7 +33,6 @@ use crate::acl::{KeyHash, Snapshot};
 use crate::config::StoreConfig;
 use async_trait::async_trait;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +95,10 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<Loaded>;
     /// What changed after `at`, read in one consistent view.
     async fn changes_since(&self, at: Position) -> Result<Feed>;
-    /// Starts listening for other writers' commits, if the backend can tell: the
-    /// returned `Notify` is woken on each (a hint only: it may come late, twice, or
-    /// never, so polling stays). `None`: poll only.
-    fn change_hints(&self, stop: CancellationToken) -> Option<Arc<Notify>>;
+    /// What this store tells its poller between polls ([`Hints`]): that it answers
+    /// again after failing, and, when `listen` and the backend can tell, each commit
+    /// another writer announces (until `stop`). `None`: poll only.
+    fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>>;
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>>;
     async fn user(&self, id: u64) -> Result<User>;

@@ -8,7 +8,7 @@
 //! instead, so a gateway far behind catches up rather than time out on every poll.
 
 use super::super::feed::{continuation, CredentialChange, Delta, Feed, Position, ResyncReason};
-use super::super::{Loaded, Result, StoreError};
+use super::super::{Hints, Loaded, Result, StoreError};
 use super::pool::{with_server_timeouts, Lane, Lease, TimedOut};
 use super::rows::PgFailure;
 use super::rows::*;
@@ -17,7 +17,6 @@ use crate::acl::SnapshotBuilder;
 use crate::config::PostgresConfig;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -37,8 +36,10 @@ const PROBE: &str = "SELECT \
     (SELECT value FROM meta WHERE name = 'pruned_through'), \
     (SELECT stamp FROM change_log WHERE version = $1 LIMIT 1)";
 
-/// Longest pause between attempts to re-establish the LISTEN connection.
-const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest pause between attempts to re-establish the LISTEN connection. An attempt
+/// against a database that is down costs it nothing, and a reconnect is what tells the
+/// poller at once that the store is back: never more than a second late.
+const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Every credential, in one consistent view.
 pub(super) async fn load(store: &PostgresStore) -> Result<Loaded> {
@@ -204,13 +205,13 @@ fn timed_out(e: &StoreError) -> bool {
             == Some(&SqlState::QUERY_CANCELED)
 }
 
-/// Keeps one connection LISTENing for commits and wakes `notify` on each, and once
-/// after every (re)connect, since commits made while it was away were not heard.
-/// Reconnects with backoff until `stop`.
+/// Keeps one connection LISTENing for commits and passes each one's version to
+/// `hints`, and tells it of every (re)connect: the store is back, and commits made
+/// while the listener was away were not heard. Reconnects with backoff until `stop`.
 pub(super) async fn listen(
     config: PostgresConfig,
     tls: MakeRustlsConnect,
-    notify: Arc<Notify>,
+    hints: Arc<Hints>,
     stop: CancellationToken,
 ) {
     let connect = with_server_timeouts(&config.connect, config.server_timeouts);
@@ -221,12 +222,12 @@ pub(super) async fn listen(
             let (client, mut connection) = tokio::time::timeout(config.timeout, connecting)
                 .await
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
-            let woken = Arc::clone(&notify);
+            let heard = Arc::clone(&hints);
             let messages = tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                            woken.notify_one()
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            heard.committed(n.payload().parse().ok())
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return Err(StoreError::from(e)),
@@ -240,7 +241,7 @@ pub(super) async fn listen(
                 .await
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
             tracing::debug!("listening for store changes");
-            notify.notify_one();
+            hints.reconnected();
             let ended = messages.await;
             drop(client);
             match ended {

@@ -20,7 +20,7 @@ mod writes;
 use super::feed::{Feed, Position};
 use super::model::*;
 use super::rules::{Change, Changed, Target};
-use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
+use super::{Committed, Hints, Loaded, NewCredential, Result, Store, StoreError};
 use super::{RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::config::PostgresConfig;
 use async_trait::async_trait;
@@ -29,7 +29,7 @@ use rows::*;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use writes::{audit, bump};
@@ -43,6 +43,8 @@ pub struct PostgresStore {
     /// Whether a database without ipgate's schema may be given one: `serve` and
     /// `admin init` only.
     create: bool,
+    /// Told of every call that reached the database, and of the listener's notices.
+    hints: Arc<Hints>,
 }
 
 impl PostgresStore {
@@ -66,6 +68,7 @@ impl PostgresStore {
             tls,
             schema: OnceCell::new(),
             create,
+            hints: Arc::new(Hints::new()),
         })
     }
 
@@ -76,7 +79,8 @@ impl PostgresStore {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.lanes
+        let result = self
+            .lanes
             .call(lane, limit, |mut client| async move {
                 let missing = (!self.create).then_some(self.config.display.as_str());
                 self.schema
@@ -84,7 +88,12 @@ impl PostgresStore {
                     .await?;
                 call(client).await
             })
-            .await
+            .await;
+        // Any answer (a refusal or "not found" too) proves the database is back.
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            self.hints.answered();
+        }
+        result
     }
 }
 
@@ -98,15 +107,16 @@ impl Store for PostgresStore {
         feed::changes_since(self, at).await
     }
 
-    fn change_hints(&self, stop: CancellationToken) -> Option<Arc<Notify>> {
-        let notify = Arc::new(Notify::new());
-        tokio::spawn(feed::listen(
-            self.config.clone(),
-            self.tls.clone(),
-            Arc::clone(&notify),
-            stop,
-        ));
-        Some(notify)
+    fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>> {
+        if listen {
+            tokio::spawn(feed::listen(
+                self.config.clone(),
+                self.tls.clone(),
+                Arc::clone(&self.hints),
+                stop,
+            ));
+        }
+        Some(Arc::clone(&self.hints))
     }
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>> {
@@ -193,7 +203,23 @@ impl Store for PostgresStore {
                 )
                 .await?;
             let id = col::<i64>(&row, 0)? as u64;
-            let credential = get_credential(&tx, id).await?;
+            // The row just written, from what this call has: not read back.
+            let credential = Credential {
+                id,
+                user_id: new.user_id,
+                created: now,
+                updated: now,
+                status: CredentialStatus::as_read(
+                    CredentialStatus::PendingFirstUse,
+                    Some(new.expiry),
+                    now,
+                ),
+                expiry_time: Some(new.expiry),
+                description: new.description,
+                wildcard: false,
+                permitted_device: None,
+                mode: Mode::Enforce,
+            };
             audit(
                 &tx,
                 actor,

@@ -1,0 +1,130 @@
+//! What a store tells its poller between polls: that another writer committed a
+//! version (a notice, which may come late, twice, or never), and that the store answers
+//! again after the poller saw it fail (a listener that reconnected, or any call that
+//! succeeded). Hints only make a poll come sooner or be skipped; polling stays.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct Hints {
+    wake: Notify,
+    /// The highest version a commit notice carried (0: none).
+    announced: AtomicU64,
+    /// A notice came whose version could not be read: it could be anything.
+    unknown: AtomicBool,
+    /// The store answered while the poller was failing, or the listener (re)connected
+    /// (commits made while it was away were not heard).
+    back: AtomicBool,
+    /// Whether the poller's last step failed: only then does a successful call wake it.
+    failing: AtomicBool,
+}
+
+/// What the poller finds when it is woken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// Poll now: the store is back, or commits may have gone unheard.
+    pub back: bool,
+    /// The newest version announced (`u64::MAX` when a notice could not be read).
+    pub announced: u64,
+}
+
+impl Hints {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Another writer committed `version` (`None`: a notice without a readable one).
+    pub fn committed(&self, version: Option<u64>) {
+        match version {
+            Some(v) => {
+                self.announced.fetch_max(v, Ordering::AcqRel);
+            }
+            None => self.unknown.store(true, Ordering::Release),
+        }
+        self.wake.notify_one();
+    }
+
+    /// The listener (re)connected: what was committed while it was away is unknown.
+    pub fn reconnected(&self) {
+        self.back.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// A call to the store succeeded: if the poller is failing, the store is back.
+    /// Cheap enough for every call (one atomic load when the poller is fine).
+    pub fn answered(&self) {
+        if self.failing.load(Ordering::Acquire) {
+            self.back.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The poller records how its last step went.
+    pub fn poller_failing(&self, failing: bool) {
+        let was = self.failing.swap(failing, Ordering::AcqRel);
+        if was && !failing {
+            // Its own successful calls said "back" a moment ago: already known.
+            self.back.store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits for the next hint and takes what has been heard since the last one.
+    pub async fn next(&self) -> Heard {
+        self.wake.notified().await;
+        let unknown = self.unknown.swap(false, Ordering::AcqRel);
+        Heard {
+            back: self.back.swap(false, Ordering::AcqRel),
+            announced: if unknown {
+                u64::MAX
+            } else {
+                self.announced.load(Ordering::Acquire)
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notices_keep_the_newest_version_and_an_unreadable_one_means_any() {
+        let h = Hints::new();
+        h.committed(Some(7));
+        h.committed(Some(5));
+        let heard = h.next().await;
+        assert_eq!(
+            heard,
+            Heard {
+                back: false,
+                announced: 7
+            }
+        );
+        h.committed(None);
+        assert_eq!(h.next().await.announced, u64::MAX);
+        h.committed(Some(3));
+        assert_eq!(h.next().await.announced, 7, "the newest stays");
+    }
+
+    #[tokio::test]
+    async fn a_successful_call_wakes_only_a_failing_poller() {
+        let h = Hints::new();
+        h.answered();
+        h.committed(Some(1));
+        assert!(!h.next().await.back, "not failing: an answer is no news");
+        h.poller_failing(true);
+        h.answered();
+        assert!(h.next().await.back);
+        h.answered();
+        h.poller_failing(false);
+        h.committed(Some(2));
+        assert!(!h.next().await.back, "a good step clears what it knew");
+        h.reconnected();
+        h.poller_failing(false);
+        assert!(
+            h.next().await.back,
+            "a reconnect while polling fine still counts"
+        );
+    }
+}

@@ -3,11 +3,15 @@
 //!
 //! ```text
 //! cargo bench --bench fleet -- propagation   # 100 and 1,000 simulated pollers, poll-only and notify
+//!     # IPGATE_BENCH_POLLERS=1000 IPGATE_BENCH_MODES=notify: one part only;
+//!     # IPGATE_BENCH_HINT_SPACING=250: the pollers' refresh.hint_spacing in ms
 //! cargo bench --bench fleet -- gateways      # 3 real `ipgate serve`, poll-only and notify
 //! cargo bench --bench fleet -- cpu           # PostgreSQL CPU: 100 pollers idle, and under writes
 //! cargo bench --bench fleet -- writes        # API writes/s through a gateway, 100 pollers attached
 //! cargo bench --bench fleet -- million       # 1M credentials: cold start, one change applied
-//! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills
+//! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills;
+//!                                             # at the end every acknowledged write's content
+//!                                             # and every gateway's decisions against the store
 //! cargo bench --bench fleet -- behind        # 100,000 changes behind: delta attempt, full load
 //! ```
 //!
@@ -25,7 +29,8 @@ use ipgate::config::{parse_duration, Config, StoreConfig, DEFAULT_HINT_SPACING};
 use ipgate::metrics::{Metrics, RefreshResult};
 use ipgate::refresh::{Pace, Refresher};
 use ipgate::store::{
-    self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, Target, Timestamp,
+    self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, StoreError, Target,
+    Timestamp,
 };
 use pg::Postgres;
 use std::collections::BTreeMap;
@@ -61,9 +66,16 @@ fn main() {
     let pg = Postgres::start_with(&["max_connections=2300", "fsync=on", "shared_buffers=256MB"]);
     runtime.block_on(async {
         if want("propagation") {
-            for pollers in [100, 1000] {
-                for notify in [false, true] {
-                    propagation(&pg, pollers, notify).await;
+            // IPGATE_BENCH_POLLERS="1000" and IPGATE_BENCH_MODES="notify" pick a part.
+            let list = |name: &str, all: &str| std::env::var(name).unwrap_or_else(|_| all.into());
+            for pollers in list("IPGATE_BENCH_POLLERS", "100,1000").split(',') {
+                for mode in list("IPGATE_BENCH_MODES", "poll,notify").split(',') {
+                    propagation(
+                        &pg,
+                        pollers.trim().parse().unwrap(),
+                        mode.trim() == "notify",
+                    )
+                    .await;
                 }
             }
         }
@@ -114,13 +126,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// The key of the `i`th credential [`credentials`] makes.
+fn bench_key(i: u64) -> KeyHash {
+    KeyHash::of(format!("bench-{i}-{}", std::process::id()).as_bytes())
+}
+
 /// `n` ACTIVE credentials (one address each) for the writers to change.
 async fn credentials(s: &dyn Store, n: u64) -> Vec<u64> {
     let admin = Actor::admin();
     let user = s.add_user(None, &admin).await.unwrap().value.id;
     let mut ids = Vec::new();
     for i in 0..n {
-        let key = KeyHash::of(format!("bench-{i}-{}", std::process::id()).as_bytes());
+        let key = bench_key(i);
         let c = s
             .create_credential(
                 NewCredential {
@@ -314,6 +331,7 @@ async fn propagation(pg: &Postgres, n: usize, notify: bool) {
     tokio::time::sleep(INTERVAL * 2).await;
     let mut writes = Vec::new();
     let cpu_ticks = pg_ticks(pg);
+    let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     for i in 0..100 {
         let change = Change::Wildcard(i % 8 < 4);
@@ -325,13 +343,20 @@ async fn propagation(pg: &Postgres, n: usize, notify: bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(INTERVAL * 3).await;
-    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / secs * 100.0;
+    let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
     stop.cancel();
     let (mut samples, missing) = propagation_samples(&writes, &seen);
     println!(
-        "propagation, {n} pollers, {}: {}; {missing} never arrived; PostgreSQL CPU {cpu:.0}% of a core",
+        "propagation, {n} pollers, {} (hint spacing {:?}): {}; {missing} never arrived; \
+         PostgreSQL CPU {cpu:.0}% of a core; {:.1} polls per poller and second, \
+         {:.0} µs of PostgreSQL CPU per poll",
         if notify { "notify" } else { "poll only (1 s)" },
-        summary(&mut samples)
+        hint_spacing(),
+        summary(&mut samples),
+        polls as f64 / n as f64 / secs,
+        cpu / 100.0 * secs / polls.max(1) as f64 * 1e6,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
@@ -589,11 +614,26 @@ async fn cpu(pg: &Postgres) {
     let db = pg.database();
     let writer = open(pg, &db, 2);
     let ids = credentials(writer.as_ref(), 4).await;
+    // What the server costs with no poller at all (its own background work).
+    let baseline = pg_cpu_during(pg, Duration::from_secs(30)).await;
+    println!("PostgreSQL CPU with no poller: {baseline:.2}% of a core");
     for notify in [false, true] {
         let stop = CancellationToken::new();
         let _pollers = start_pollers(pg, &db, 100, notify, &stop).await;
         tokio::time::sleep(INTERVAL * 2).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
+        let window = Instant::now();
         let idle = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
+        let per_poll = (idle - baseline).max(0.0) / 100.0 * window.elapsed().as_secs_f64()
+            / polls.max(1) as f64;
+        println!(
+            "  100 idle pollers ({}): {:.2}% of a core above the baseline; {polls} polls, \
+             {:.0} µs of PostgreSQL CPU per unchanged poll",
+            if notify { "notify" } else { "poll only" },
+            idle - baseline,
+            per_poll * 1e6
+        );
         let busy_writer = {
             let writer = Arc::clone(&writer);
             let ids = ids.clone();
@@ -614,7 +654,15 @@ async fn cpu(pg: &Postgres) {
                 }
             })
         };
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
+        let window = Instant::now();
         let busy = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
+        println!(
+            "  under 20 writes/s: {polls} polls in {:.0} s ({:.1} per poller and second)",
+            window.elapsed().as_secs_f64(),
+            polls as f64 / 100.0 / window.elapsed().as_secs_f64()
+        );
         stop.cancel();
         let _ = busy_writer.await;
         println!(
@@ -1010,12 +1058,16 @@ async fn chaos(pg: &Postgres, length: Duration) {
         gateways.push((token, cell, seen));
     }
     let acknowledged: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    // What each acknowledged write set, and what each write with an unknown outcome
+    // (the store failed mid-call: it may or may not have committed) aimed at.
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
     let pause = Arc::new(tokio::sync::RwLock::new(()));
     let mut writers = Vec::new();
     for w in 0..2u64 {
         let writer = open(pg, &db, 2);
         let ids = ids.clone();
         let acknowledged = Arc::clone(&acknowledged);
+        let outcomes = Arc::clone(&outcomes);
         let pause = Arc::clone(&pause);
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
@@ -1043,11 +1095,21 @@ async fn chaos(pg: &Postgres, length: Duration) {
                         },
                     },
                 };
-                if let Ok(done) = writer
+                let aim = Aim::of(id, &change);
+                match writer
                     .change(Target::Id(id), change, 8, &Actor::admin())
                     .await
                 {
-                    acknowledged.lock().unwrap().push((done.version, id));
+                    Ok(done) => {
+                        acknowledged.lock().unwrap().push((done.version, id));
+                        outcomes
+                            .lock()
+                            .unwrap()
+                            .acknowledged(id, done.version, &done.value);
+                    }
+                    Err(StoreError::Unavailable(_)) => outcomes.lock().unwrap().unknown.push(aim),
+                    // Refused by a rule: nothing written.
+                    Err(_) => {}
                 }
                 drop(_open);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1116,14 +1178,159 @@ async fn chaos(pg: &Postgres, length: Duration) {
     let mut versions: Vec<u64> = acked.iter().map(|(v, _)| *v).collect();
     versions.sort_unstable();
     versions.dedup();
+    // Every acknowledged write's content is in the store: the last acknowledged value of
+    // each thing written (an entry's status, a credential's wildcard) is what the store
+    // holds, unless a write with an unknown outcome aimed at it too.
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let keys: BTreeMap<u64, KeyHash> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, bench_key(i as u64)))
+        .collect();
+    let stored = stored_state(&writer, &ids).await;
+    let (content_checked, content_wrong, ambiguous) = outcomes.check(&stored);
+    // Every gateway decides as the store's rows say: each credential from each
+    // address it has ever had, and from one it never had.
+    let truth_version = writer_truth(&writer).await.0;
+    let (mut decisions, mut wrong_decisions) = (0, 0);
+    for (_, cell, _) in &gateways {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cell.load().as_ref().map(|s| s.version()) != Some(truth_version)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let snap = cell.load_full();
+        for (id, (wildcard, entries)) in &stored {
+            let mut addresses: Vec<(IpAddr, bool)> = entries
+                .values()
+                .map(|(ip, status)| (*ip, *wildcard || *status == IpStatus::Active))
+                .collect();
+            addresses.push((ip("192.0.2.77"), *wildcard));
+            for (addr, allowed) in addresses {
+                let got =
+                    ipgate::acl::decide(snap.as_deref(), false, keys.get(id), Some(addr), || {
+                        Timestamp::now().0
+                    });
+                decisions += 1;
+                if matches!(got, ipgate::acl::Decision::Allow(_)) != allowed {
+                    wrong_decisions += 1;
+                }
+            }
+        }
+    }
     println!(
         "chaos, {:.0} min: {} acknowledged writes ({} distinct versions), {restarts} database restarts, \
          {kills} gateway restarts, {checks} snapshot checks: {mismatches} differed from the store, \
-         {out_of_order} versions out of order, {lost} acknowledged writes lost",
+         {out_of_order} versions out of order, {lost} acknowledged writes lost; content: \
+         {content_checked} written values checked, {content_wrong} not in the store \
+         ({ambiguous} left unchecked: a write with an unknown outcome aimed at them too); \
+         {decisions} gateway decisions checked, {wrong_decisions} differed from the store's rows",
         started.elapsed().as_secs_f64() / 60.0,
         acked.len(),
         versions.len(),
     );
+}
+
+/// What one write aimed at: a credential's wildcard, or one of its entries (by address
+/// for an add, by id for a status change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Aim {
+    Wildcard(u64),
+    Address(u64, IpAddr),
+    Item(u64, u64),
+}
+
+impl Aim {
+    fn of(credential: u64, change: &Change) -> Self {
+        match change {
+            Change::AddIp { ip, .. } => Aim::Address(credential, *ip),
+            Change::SetIpStatus { item, .. } => Aim::Item(credential, *item),
+            _ => Aim::Wildcard(credential),
+        }
+    }
+}
+
+/// A credential's wildcard and entries (id -> address, status), as stored.
+type Stored = BTreeMap<u64, (bool, BTreeMap<u64, (IpAddr, IpStatus)>)>;
+
+/// The last acknowledged value of everything written, by version.
+#[derive(Default)]
+struct Outcomes {
+    /// (credential, entry id or none for the wildcard) -> (version, wildcard or status).
+    last: BTreeMap<(u64, Option<u64>), (u64, Written)>,
+    unknown: Vec<Aim>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Wildcard(bool),
+    Entry(IpAddr, IpStatus),
+}
+
+impl Outcomes {
+    fn acknowledged(&mut self, credential: u64, version: u64, changed: &store::Changed) {
+        let (slot, value) = match &changed.entry {
+            Some(e) => (Some(e.id), Written::Entry(e.ip, e.status)),
+            None => (None, Written::Wildcard(changed.credential.wildcard)),
+        };
+        let last = self.last.entry((credential, slot)).or_insert((0, value));
+        if version >= last.0 {
+            *last = (version, value);
+        }
+    }
+
+    /// (values checked, values not in the store, values left unchecked).
+    fn check(&self, stored: &Stored) -> (usize, usize, usize) {
+        let (mut checked, mut wrong, mut ambiguous) = (0, 0, 0);
+        for ((credential, slot), (_, value)) in &self.last {
+            let Some((wildcard, entries)) = stored.get(credential) else {
+                wrong += 1;
+                continue;
+            };
+            let aimed_at_too = self.unknown.iter().any(|aim| match (aim, value, slot) {
+                (Aim::Wildcard(c), Written::Wildcard(_), _) => c == credential,
+                (Aim::Address(c, ip), Written::Entry(addr, _), _) => c == credential && ip == addr,
+                (Aim::Item(c, item), Written::Entry(..), Some(id)) => c == credential && item == id,
+                _ => false,
+            });
+            if aimed_at_too {
+                ambiguous += 1;
+                continue;
+            }
+            checked += 1;
+            let holds = match (value, slot) {
+                (Written::Wildcard(w), _) => w == wildcard,
+                (Written::Entry(ip, status), Some(id)) => entries.get(id) == Some(&(*ip, *status)),
+                (Written::Entry(..), None) => false,
+            };
+            if !holds {
+                wrong += 1;
+            }
+        }
+        (checked, wrong, ambiguous)
+    }
+}
+
+/// Every credential's wildcard and entries, read through the store's API.
+async fn stored_state(s: &Arc<dyn Store>, ids: &[u64]) -> Stored {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let read = || async {
+            let c = s.credential(*id).await?;
+            let ips = s.ips(*id, store::Page::all()).await?;
+            Ok::<_, StoreError>((c, ips))
+        };
+        let (c, ips) = loop {
+            if let Ok(r) = read().await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let entries = ips.iter().map(|e| (e.id, (e.ip, e.status))).collect();
+        out.insert(*id, (c.wildcard, entries));
+    }
+    out
 }
 
 /// The store's version and contents, read whole.

@@ -8,6 +8,7 @@
 //! cargo bench --bench fleet -- gateways      # 3 real `ipgate serve`, poll-only and notify
 //! cargo bench --bench fleet -- cpu           # PostgreSQL CPU: 100 pollers idle, and under writes
 //! cargo bench --bench fleet -- writes        # API writes/s through a gateway, 100 pollers attached
+//! cargo bench --bench fleet -- replica       # 100 pollers on a streaming replica, NOTIFY from the primary
 //! cargo bench --bench fleet -- million       # 1M credentials: cold start, one change applied
 //! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills;
 //!                                             # at the end every acknowledged write's content
@@ -89,6 +90,9 @@ fn main() {
         }
         if want("writes") {
             writes(&pg).await;
+        }
+        if want("replica") {
+            replica(&pg).await;
         }
         if want("million") {
             million(&pg).await;
@@ -359,6 +363,98 @@ async fn propagation(pg: &Postgres, n: usize, notify: bool) {
         cpu / 100.0 * secs / polls.max(1) as f64 * 1e6,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// 100 pollers reading a streaming replica (`store.read_url`), their notices from the
+/// primary as hints: propagation from the primary's acknowledgement, with the
+/// replica's own replay lag beside it for comparison.
+async fn replica(pg: &Postgres) {
+    let db = pg.database();
+    let writer = open(pg, &db, 2);
+    let ids = credentials(writer.as_ref(), 4).await;
+    let standby = tokio::task::block_in_place(|| pg.replica());
+    let text = format!(
+        "[store]\nurl = \"{}\"\nread_url = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
+        pg.url(&db),
+        standby.url(&db)
+    );
+    let config = Config::parse(&text, std::path::Path::new("/"))
+        .unwrap()
+        .store;
+    let stop = CancellationToken::new();
+    let (mut seen, mut cells) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let s: Seen = Arc::default();
+        let store = store::open(&config).unwrap();
+        cells.push(
+            poller(
+                store,
+                true,
+                stop.child_token(),
+                Arc::clone(&s),
+                offset(i, 100),
+            )
+            .await,
+        );
+        seen.push(s);
+    }
+    while cells.iter().any(|c| !c.is_loaded()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(INTERVAL * 2).await;
+    let replica_store = {
+        let text = format!(
+            "[store]\nurl = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
+            standby.url(&db)
+        );
+        store::open(
+            &Config::parse(&text, std::path::Path::new("/"))
+                .unwrap()
+                .store,
+        )
+        .unwrap()
+    };
+    let at = replica_store.load().await.unwrap().position;
+    let mut writes = Vec::new();
+    let mut lag = Vec::new();
+    for i in 0..100 {
+        let change = Change::Wildcard(i % 8 < 4);
+        let done = writer
+            .change(Target::Id(ids[i % 4]), change, 100, &Actor::admin())
+            .await
+            .unwrap();
+        let acked = Instant::now();
+        writes.push((done.version, acked));
+        // The replica's own lag: until it answers with this version.
+        let mut probe_at = at;
+        loop {
+            match replica_store.changes_since(probe_at).await {
+                Ok(Feed::Changes(d)) if d.to.version >= done.version => break,
+                Ok(Feed::Changes(d)) => probe_at = d.to,
+                _ => {}
+            }
+            if acked.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lag.push(acked.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(INTERVAL * 3).await;
+    stop.cancel();
+    let (mut samples, missing) = propagation_samples(&writes, &seen);
+    let mut out_of_order = 0;
+    for s in &seen {
+        check_order(s, &mut out_of_order);
+    }
+    println!(
+        "propagation, 100 pollers on a streaming replica, notify from the primary: {}; \
+         {missing} never arrived, {out_of_order} out of order; the replica's own lag: {}",
+        summary(&mut samples),
+        summary(&mut lag)
+    );
+    drop(standby);
 }
 
 /// Three real gateways: a change through the first one's API, the others probed until

@@ -206,6 +206,9 @@ pub struct PostgresConfig {
     pub keep_changes: u64,
     /// `postgres://user@host:port/db`, for logs.
     pub display: String,
+    /// `store.read_url`: a streaming replica of this database that the poller reads
+    /// (change feed and full loads); writes, rule checks and usage stay here.
+    pub read: Option<Box<PostgresConfig>>,
 }
 
 /// What PostgreSQL enforces on each of a gateway's sessions, so that a gateway that

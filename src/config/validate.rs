@@ -42,6 +42,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
             "store",
             &[
                 "url",
+                "read_url",
                 "password_file",
                 "pool_size",
                 "timeout",

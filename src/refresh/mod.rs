@@ -57,7 +57,7 @@ impl Refresher {
     /// Polls once: confirms the current snapshot, applies what changed, or loads all.
     pub async fn refresh(&self) -> Result<RefreshResult, StoreError> {
         let mut position = self.position.lock().await;
-        self.step(&mut position).await
+        self.step(&mut position, Read::Poll).await
     }
 
     /// Makes the snapshot include everything up to `version` (a write this gateway
@@ -67,7 +67,8 @@ impl Refresher {
         if position.is_some_and(|p| p.version >= version) {
             return Ok(());
         }
-        self.step(&mut position).await?;
+        // From the primary: a read replica may not have the write yet.
+        self.step(&mut position, Read::Primary).await?;
         match *position {
             Some(p) if p.version >= version => Ok(()),
             _ => Err(StoreError::Unavailable(
@@ -93,7 +94,7 @@ impl Refresher {
         if position.is_some() && self.steps().good.is_some_and(|t| t >= arrived) {
             return Ok(());
         }
-        self.step(&mut position).await.map(drop)
+        self.step(&mut position, Read::Poll).await.map(drop)
     }
 
     fn steps(&self) -> Steps {
@@ -105,13 +106,17 @@ impl Refresher {
         *self.position.lock().await
     }
 
-    async fn step(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
+    async fn step(
+        &self,
+        position: &mut Option<Position>,
+        read: Read,
+    ) -> Result<RefreshResult, StoreError> {
         let started = Instant::now();
         self.step_began
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .any = Some(started);
-        let result = self.step_inner(position).await;
+        let result = self.step_inner(position, read).await;
         if result.is_ok() {
             self.step_began
                 .lock()
@@ -132,11 +137,16 @@ impl Refresher {
     async fn step_inner(
         &self,
         position: &mut Option<Position>,
+        read: Read,
     ) -> Result<RefreshResult, StoreError> {
         let Some(at) = *position else {
-            return self.load_all(position).await;
+            return self.load_all(position, read).await;
         };
-        match self.store.changes_since(at).await? {
+        let feed = match read {
+            Read::Poll => self.store.changes_since(at).await?,
+            Read::Primary => self.store.changes_since_primary(at).await?,
+        };
+        match feed {
             Feed::Unchanged => {
                 self.cell.confirm();
                 Ok(RefreshResult::Unchanged)
@@ -152,13 +162,20 @@ impl Refresher {
                     version = at.version,
                     "cannot continue with a delta; loading everything"
                 );
-                self.load_all(position).await
+                self.load_all(position, read).await
             }
         }
     }
 
-    async fn load_all(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
-        let loaded = self.store.load().await?;
+    async fn load_all(
+        &self,
+        position: &mut Option<Position>,
+        read: Read,
+    ) -> Result<RefreshResult, StoreError> {
+        let loaded = match read {
+            Read::Poll => self.store.load().await?,
+            Read::Primary => self.store.load_primary().await?,
+        };
         for broken in &loaded.damaged {
             report_damage(broken);
         }
@@ -302,22 +319,25 @@ impl Refresher {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.hinted(hints.as_deref(), polled, pace.hint_spacing, failures > 0) => {}
+                _ = self.hinted(hints.as_deref(), polled, pace, failures > 0) => {}
             }
         }
     }
 
     /// Returns when a hint calls for a poll earlier than the regular one.
-    async fn hinted(
-        &self,
-        hints: Option<&Hints>,
-        polled: Instant,
-        spacing: Duration,
-        failing: bool,
-    ) {
+    async fn hinted(&self, hints: Option<&Hints>, polled: Instant, pace: Pace, failing: bool) {
         let Some(hints) = hints else {
             return std::future::pending().await;
         };
+        let spacing = pace.hint_spacing;
+        if !failing && hints.unreached(self.version(), pace.interval) {
+            // A notice named a version the last read did not find: a read replica
+            // that lags the primary the notice came from. Read again after the
+            // spacing, for up to an interval after the notice.
+            let not_before = polled + spacing.mul_f64(0.75 + 0.5 * jitter());
+            tokio::time::sleep_until(not_before.into()).await;
+            return;
+        }
         loop {
             let heard = hints.next().await;
             if heard.back {
@@ -344,6 +364,14 @@ impl Refresher {
             return;
         }
     }
+}
+
+/// Where a step reads: the poller's source (a read replica when configured), or the
+/// primary, for a write this gateway just made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    Poll,
+    Primary,
 }
 
 /// How the poller paces itself.

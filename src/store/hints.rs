@@ -4,9 +4,9 @@
 //! succeeded). Hints only make a poll come sooner or be skipped; polling stays.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-#[derive(Default)]
 pub struct Hints {
     wake: Notify,
     /// The highest version a commit notice carried (0: none).
@@ -18,6 +18,23 @@ pub struct Hints {
     back: AtomicBool,
     /// Whether the poller's last step failed: only then does a successful call wake it.
     failing: AtomicBool,
+    /// When the newest notice came, in milliseconds after `epoch`.
+    announced_at: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Self {
+            wake: Notify::new(),
+            announced: AtomicU64::new(0),
+            unknown: AtomicBool::new(false),
+            back: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            announced_at: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// What the poller finds when it is woken.
@@ -38,7 +55,10 @@ impl Hints {
     pub fn committed(&self, version: Option<u64>) {
         match version {
             Some(v) => {
-                self.announced.fetch_max(v, Ordering::AcqRel);
+                if self.announced.fetch_max(v, Ordering::AcqRel) < v {
+                    let ms = self.epoch.elapsed().as_millis() as u64;
+                    self.announced_at.store(ms, Ordering::Release);
+                }
             }
             None => self.unknown.store(true, Ordering::Release),
         }
@@ -67,6 +87,17 @@ impl Hints {
             // Its own successful calls said "back" a moment ago: already known.
             self.back.store(false, Ordering::Release);
         }
+    }
+
+    /// Whether a notice announced a version newer than `version` less than `within`
+    /// ago: a read that did not find it (a replica that lags the primary the notice
+    /// came from) is worth repeating for a while.
+    pub fn unreached(&self, version: u64, within: Duration) -> bool {
+        if self.announced.load(Ordering::Acquire) <= version {
+            return false;
+        }
+        let at = Duration::from_millis(self.announced_at.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(at) < within
     }
 
     /// Waits for the next hint and takes what has been heard since the last one.
@@ -105,6 +136,16 @@ mod tests {
         assert_eq!(h.next().await.announced, u64::MAX);
         h.committed(Some(3));
         assert_eq!(h.next().await.announced, 7, "the newest stays");
+    }
+
+    #[test]
+    fn an_unreached_version_is_chased_only_for_a_while() {
+        let h = Hints::new();
+        assert!(!h.unreached(0, Duration::from_secs(1)));
+        h.committed(Some(5));
+        assert!(h.unreached(4, Duration::from_secs(1)));
+        assert!(!h.unreached(5, Duration::from_secs(1)));
+        assert!(!h.unreached(4, Duration::ZERO), "too old to chase");
     }
 
     #[tokio::test]

@@ -95,6 +95,16 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<Loaded>;
     /// What changed after `at`, read in one consistent view.
     async fn changes_since(&self, at: Position) -> Result<Feed>;
+    /// [`Store::changes_since`] read where every acknowledged commit already is. The
+    /// same for a store without a read replica; with one, the primary: a write this
+    /// gateway made is enforced before its answer, however far the replica lags.
+    async fn changes_since_primary(&self, at: Position) -> Result<Feed> {
+        self.changes_since(at).await
+    }
+    /// [`Store::load`] from where every acknowledged commit already is.
+    async fn load_primary(&self) -> Result<Loaded> {
+        self.load().await
+    }
     /// What this store tells its poller between polls ([`Hints`]): that it answers
     /// again after failing, and, when `listen` and the backend can tell, each commit
     /// another writer announces (until `stop`). `None`: poll only.

@@ -41,9 +41,32 @@ const PROBE: &str = "SELECT \
 /// poller at once that the store is back: never more than a second late.
 const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Where the poller reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// Its own connection: to the replica when `store.read_url` names one.
+    Poller,
+    /// The primary, where every acknowledged commit is: for catching up with a write
+    /// this gateway just made, before its answer.
+    Primary,
+}
+
+impl Source {
+    fn lane(self) -> Lane {
+        match self {
+            Source::Poller => Lane::Feed,
+            Source::Primary => Lane::Primary,
+        }
+    }
+}
+
 /// Every credential, in one consistent view.
 pub(super) async fn load(store: &PostgresStore) -> Result<Loaded> {
-    store.call(Lane::Feed, LOAD_TIMEOUT, load_on).await
+    load_from(store, Source::Poller).await
+}
+
+pub(super) async fn load_from(store: &PostgresStore, source: Source) -> Result<Loaded> {
+    store.call(source.lane(), LOAD_TIMEOUT, load_on).await
 }
 
 async fn load_on(mut client: Lease) -> Result<Loaded> {
@@ -97,14 +120,37 @@ async fn load_on(mut client: Lease) -> Result<Loaded> {
 
 /// What changed after `at`: a cheap probe first (most polls stop there), then the
 /// delta in its own call, so that a delta too slow to read becomes a full load.
-pub(super) async fn changes_since(store: &PostgresStore, at: Position) -> Result<Feed> {
+pub(super) async fn changes_since(
+    store: &PostgresStore,
+    at: Position,
+    source: Source,
+) -> Result<Feed> {
+    let feed = changes_on(store, at, source.lane()).await?;
+    match feed {
+        Feed::Resync(ResyncReason::WentBackwards)
+            if source == Source::Poller && store.lanes.has_replica() =>
+        {
+            // The replica is behind this gateway (whose own writes were read from the
+            // primary): lag, or a store that really went back. Only the primary can
+            // tell; the replica is read again once it has caught up.
+            let limit = store.config.timeout;
+            match store.call(Lane::Primary, limit, |c| probe(c, at)).await? {
+                Err(Feed::Resync(reason)) => Ok(Feed::Resync(reason)),
+                _ => Ok(Feed::Unchanged),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+async fn changes_on(store: &PostgresStore, at: Position, lane: Lane) -> Result<Feed> {
     let limit = store.config.timeout;
-    let behind = match store.call(Lane::Feed, limit, |c| probe(c, at)).await? {
+    let behind = match store.call(lane, limit, |c| probe(c, at)).await? {
         Ok(behind) => behind,
         Err(decided) => return Ok(decided),
     };
     if behind > ALWAYS_A_DELTA {
-        let credentials = match store.call(Lane::Feed, limit, count_credentials).await {
+        let credentials = match store.call(lane, limit, count_credentials).await {
             Ok(n) => n,
             Err(e) if timed_out(&e) => return Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
             Err(e) => return Err(e),
@@ -113,7 +159,7 @@ pub(super) async fn changes_since(store: &PostgresStore, at: Position) -> Result
             return Ok(Feed::Resync(ResyncReason::DeltaTooLarge));
         }
     }
-    match store.call(Lane::Feed, limit, |c| delta(c, at)).await {
+    match store.call(lane, limit, |c| delta(c, at)).await {
         Err(e) if timed_out(&e) => Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
         other => other,
     }

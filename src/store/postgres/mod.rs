@@ -62,8 +62,12 @@ impl PostgresStore {
 
     fn with(config: &PostgresConfig, create: bool) -> Result<Self> {
         let tls = tls::connector(config).map_err(StoreError::unavailable)?;
+        let read_tls = match &config.read {
+            Some(replica) => Some(tls::connector(replica).map_err(StoreError::unavailable)?),
+            None => None,
+        };
         Ok(Self {
-            lanes: Lanes::new(config, tls.clone())?,
+            lanes: Lanes::new(config, tls.clone(), read_tls)?,
             config: config.clone(),
             tls,
             schema: OnceCell::new(),
@@ -79,6 +83,18 @@ impl PostgresStore {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        if lane == Lane::Feed && self.lanes.has_replica() && self.schema.get().is_none() {
+            // A replica cannot write: the schema is made or migrated on the primary.
+            self.lanes
+                .call(Lane::Primary, limit, |mut client| async move {
+                    let missing = (!self.create).then_some(self.config.display.as_str());
+                    self.schema
+                        .get_or_try_init(|| schema::migrate(&mut client, missing))
+                        .await
+                        .map(drop)
+                })
+                .await?;
+        }
         let result = self
             .lanes
             .call(lane, limit, |mut client| async move {
@@ -104,7 +120,15 @@ impl Store for PostgresStore {
     }
 
     async fn changes_since(&self, at: Position) -> Result<Feed> {
-        feed::changes_since(self, at).await
+        feed::changes_since(self, at, feed::Source::Poller).await
+    }
+
+    async fn changes_since_primary(&self, at: Position) -> Result<Feed> {
+        feed::changes_since(self, at, feed::Source::Primary).await
+    }
+
+    async fn load_primary(&self) -> Result<Loaded> {
+        feed::load_from(self, feed::Source::Primary).await
     }
 
     fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>> {

@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! cargo bench --bench fleet -- propagation   # 100 and 1,000 simulated pollers, poll-only and notify
+//!     # IPGATE_BENCH_POLLERS=1000 IPGATE_BENCH_MODES=notify: one part only;
+//!     # IPGATE_BENCH_HINT_SPACING=250: the pollers' refresh.hint_spacing in ms
 //! cargo bench --bench fleet -- gateways      # 3 real `ipgate serve`, poll-only and notify
 //! cargo bench --bench fleet -- cpu           # PostgreSQL CPU: 100 pollers idle, and under writes
 //! cargo bench --bench fleet -- writes        # API writes/s through a gateway, 100 pollers attached
+//! cargo bench --bench fleet -- replica       # 100 pollers on a streaming replica, NOTIFY from the primary
 //! cargo bench --bench fleet -- million       # 1M credentials: cold start, one change applied
-//! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills
+//! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills;
+//!                                             # at the end every acknowledged write's content
+//!                                             # and every gateway's decisions against the store
 //! cargo bench --bench fleet -- behind        # 100,000 changes behind: delta attempt, full load
 //! ```
 //!
@@ -21,11 +26,12 @@
 mod pg;
 
 use ipgate::acl::{KeyHash, Snapshot, SnapshotCell, SnapshotCredential};
-use ipgate::config::{Config, StoreConfig};
+use ipgate::config::{parse_duration, Config, StoreConfig, DEFAULT_HINT_SPACING};
 use ipgate::metrics::{Metrics, RefreshResult};
-use ipgate::refresh::{Refresher, MIN_HINT_SPACING};
+use ipgate::refresh::{Pace, Refresher};
 use ipgate::store::{
-    self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, Target, Timestamp,
+    self, Actor, Change, Feed, IpStatus, NewCredential, Position, Store, StoreError, Target,
+    Timestamp,
 };
 use pg::Postgres;
 use std::collections::BTreeMap;
@@ -33,7 +39,6 @@ use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -62,9 +67,16 @@ fn main() {
     let pg = Postgres::start_with(&["max_connections=2300", "fsync=on", "shared_buffers=256MB"]);
     runtime.block_on(async {
         if want("propagation") {
-            for pollers in [100, 1000] {
-                for notify in [false, true] {
-                    propagation(&pg, pollers, notify).await;
+            // IPGATE_BENCH_POLLERS="1000" and IPGATE_BENCH_MODES="notify" pick a part.
+            let list = |name: &str, all: &str| std::env::var(name).unwrap_or_else(|_| all.into());
+            for pollers in list("IPGATE_BENCH_POLLERS", "100,1000").split(',') {
+                for mode in list("IPGATE_BENCH_MODES", "poll,notify").split(',') {
+                    propagation(
+                        &pg,
+                        pollers.trim().parse().unwrap(),
+                        mode.trim() == "notify",
+                    )
+                    .await;
                 }
             }
         }
@@ -78,6 +90,9 @@ fn main() {
         }
         if want("writes") {
             writes(&pg).await;
+        }
+        if want("replica") {
+            replica(&pg).await;
         }
         if want("million") {
             million(&pg).await;
@@ -115,13 +130,18 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// The key of the `i`th credential [`credentials`] makes.
+fn bench_key(i: u64) -> KeyHash {
+    KeyHash::of(format!("bench-{i}-{}", std::process::id()).as_bytes())
+}
+
 /// `n` ACTIVE credentials (one address each) for the writers to change.
 async fn credentials(s: &dyn Store, n: u64) -> Vec<u64> {
     let admin = Actor::admin();
     let user = s.add_user(None, &admin).await.unwrap().value.id;
     let mut ids = Vec::new();
     for i in 0..n {
-        let key = KeyHash::of(format!("bench-{i}-{}", std::process::id()).as_bytes());
+        let key = bench_key(i);
         let c = s
             .create_credential(
                 NewCredential {
@@ -151,7 +171,19 @@ async fn credentials(s: &dyn Store, n: u64) -> Vec<u64> {
 /// Versions a poller published, and when.
 type Seen = Arc<Mutex<Vec<(u64, Instant)>>>;
 
-/// One simulated gateway's poller: `Refresher::run`'s loop, recording each version it
+/// Polls every simulated poller has made, for the cost of one poll.
+static POLLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Least time between hinted polls, from `IPGATE_BENCH_HINT_SPACING` (ms) when set.
+fn hint_spacing() -> Duration {
+    std::env::var("IPGATE_BENCH_HINT_SPACING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| parse_duration(DEFAULT_HINT_SPACING).unwrap())
+}
+
+/// One simulated gateway's poller: `Refresher::run` itself, recording each version it
 /// publishes.
 async fn poller(
     store: Arc<dyn Store>,
@@ -170,40 +202,23 @@ async fn poller(
     tokio::spawn(async move {
         // Gateways start at different moments, their LISTEN connections too.
         tokio::time::sleep(start_after).await;
-        let hints = if notify {
-            store.change_hints(stop.child_token())
-        } else {
-            None
+        let hints = store.change_hints(notify, stop.child_token());
+        let pace = Pace {
+            interval: INTERVAL,
+            hint_spacing: hint_spacing(),
         };
         let mut last = None;
-        loop {
-            let polled = Instant::now();
-            if refresher.refresh().await.is_ok() {
-                let v = task_cell.load().as_ref().map(|s| s.version());
-                if v > last {
-                    last = v;
-                    seen.lock().unwrap().push((v.unwrap_or(0), Instant::now()));
-                }
+        let observe = move || {
+            POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let v = task_cell.load().as_ref().map(|s| s.version());
+            if v > last {
+                last = v;
+                seen.lock().unwrap().push((v.unwrap_or(0), Instant::now()));
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(INTERVAL) => {}
-                _ = wait(&hints, polled) => {}
-            }
-        }
+        };
+        refresher.run_observed(pace, hints, stop, observe).await;
     });
     cell
-}
-
-/// A hint, then the spacing `Refresher::run` keeps between hinted polls.
-async fn wait(hints: &Option<Arc<Notify>>, polled: Instant) {
-    match hints {
-        Some(n) => {
-            n.notified().await;
-            tokio::time::sleep_until((polled + MIN_HINT_SPACING).into()).await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// A spread of start times over one interval, as independent gateways would have.
@@ -320,6 +335,7 @@ async fn propagation(pg: &Postgres, n: usize, notify: bool) {
     tokio::time::sleep(INTERVAL * 2).await;
     let mut writes = Vec::new();
     let cpu_ticks = pg_ticks(pg);
+    let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     for i in 0..100 {
         let change = Change::Wildcard(i % 8 < 4);
@@ -331,15 +347,114 @@ async fn propagation(pg: &Postgres, n: usize, notify: bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(INTERVAL * 3).await;
-    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = (pg_ticks(pg) - cpu_ticks) as f64 / 100.0 / secs * 100.0;
+    let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
     stop.cancel();
     let (mut samples, missing) = propagation_samples(&writes, &seen);
     println!(
-        "propagation, {n} pollers, {}: {}; {missing} never arrived; PostgreSQL CPU {cpu:.0}% of a core",
+        "propagation, {n} pollers, {} (hint spacing {:?}): {}; {missing} never arrived; \
+         PostgreSQL CPU {cpu:.0}% of a core; {:.1} polls per poller and second, \
+         {:.0} µs of PostgreSQL CPU per poll",
         if notify { "notify" } else { "poll only (1 s)" },
-        summary(&mut samples)
+        hint_spacing(),
+        summary(&mut samples),
+        polls as f64 / n as f64 / secs,
+        cpu / 100.0 * secs / polls.max(1) as f64 * 1e6,
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// 100 pollers reading a streaming replica (`store.read_url`), their notices from the
+/// primary as hints: propagation from the primary's acknowledgement, with the
+/// replica's own replay lag beside it for comparison.
+async fn replica(pg: &Postgres) {
+    let db = pg.database();
+    let writer = open(pg, &db, 2);
+    let ids = credentials(writer.as_ref(), 4).await;
+    let standby = tokio::task::block_in_place(|| pg.replica());
+    let text = format!(
+        "[store]\nurl = \"{}\"\nread_url = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
+        pg.url(&db),
+        standby.url(&db)
+    );
+    let config = Config::parse(&text, std::path::Path::new("/"))
+        .unwrap()
+        .store;
+    let stop = CancellationToken::new();
+    let (mut seen, mut cells) = (Vec::new(), Vec::new());
+    for i in 0..100 {
+        let s: Seen = Arc::default();
+        let store = store::open(&config).unwrap();
+        cells.push(
+            poller(
+                store,
+                true,
+                stop.child_token(),
+                Arc::clone(&s),
+                offset(i, 100),
+            )
+            .await,
+        );
+        seen.push(s);
+    }
+    while cells.iter().any(|c| !c.is_loaded()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(INTERVAL * 2).await;
+    let replica_store = {
+        let text = format!(
+            "[store]\nurl = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
+            standby.url(&db)
+        );
+        store::open(
+            &Config::parse(&text, std::path::Path::new("/"))
+                .unwrap()
+                .store,
+        )
+        .unwrap()
+    };
+    let at = replica_store.load().await.unwrap().position;
+    let mut writes = Vec::new();
+    let mut lag = Vec::new();
+    for i in 0..100 {
+        let change = Change::Wildcard(i % 8 < 4);
+        let done = writer
+            .change(Target::Id(ids[i % 4]), change, 100, &Actor::admin())
+            .await
+            .unwrap();
+        let acked = Instant::now();
+        writes.push((done.version, acked));
+        // The replica's own lag: until it answers with this version.
+        let mut probe_at = at;
+        loop {
+            match replica_store.changes_since(probe_at).await {
+                Ok(Feed::Changes(d)) if d.to.version >= done.version => break,
+                Ok(Feed::Changes(d)) => probe_at = d.to,
+                _ => {}
+            }
+            if acked.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lag.push(acked.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(INTERVAL * 3).await;
+    stop.cancel();
+    let (mut samples, missing) = propagation_samples(&writes, &seen);
+    let mut out_of_order = 0;
+    for s in &seen {
+        check_order(s, &mut out_of_order);
+    }
+    println!(
+        "propagation, 100 pollers on a streaming replica, notify from the primary: {}; \
+         {missing} never arrived, {out_of_order} out of order; the replica's own lag: {}",
+        summary(&mut samples),
+        summary(&mut lag)
+    );
+    drop(standby);
 }
 
 /// Three real gateways: a change through the first one's API, the others probed until
@@ -595,11 +710,26 @@ async fn cpu(pg: &Postgres) {
     let db = pg.database();
     let writer = open(pg, &db, 2);
     let ids = credentials(writer.as_ref(), 4).await;
+    // What the server costs with no poller at all (its own background work).
+    let baseline = pg_cpu_during(pg, Duration::from_secs(30)).await;
+    println!("PostgreSQL CPU with no poller: {baseline:.2}% of a core");
     for notify in [false, true] {
         let stop = CancellationToken::new();
         let _pollers = start_pollers(pg, &db, 100, notify, &stop).await;
         tokio::time::sleep(INTERVAL * 2).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
+        let window = Instant::now();
         let idle = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
+        let per_poll = (idle - baseline).max(0.0) / 100.0 * window.elapsed().as_secs_f64()
+            / polls.max(1) as f64;
+        println!(
+            "  100 idle pollers ({}): {:.2}% of a core above the baseline; {polls} polls, \
+             {:.0} µs of PostgreSQL CPU per unchanged poll",
+            if notify { "notify" } else { "poll only" },
+            idle - baseline,
+            per_poll * 1e6
+        );
         let busy_writer = {
             let writer = Arc::clone(&writer);
             let ids = ids.clone();
@@ -620,7 +750,15 @@ async fn cpu(pg: &Postgres) {
                 }
             })
         };
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed);
+        let window = Instant::now();
         let busy = pg_cpu_during(pg, Duration::from_secs(30)).await;
+        let polls = POLLS.load(std::sync::atomic::Ordering::Relaxed) - polls;
+        println!(
+            "  under 20 writes/s: {polls} polls in {:.0} s ({:.1} per poller and second)",
+            window.elapsed().as_secs_f64(),
+            polls as f64 / 100.0 / window.elapsed().as_secs_f64()
+        );
         stop.cancel();
         let _ = busy_writer.await;
         println!(
@@ -1016,12 +1154,16 @@ async fn chaos(pg: &Postgres, length: Duration) {
         gateways.push((token, cell, seen));
     }
     let acknowledged: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    // What each acknowledged write set, and what each write with an unknown outcome
+    // (the store failed mid-call: it may or may not have committed) aimed at.
+    let outcomes: Arc<Mutex<Outcomes>> = Arc::default();
     let pause = Arc::new(tokio::sync::RwLock::new(()));
     let mut writers = Vec::new();
     for w in 0..2u64 {
         let writer = open(pg, &db, 2);
         let ids = ids.clone();
         let acknowledged = Arc::clone(&acknowledged);
+        let outcomes = Arc::clone(&outcomes);
         let pause = Arc::clone(&pause);
         let stop = stop.clone();
         writers.push(tokio::spawn(async move {
@@ -1049,11 +1191,21 @@ async fn chaos(pg: &Postgres, length: Duration) {
                         },
                     },
                 };
-                if let Ok(done) = writer
+                let aim = Aim::of(id, &change);
+                match writer
                     .change(Target::Id(id), change, 8, &Actor::admin())
                     .await
                 {
-                    acknowledged.lock().unwrap().push((done.version, id));
+                    Ok(done) => {
+                        acknowledged.lock().unwrap().push((done.version, id));
+                        outcomes
+                            .lock()
+                            .unwrap()
+                            .acknowledged(id, done.version, &done.value);
+                    }
+                    Err(StoreError::Unavailable(_)) => outcomes.lock().unwrap().unknown.push(aim),
+                    // Refused by a rule: nothing written.
+                    Err(_) => {}
                 }
                 drop(_open);
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1122,14 +1274,159 @@ async fn chaos(pg: &Postgres, length: Duration) {
     let mut versions: Vec<u64> = acked.iter().map(|(v, _)| *v).collect();
     versions.sort_unstable();
     versions.dedup();
+    // Every acknowledged write's content is in the store: the last acknowledged value of
+    // each thing written (an entry's status, a credential's wildcard) is what the store
+    // holds, unless a write with an unknown outcome aimed at it too.
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let keys: BTreeMap<u64, KeyHash> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, bench_key(i as u64)))
+        .collect();
+    let stored = stored_state(&writer, &ids).await;
+    let (content_checked, content_wrong, ambiguous) = outcomes.check(&stored);
+    // Every gateway decides as the store's rows say: each credential from each
+    // address it has ever had, and from one it never had.
+    let truth_version = writer_truth(&writer).await.0;
+    let (mut decisions, mut wrong_decisions) = (0, 0);
+    for (_, cell, _) in &gateways {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cell.load().as_ref().map(|s| s.version()) != Some(truth_version)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let snap = cell.load_full();
+        for (id, (wildcard, entries)) in &stored {
+            let mut addresses: Vec<(IpAddr, bool)> = entries
+                .values()
+                .map(|(ip, status)| (*ip, *wildcard || *status == IpStatus::Active))
+                .collect();
+            addresses.push((ip("192.0.2.77"), *wildcard));
+            for (addr, allowed) in addresses {
+                let got =
+                    ipgate::acl::decide(snap.as_deref(), false, keys.get(id), Some(addr), || {
+                        Timestamp::now().0
+                    });
+                decisions += 1;
+                if matches!(got, ipgate::acl::Decision::Allow(_)) != allowed {
+                    wrong_decisions += 1;
+                }
+            }
+        }
+    }
     println!(
         "chaos, {:.0} min: {} acknowledged writes ({} distinct versions), {restarts} database restarts, \
          {kills} gateway restarts, {checks} snapshot checks: {mismatches} differed from the store, \
-         {out_of_order} versions out of order, {lost} acknowledged writes lost",
+         {out_of_order} versions out of order, {lost} acknowledged writes lost; content: \
+         {content_checked} written values checked, {content_wrong} not in the store \
+         ({ambiguous} left unchecked: a write with an unknown outcome aimed at them too); \
+         {decisions} gateway decisions checked, {wrong_decisions} differed from the store's rows",
         started.elapsed().as_secs_f64() / 60.0,
         acked.len(),
         versions.len(),
     );
+}
+
+/// What one write aimed at: a credential's wildcard, or one of its entries (by address
+/// for an add, by id for a status change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Aim {
+    Wildcard(u64),
+    Address(u64, IpAddr),
+    Item(u64, u64),
+}
+
+impl Aim {
+    fn of(credential: u64, change: &Change) -> Self {
+        match change {
+            Change::AddIp { ip, .. } => Aim::Address(credential, *ip),
+            Change::SetIpStatus { item, .. } => Aim::Item(credential, *item),
+            _ => Aim::Wildcard(credential),
+        }
+    }
+}
+
+/// A credential's wildcard and entries (id -> address, status), as stored.
+type Stored = BTreeMap<u64, (bool, BTreeMap<u64, (IpAddr, IpStatus)>)>;
+
+/// The last acknowledged value of everything written, by version.
+#[derive(Default)]
+struct Outcomes {
+    /// (credential, entry id or none for the wildcard) -> (version, wildcard or status).
+    last: BTreeMap<(u64, Option<u64>), (u64, Written)>,
+    unknown: Vec<Aim>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Written {
+    Wildcard(bool),
+    Entry(IpAddr, IpStatus),
+}
+
+impl Outcomes {
+    fn acknowledged(&mut self, credential: u64, version: u64, changed: &store::Changed) {
+        let (slot, value) = match &changed.entry {
+            Some(e) => (Some(e.id), Written::Entry(e.ip, e.status)),
+            None => (None, Written::Wildcard(changed.credential.wildcard)),
+        };
+        let last = self.last.entry((credential, slot)).or_insert((0, value));
+        if version >= last.0 {
+            *last = (version, value);
+        }
+    }
+
+    /// (values checked, values not in the store, values left unchecked).
+    fn check(&self, stored: &Stored) -> (usize, usize, usize) {
+        let (mut checked, mut wrong, mut ambiguous) = (0, 0, 0);
+        for ((credential, slot), (_, value)) in &self.last {
+            let Some((wildcard, entries)) = stored.get(credential) else {
+                wrong += 1;
+                continue;
+            };
+            let aimed_at_too = self.unknown.iter().any(|aim| match (aim, value, slot) {
+                (Aim::Wildcard(c), Written::Wildcard(_), _) => c == credential,
+                (Aim::Address(c, ip), Written::Entry(addr, _), _) => c == credential && ip == addr,
+                (Aim::Item(c, item), Written::Entry(..), Some(id)) => c == credential && item == id,
+                _ => false,
+            });
+            if aimed_at_too {
+                ambiguous += 1;
+                continue;
+            }
+            checked += 1;
+            let holds = match (value, slot) {
+                (Written::Wildcard(w), _) => w == wildcard,
+                (Written::Entry(ip, status), Some(id)) => entries.get(id) == Some(&(*ip, *status)),
+                (Written::Entry(..), None) => false,
+            };
+            if !holds {
+                wrong += 1;
+            }
+        }
+        (checked, wrong, ambiguous)
+    }
+}
+
+/// Every credential's wildcard and entries, read through the store's API.
+async fn stored_state(s: &Arc<dyn Store>, ids: &[u64]) -> Stored {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let read = || async {
+            let c = s.credential(*id).await?;
+            let ips = s.ips(*id, store::Page::all()).await?;
+            Ok::<_, StoreError>((c, ips))
+        };
+        let (c, ips) = loop {
+            if let Ok(r) = read().await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let entries = ips.iter().map(|e| (e.id, (e.ip, e.status))).collect();
+        out.insert(*id, (c.wildcard, entries));
+    }
+    out
 }
 
 /// The store's version and contents, read whole.

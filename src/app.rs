@@ -16,7 +16,7 @@ use crate::logging::LogLevel;
 use crate::metrics::Metrics;
 use crate::proxy::tls::{TlsCertificates, TlsError};
 use crate::proxy::{self, ListenerOptions, UpstreamSetupError};
-use crate::refresh::Refresher;
+use crate::refresh::{Pace, Refresher};
 use crate::reload::Reloader;
 use crate::store;
 use std::net::SocketAddr;
@@ -115,16 +115,12 @@ pub async fn serve(
     });
 
     let background = CancellationToken::new();
-    let hints = if config.refresh.notify {
-        store.change_hints(background.child_token())
-    } else {
-        None
+    let hints = store.change_hints(config.refresh.notify, background.child_token());
+    let pace = Pace {
+        interval: config.refresh.interval,
+        hint_spacing: config.refresh.hint_spacing,
     };
-    let poller = tokio::spawn(Arc::clone(&refresher).run(
-        config.refresh.interval,
-        hints,
-        background.child_token(),
-    ));
+    let poller = tokio::spawn(Arc::clone(&refresher).run(pace, hints, background.child_token()));
     // Its own token: cancelled only once the last request is answered, so the final
     // flush has every count.
     let flushing = CancellationToken::new();

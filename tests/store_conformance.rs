@@ -156,9 +156,15 @@ conformance!(
     concurrent_flushes_past_the_bound_never_fail,
     reports_of_unused_entries_and_suggestions,
     console_links_are_spent_once_in_time_and_audited,
+    what_a_write_answers_is_what_is_stored,
+    a_new_credential_is_answered_as_stored,
 );
 
 // ---- helpers ---------------------------------------------------------------------
+
+fn as_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap()
+}
 
 fn admin() -> Actor {
     Actor::admin()
@@ -1506,4 +1512,73 @@ async fn console_links_are_spent_once_in_time_and_audited(t: TestStore) {
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].actor, "console-link");
     assert_eq!(used[0].actor_ip.as_deref(), Some("192.0.2.7"));
+}
+
+/// A write answers with the record it built from what it wrote (not read back): it must
+/// be exactly what a read finds afterwards, for every kind of change.
+async fn what_a_write_answers_is_what_is_stored(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let (id, key) = pending(s, u, 1).await;
+    // Each answer against a read right after it.
+    let check = |what: &'static str, answer: store::Changed| async move {
+        if let Some(e) = &answer.entry {
+            let stored = s.ip(id, e.id).await.unwrap();
+            assert_eq!(as_json(e), as_json(&stored), "{what}: entry");
+        }
+        let stored = s.credential(id).await.unwrap();
+        assert_eq!(as_json(&answer.credential), as_json(&stored), "{what}");
+        answer
+    };
+    let registered = s
+        .change(
+            Target::Key(key),
+            register(&["10.0.0.1", "10.0.0.2"]),
+            MAX_IPS,
+            &admin(),
+        )
+        .await
+        .unwrap();
+    check("register", registered.value).await;
+    let added = check("add", change(s, id, add("10.0.0.3")).await.unwrap().value).await;
+    let mapped = Change::AddIp {
+        ip: ip("::ffff:10.0.0.4"),
+        status: IpStatus::Inactive,
+    };
+    check("add mapped", change(s, id, mapped).await.unwrap().value).await;
+    let item = added.entry.unwrap().id;
+    let set = Change::SetIpStatus {
+        item,
+        status: IpStatus::Inactive,
+    };
+    check("set status", change(s, id, set).await.unwrap().value).await;
+    for (what, c) in [
+        ("wildcard", Change::Wildcard(true)),
+        ("mode", Change::Mode(store::Mode::Shadow)),
+        ("revoke", Change::Revoke),
+    ] {
+        check(what, change(s, id, c).await.unwrap().value).await;
+    }
+}
+
+async fn a_new_credential_is_answered_as_stored(t: TestStore) {
+    let s = t.store.as_ref();
+    let u = user(s).await;
+    let created = s
+        .create_credential(
+            NewCredential {
+                user_id: u,
+                key: KeyHash::of(b"answered-as-stored"),
+                description: Some("d".into()),
+                expiry: Timestamp::now().plus(std::time::Duration::from_secs(60)),
+            },
+            &admin(),
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        as_json(&created),
+        as_json(&s.credential(created.id).await.unwrap())
+    );
 }

@@ -400,6 +400,28 @@ mod tests {
     }
 
     #[test]
+    fn a_read_replica_shares_the_primary_s_user_password_and_limits() {
+        let c = postgres(
+            "[store]\nurl = \"postgres://gw:s3cret@primary/ipgate\"\n\
+             read_url = \"postgres://gw@replica:6432/ipgate?sslmode=require\"\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let read = c.read.as_ref().expect("a replica");
+        assert_eq!(read.connect.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(read.connect.get_ports(), [6432]);
+        assert_eq!(read.ssl_mode, SslMode::Require);
+        assert_eq!(read.timeout, Duration::from_secs(2));
+        assert_eq!(read.display, "postgres://gw@replica:6432/ipgate");
+        for bad in [
+            "[store]\nurl = \"sqlite://x.db\"\nread_url = \"postgres://gw@r/ipgate\"\n",
+            "[store]\nurl = \"postgres://gw@p/ipgate\"\nread_url = \"sqlite://x.db\"\n",
+        ] {
+            let e = Config::parse(bad, Path::new("/tmp")).unwrap_err();
+            assert!(e.to_string().contains("store.read_url"), "{e}");
+        }
+    }
+
+    #[test]
     fn a_postgres_password_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pg"), "from-file\n").unwrap();
@@ -514,8 +536,14 @@ mod tests {
                 ],
             ),
             ("client_ip", &["trusted_proxies", "header"]),
-            ("store", &["url", "pool_size", "timeout", "keep_changes"]),
-            ("refresh", &["interval", "max_staleness", "notify"]),
+            (
+                "store",
+                &["url", "read_url", "pool_size", "timeout", "keep_changes"],
+            ),
+            (
+                "refresh",
+                &["interval", "max_staleness", "notify", "hint_spacing"],
+            ),
             ("limits", &["max_ips_per_credential", "max_body_bytes"]),
             ("log", &["format", "level"]),
             ("insight", &["record_usage", "flush_interval"]),

@@ -22,6 +22,9 @@ pub const DEFAULT_AUTH_HEADER: &str = "X-Bunq-Client-Authentication";
 pub const DEFAULT_REGISTRATION_WINDOW: &str = "4h";
 pub const DEFAULT_STORE_URL: &str = "sqlite://ipgate.db";
 pub const DEFAULT_REFRESH_INTERVAL: &str = "1s";
+/// Hinted polls of one gateway start at least this far apart (BENCHMARKS.md, "Fleet":
+/// propagation p99 against PostgreSQL CPU under a stream of writes).
+pub const DEFAULT_HINT_SPACING: &str = "100ms";
 pub const DEFAULT_FLUSH_INTERVAL: &str = "60s";
 pub const DEFAULT_MAX_STALENESS: &str = "0s";
 pub const DEFAULT_MAX_IPS_PER_CREDENTIAL: usize = 100;
@@ -223,6 +226,9 @@ pub struct PostgresConfig {
     pub keep_changes: u64,
     /// `postgres://user@host:port/db`, for logs.
     pub display: String,
+    /// `store.read_url`: a streaming replica of this database that the poller reads
+    /// (change feed and full loads); writes, rule checks and usage stay here.
+    pub read: Option<Box<PostgresConfig>>,
 }
 
 /// What PostgreSQL enforces on each of a gateway's sessions, so that a gateway that
@@ -246,6 +252,9 @@ pub struct RefreshConfig {
     pub max_staleness: Duration,
     /// Let PostgreSQL's LISTEN/NOTIFY wake the poller as soon as a change commits.
     pub notify: bool,
+    /// Least time between two polls woken by notices: under a stream of writes a
+    /// gateway reads at most once per spacing, however many commits it hears of.
+    pub hint_spacing: Duration,
 }
 
 /// Usage counting (SPEC section 9).

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What `[store]` says, as written.
+#[derive(Clone)]
 struct RawStore {
     url: String,
     password_file: Option<String>,
@@ -22,6 +23,7 @@ struct RawStore {
 pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path) -> StoreConfig {
     let url = r.string(s, "url", DEFAULT_STORE_URL);
     let password_file = r.optional_string(s, "password_file");
+    let read_url = r.optional_string(s, "read_url");
     let pool_size = r.number(s, "pool_size", DEFAULT_STORE_POOL_SIZE as u64, 1024);
     let keep_changes = r.number(s, "keep_changes", DEFAULT_KEEP_CHANGES, i64::MAX as u64);
     if keep_changes.value < 100 {
@@ -68,6 +70,9 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
             if raw.password_file.is_some() {
                 r.problem(&password_file, "only for a postgres:// store");
             }
+            if read_url.value.is_some() {
+                r.problem(&read_url, "only for a postgres:// store");
+            }
             for (field, _) in &server_fields {
                 if field.value.is_some() {
                     r.problem(field, "only for a postgres:// store");
@@ -100,8 +105,44 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
             if raw.pool_size == 0 {
                 r.problem(&pool_size, "must be at least 1");
             }
+            // A streaming replica for the poller's reads: the same user, password and
+            // limits, another address.
+            let read = read_url.value.as_ref().and_then(|u| {
+                let replica = RawStore {
+                    url: u.clone(),
+                    ..raw.clone()
+                };
+                let scheme = u.split_once("://").map(|(s, _)| s);
+                let parsed = match scheme {
+                    Some("postgres" | "postgresql") => postgres_config(&replica, base, timeout),
+                    _ => Err((
+                        "store.read_url",
+                        "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=…] \
+                         (a streaming replica of store.url)"
+                            .into(),
+                    )),
+                };
+                match parsed {
+                    Ok(c) => Some(Box::new(c)),
+                    Err((_, msg)) => {
+                        r.problem(&read_url, msg);
+                        None
+                    }
+                }
+            });
             match postgres_config(&raw, base, timeout) {
-                Ok(c) => StoreConfig::Postgres(Box::new(c)),
+                Ok(mut c) => {
+                    c.read = read.map(|mut replica| {
+                        // The same user's password, however the primary's was given.
+                        if replica.connect.get_password().is_none() {
+                            if let Some(password) = c.connect.get_password() {
+                                replica.connect.password(password.to_vec());
+                            }
+                        }
+                        replica
+                    });
+                    StoreConfig::Postgres(Box::new(c))
+                }
                 Err((key, msg)) => {
                     let field = if key == "store.password_file" {
                         Field {
@@ -258,5 +299,6 @@ fn postgres_config(
         server_timeouts: raw.server_timeouts,
         keep_changes: raw.keep_changes,
         display,
+        read: None,
     })
 }

@@ -43,6 +43,7 @@ pub(super) fn config(doc: &Document<'_>, r: &mut Reader<'_>, base: &Path) -> Con
             "store",
             &[
                 "url",
+                "read_url",
                 "password_file",
                 "pool_size",
                 "timeout",
@@ -398,7 +399,11 @@ fn client_ip(
 }
 
 fn refresh(r: &mut Reader<'_>, root: &Section<'_, '_>) -> RefreshConfig {
-    let s = r.section(root, "refresh", &["interval", "max_staleness", "notify"]);
+    let s = r.section(
+        root,
+        "refresh",
+        &["interval", "max_staleness", "notify", "hint_spacing"],
+    );
     let interval = read_duration(r, &s, "interval", DEFAULT_REFRESH_INTERVAL, Zero::Refused);
     let staleness_field = r.string(&s, "max_staleness", DEFAULT_MAX_STALENESS);
     let max_staleness = duration(r, &staleness_field, Zero::Allowed);
@@ -412,6 +417,7 @@ fn refresh(r: &mut Reader<'_>, root: &Section<'_, '_>) -> RefreshConfig {
         interval,
         max_staleness,
         notify: r.boolean(&s, "notify", true).value,
+        hint_spacing: read_duration(r, &s, "hint_spacing", DEFAULT_HINT_SPACING, Zero::Allowed),
     }
 }
 

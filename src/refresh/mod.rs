@@ -13,17 +13,16 @@
 use crate::acl::{Snapshot, SnapshotCell};
 use crate::logging::error_chain;
 use crate::metrics::{Metrics, RefreshResult};
-use crate::store::{CredentialChange, Delta, Feed, Position, Store, StoreError, Timestamp};
+use crate::store::{CredentialChange, Delta, Feed, Hints, Position, Store, StoreError, Timestamp};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Polls woken by the store's hints start at least this far apart.
-pub const MIN_HINT_SPACING: Duration = Duration::from_millis(50);
-
-/// Backoff after failures grows to this many intervals at most.
-const MAX_BACKOFF_INTERVALS: u32 = 10;
+/// Retries after a failure come at most this far apart, whatever the interval: a
+/// change made right after an outage must be enforced within `interval` + 1 s of the
+/// store's return. An attempt against a database that is down costs it nothing; one
+/// that answers with errors gets one attempt a second from each gateway.
+const RETRY_CEILING: Duration = Duration::from_secs(1);
 
 pub struct Refresher {
     store: Arc<dyn Store>,
@@ -58,7 +57,7 @@ impl Refresher {
     /// Polls once: confirms the current snapshot, applies what changed, or loads all.
     pub async fn refresh(&self) -> Result<RefreshResult, StoreError> {
         let mut position = self.position.lock().await;
-        self.step(&mut position).await
+        self.step(&mut position, Read::Poll).await
     }
 
     /// Makes the snapshot include everything up to `version` (a write this gateway
@@ -68,7 +67,8 @@ impl Refresher {
         if position.is_some_and(|p| p.version >= version) {
             return Ok(());
         }
-        self.step(&mut position).await?;
+        // From the primary: a read replica may not have the write yet.
+        self.step(&mut position, Read::Primary).await?;
         match *position {
             Some(p) if p.version >= version => Ok(()),
             _ => Err(StoreError::Unavailable(
@@ -94,7 +94,7 @@ impl Refresher {
         if position.is_some() && self.steps().good.is_some_and(|t| t >= arrived) {
             return Ok(());
         }
-        self.step(&mut position).await.map(drop)
+        self.step(&mut position, Read::Poll).await.map(drop)
     }
 
     fn steps(&self) -> Steps {
@@ -106,13 +106,17 @@ impl Refresher {
         *self.position.lock().await
     }
 
-    async fn step(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
+    async fn step(
+        &self,
+        position: &mut Option<Position>,
+        read: Read,
+    ) -> Result<RefreshResult, StoreError> {
         let started = Instant::now();
         self.step_began
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .any = Some(started);
-        let result = self.step_inner(position).await;
+        let result = self.step_inner(position, read).await;
         if result.is_ok() {
             self.step_began
                 .lock()
@@ -133,11 +137,16 @@ impl Refresher {
     async fn step_inner(
         &self,
         position: &mut Option<Position>,
+        read: Read,
     ) -> Result<RefreshResult, StoreError> {
         let Some(at) = *position else {
-            return self.load_all(position).await;
+            return self.load_all(position, read).await;
         };
-        match self.store.changes_since(at).await? {
+        let feed = match read {
+            Read::Poll => self.store.changes_since(at).await?,
+            Read::Primary => self.store.changes_since_primary(at).await?,
+        };
+        match feed {
             Feed::Unchanged => {
                 self.cell.confirm();
                 Ok(RefreshResult::Unchanged)
@@ -153,13 +162,20 @@ impl Refresher {
                     version = at.version,
                     "cannot continue with a delta; loading everything"
                 );
-                self.load_all(position).await
+                self.load_all(position, read).await
             }
         }
     }
 
-    async fn load_all(&self, position: &mut Option<Position>) -> Result<RefreshResult, StoreError> {
-        let loaded = self.store.load().await?;
+    async fn load_all(
+        &self,
+        position: &mut Option<Position>,
+        read: Read,
+    ) -> Result<RefreshResult, StoreError> {
+        let loaded = match read {
+            Read::Poll => self.store.load().await?,
+            Read::Primary => self.store.load_primary().await?,
+        };
         for broken in &loaded.damaged {
             report_damage(broken);
         }
@@ -232,28 +248,49 @@ impl Refresher {
         }
     }
 
-    /// Polls every `interval`, and at once when `hints` (the store's notice of a
-    /// commit) fires, until `cancel` fires. The first poll is immediate.
+    /// The version of the published snapshot (0 before the first load).
+    fn version(&self) -> u64 {
+        self.cell.load().as_ref().map_or(0, |s| s.version())
+    }
+
+    /// Polls every `pace.interval` until `cancel` fires; the first poll is immediate.
+    /// `hints` (the store's) make a poll come sooner: a commit this gateway does not
+    /// have yet (at most one read per `pace.hint_spacing`), or the store answering
+    /// again after a failure (at once, instead of at the end of the backoff).
     pub async fn run(
         self: Arc<Self>,
-        interval: Duration,
-        hints: Option<Arc<Notify>>,
+        pace: Pace,
+        hints: Option<Arc<Hints>>,
         cancel: CancellationToken,
+    ) {
+        self.run_observed(pace, hints, cancel, || {}).await
+    }
+
+    /// [`Refresher::run`], calling `observe` after each poll (benchmarks record when
+    /// each version was published).
+    pub async fn run_observed(
+        self: Arc<Self>,
+        pace: Pace,
+        hints: Option<Arc<Hints>>,
+        cancel: CancellationToken,
+        mut observe: impl FnMut(),
     ) {
         let mut failures: u32 = 0;
         loop {
             let polled = Instant::now();
-            let delay = match self.refresh().await {
+            let result = self.refresh().await;
+            observe();
+            let delay = match result {
                 Ok(_) => {
                     if failures > 0 {
                         tracing::info!(after_failures = failures, "store reachable again");
                     }
                     failures = 0;
-                    interval
+                    pace.interval
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
-                    let delay = backoff(interval, failures, jitter());
+                    let delay = backoff(pace.interval, failures, jitter());
                     let cause = error_chain(&error);
                     let retry_in_ms = delay.as_millis() as u64;
                     match self.cell.load().as_ref().map(|s| s.version()) {
@@ -276,27 +313,74 @@ impl Refresher {
                     delay
                 }
             };
-            let hinted = async {
-                match &hints {
-                    // After a failure the backoff stands: a hint means the store is
-                    // back, but a flapping one must not be polled in a tight loop.
-                    Some(notify) if failures == 0 => {
-                        notify.notified().await;
-                        // Under a stream of writes every commit is a hint: polls are
-                        // spaced so that one read picks up many commits, and a fleet's
-                        // reads grow with its size, not with the write rate.
-                        tokio::time::sleep_until((polled + MIN_HINT_SPACING).into()).await;
-                    }
-                    _ => std::future::pending().await,
-                }
-            };
+            if let Some(hints) = &hints {
+                hints.poller_failing(failures > 0);
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
-                _ = hinted => {}
+                _ = self.hinted(hints.as_deref(), polled, pace, failures > 0) => {}
             }
         }
     }
+
+    /// Returns when a hint calls for a poll earlier than the regular one.
+    async fn hinted(&self, hints: Option<&Hints>, polled: Instant, pace: Pace, failing: bool) {
+        let Some(hints) = hints else {
+            return std::future::pending().await;
+        };
+        let spacing = pace.hint_spacing;
+        if !failing && hints.unreached(self.version(), pace.interval) {
+            // A notice named a version the last read did not find: a read replica
+            // that lags the primary the notice came from. Read again after the
+            // spacing, for up to an interval after the notice.
+            let not_before = polled + spacing.mul_f64(0.75 + 0.5 * jitter());
+            tokio::time::sleep_until(not_before.into()).await;
+            return;
+        }
+        loop {
+            let heard = hints.next().await;
+            if heard.back {
+                // The store answers again: poll now rather than at the end of the
+                // backoff. Still spaced, so a flapping store is not polled in a loop.
+                tokio::time::sleep_until((polled + spacing).into()).await;
+                return;
+            }
+            if failing {
+                // Notices come over a connection of their own: the poller's failure
+                // stands until the store answers one of its calls.
+                continue;
+            }
+            if heard.announced <= self.version() {
+                // Its own write, or an earlier poll, brought it already: no read.
+                continue;
+            }
+            // Under a stream of writes every commit is a notice: one read per spacing
+            // picks up many commits, so a fleet's reads grow with its size, not with
+            // the write rate. The jitter keeps a fleet that heard the same notice from
+            // reading in lockstep.
+            let not_before = polled + spacing.mul_f64(0.75 + 0.5 * jitter());
+            tokio::time::sleep_until(not_before.into()).await;
+            return;
+        }
+    }
+}
+
+/// Where a step reads: the poller's source (a read replica when configured), or the
+/// primary, for a write this gateway just made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    Poll,
+    Primary,
+}
+
+/// How the poller paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Between two regular polls.
+    pub interval: Duration,
+    /// Least time between two polls woken by commit notices.
+    pub hint_spacing: Duration,
 }
 
 /// A credential whose stored record cannot be read is refused; say so loudly.
@@ -329,13 +413,14 @@ fn retire(old: Arc<Snapshot>) {
     drop(old);
 }
 
-/// Doubles per failure up to [`MAX_BACKOFF_INTERVALS`] intervals; `jitter` in [0, 1)
-/// spreads gateways that failed together by up to a fifth either way.
+/// Doubles per failure from one interval up to [`RETRY_CEILING`]; `jitter` in [0, 1)
+/// spreads gateways that failed together over the second half of that.
 fn backoff(interval: Duration, failures: u32, jitter: f64) -> Duration {
-    let factor = 2u32
-        .saturating_pow(failures.saturating_sub(1))
-        .min(MAX_BACKOFF_INTERVALS);
-    interval.mul_f64(f64::from(factor) * (0.8 + 0.4 * jitter))
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    interval
+        .saturating_mul(factor)
+        .min(RETRY_CEILING)
+        .mul_f64(0.5 + 0.5 * jitter)
 }
 
 fn jitter() -> f64 {
@@ -352,13 +437,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_and_caps() {
-        let i = Duration::from_secs(1);
-        assert_eq!(backoff(i, 1, 0.5), i);
-        assert_eq!(backoff(i, 2, 0.5), 2 * i);
-        assert_eq!(backoff(i, 3, 0.5), 4 * i);
-        assert_eq!(backoff(i, 30, 0.5), 10 * i);
-        assert!(backoff(i, 1, 0.0) >= Duration::from_millis(800));
-        assert!(backoff(i, 1, 0.999) < Duration::from_millis(1200));
+    fn backoff_grows_and_never_passes_a_second() {
+        let ms = Duration::from_millis;
+        let i = ms(100);
+        assert_eq!(backoff(i, 1, 1.0), i);
+        assert_eq!(backoff(i, 2, 1.0), 2 * i);
+        assert_eq!(backoff(i, 3, 1.0), 4 * i);
+        assert_eq!(backoff(i, 30, 1.0), ms(1000));
+        assert_eq!(backoff(i, 1, 0.0), ms(50));
+        for interval in [ms(100), ms(1000), ms(5000), Duration::from_secs(3600)] {
+            for failures in [1, 2, 10, u32::MAX] {
+                assert!(backoff(interval, failures, 0.999) <= RETRY_CEILING);
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod console_link;
 mod feed;
+mod hints;
 pub mod insight;
 mod model;
 mod postgres;
@@ -20,6 +21,7 @@ pub use console_link::NewConsoleLink;
 pub use feed::{
     continuation, CredentialChange, Delta, Feed, Position, ResyncReason, StoredCredential,
 };
+pub use hints::{Heard, Hints};
 pub use insight::{RefusedReport, Sighting, Suggestion, UnusedReport, UsageBatch, REFUSED_KEPT};
 pub use model::{
     Actor, AuditEntry, Credential, CredentialStatus, Device, IpStatus, Mode, Page, PermittedIp,
@@ -34,7 +36,6 @@ use crate::config::StoreConfig;
 use async_trait::async_trait;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -97,10 +98,20 @@ pub trait Store: Send + Sync + 'static {
     async fn load(&self) -> Result<Loaded>;
     /// What changed after `at`, read in one consistent view.
     async fn changes_since(&self, at: Position) -> Result<Feed>;
-    /// Starts listening for other writers' commits, if the backend can tell: the
-    /// returned `Notify` is woken on each (a hint only: it may come late, twice, or
-    /// never, so polling stays). `None`: poll only.
-    fn change_hints(&self, stop: CancellationToken) -> Option<Arc<Notify>>;
+    /// [`Store::changes_since`] read where every acknowledged commit already is. The
+    /// same for a store without a read replica; with one, the primary: a write this
+    /// gateway made is enforced before its answer, however far the replica lags.
+    async fn changes_since_primary(&self, at: Position) -> Result<Feed> {
+        self.changes_since(at).await
+    }
+    /// [`Store::load`] from where every acknowledged commit already is.
+    async fn load_primary(&self) -> Result<Loaded> {
+        self.load().await
+    }
+    /// What this store tells its poller between polls ([`Hints`]): that it answers
+    /// again after failing, and, when `listen` and the backend can tell, each commit
+    /// another writer announces (until `stop`). `None`: poll only.
+    fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>>;
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>>;
     async fn user(&self, id: u64) -> Result<User>;

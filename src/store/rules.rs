@@ -111,6 +111,47 @@ fn rejected(msg: impl Into<String>) -> StoreError {
     StoreError::Rejected(msg.into())
 }
 
+/// The record as `plan` leaves it, built from what the writer already has (the record
+/// it locked, the plan, and the ids the database gave the inserted entries, in the
+/// plan's order) instead of read back: the same rows the writes produced.
+pub fn written(before: Record, plan: &Plan, now: Timestamp, inserted: &[u64]) -> Record {
+    let Record {
+        mut credential,
+        mut entries,
+    } = before;
+    if let Some(c) = &plan.credential {
+        credential.status = CredentialStatus::as_read(c.status, c.expiry, now);
+        credential.wildcard = c.wildcard;
+        credential.expiry_time = c.expiry;
+        credential.permitted_device = c.device.clone();
+        credential.mode = c.mode;
+        credential.updated = now;
+    }
+    for (item, status) in &plan.update {
+        if let Some(e) = entries.iter_mut().find(|e| e.id == *item) {
+            e.status = *status;
+            e.updated = now;
+        }
+    }
+    for ((ip, status), id) in plan.insert.iter().zip(inserted) {
+        entries.push(PermittedIp {
+            id: *id,
+            credential_id: credential.id,
+            ip: *ip,
+            status: *status,
+            created: now,
+            updated: now,
+            last_seen: None,
+            requests: 0,
+        });
+    }
+    entries.sort_by_key(|e| e.id);
+    Record {
+        credential,
+        entries,
+    }
+}
+
 /// What `change` writes to `record`'s credential, or why it may not.
 pub fn plan(
     change: &Change,

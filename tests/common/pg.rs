@@ -461,6 +461,94 @@ impl Postgres {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// A streaming replica of this server: `pg_basebackup -R` into a cluster of its
+    /// own, started on another free loopback port (hot standby: it answers reads).
+    pub fn replica(&self) -> Postgres {
+        let dir = tempfile::Builder::new()
+            .prefix("ipgate-pg-replica")
+            .tempdir()
+            .unwrap();
+        if let Some((uid, gid)) = run_as() {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let replica = Postgres {
+            dir,
+            bin: self.bin.clone(),
+            port: 0,
+            server: Mutex::new(None),
+            watchdog: Mutex::new(None),
+            settings: self.settings.clone(),
+        };
+        self.base_backup_into(&replica.data_dir());
+        replica.launch_on_a_free_port()
+    }
+
+    /// Makes a replica of this server again from a fresh base backup, as an operator
+    /// rebuilding it would: stopped, its data replaced, started on the same port.
+    pub fn rebuild_replica(&self, replica: &Postgres) {
+        replica.stop();
+        let data = replica.data_dir();
+        std::fs::remove_dir_all(&data).unwrap();
+        self.base_backup_into(&data);
+        replica.start_again();
+    }
+
+    fn base_backup_into(&self, data: &Path) {
+        let out = as_server_user(&mut Command::new(self.bin.join("pg_basebackup")))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                SUPERUSER,
+            ])
+            .arg("-D")
+            .arg(data)
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast"])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Promotes a replica to a primary of its own (it stops following).
+    pub fn promote(&self) {
+        self.psql("postgres", "SELECT pg_promote(true, 30)");
+    }
+
+    /// Waits until this replica has replayed everything `primary` had committed when
+    /// called.
+    pub fn wait_replayed(&self, primary: &Postgres) {
+        let target = primary.psql("postgres", "SELECT pg_current_wal_lsn()");
+        let deadline = Instant::now() + START_PATIENCE;
+        loop {
+            let caught_up = self.psql(
+                "postgres",
+                &format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"),
+            );
+            if caught_up == "t" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replica never caught up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Pauses or resumes this replica's replay: lag on demand.
+    pub fn pause_replay(&self, paused: bool) {
+        let f = if paused {
+            "pg_wal_replay_pause"
+        } else {
+            "pg_wal_replay_resume"
+        };
+        self.psql("postgres", &format!("SELECT {f}()"));
+    }
 }
 
 impl Drop for Postgres {

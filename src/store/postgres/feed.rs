@@ -8,7 +8,7 @@
 //! instead, so a gateway far behind catches up rather than time out on every poll.
 
 use super::super::feed::{continuation, CredentialChange, Delta, Feed, Position, ResyncReason};
-use super::super::{Loaded, Result, StoreError};
+use super::super::{Hints, Loaded, Result, StoreError};
 use super::pool::{with_server_timeouts, Lane, Lease, TimedOut};
 use super::rows::PgFailure;
 use super::rows::*;
@@ -17,7 +17,6 @@ use crate::acl::SnapshotBuilder;
 use crate::config::PostgresConfig;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::IsolationLevel;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -37,12 +36,37 @@ const PROBE: &str = "SELECT \
     (SELECT value FROM meta WHERE name = 'pruned_through'), \
     (SELECT stamp FROM change_log WHERE version = $1 LIMIT 1)";
 
-/// Longest pause between attempts to re-establish the LISTEN connection.
-const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest pause between attempts to re-establish the LISTEN connection. An attempt
+/// against a database that is down costs it nothing, and a reconnect is what tells the
+/// poller at once that the store is back: never more than a second late.
+const MAX_LISTEN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where the poller reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// Its own connection: to the replica when `store.read_url` names one.
+    Poller,
+    /// The primary, where every acknowledged commit is: for catching up with a write
+    /// this gateway just made, before its answer.
+    Primary,
+}
+
+impl Source {
+    fn lane(self) -> Lane {
+        match self {
+            Source::Poller => Lane::Feed,
+            Source::Primary => Lane::Primary,
+        }
+    }
+}
 
 /// Every credential, in one consistent view.
 pub(super) async fn load(store: &PostgresStore) -> Result<Loaded> {
-    store.call(Lane::Feed, LOAD_TIMEOUT, load_on).await
+    load_from(store, Source::Poller).await
+}
+
+pub(super) async fn load_from(store: &PostgresStore, source: Source) -> Result<Loaded> {
+    store.call(source.lane(), LOAD_TIMEOUT, load_on).await
 }
 
 async fn load_on(mut client: Lease) -> Result<Loaded> {
@@ -96,14 +120,37 @@ async fn load_on(mut client: Lease) -> Result<Loaded> {
 
 /// What changed after `at`: a cheap probe first (most polls stop there), then the
 /// delta in its own call, so that a delta too slow to read becomes a full load.
-pub(super) async fn changes_since(store: &PostgresStore, at: Position) -> Result<Feed> {
+pub(super) async fn changes_since(
+    store: &PostgresStore,
+    at: Position,
+    source: Source,
+) -> Result<Feed> {
+    let feed = changes_on(store, at, source.lane()).await?;
+    match feed {
+        Feed::Resync(ResyncReason::WentBackwards)
+            if source == Source::Poller && store.lanes.has_replica() =>
+        {
+            // The replica is behind this gateway (whose own writes were read from the
+            // primary): lag, or a store that really went back. Only the primary can
+            // tell; the replica is read again once it has caught up.
+            let limit = store.config.timeout;
+            match store.call(Lane::Primary, limit, |c| probe(c, at)).await? {
+                Err(Feed::Resync(reason)) => Ok(Feed::Resync(reason)),
+                _ => Ok(Feed::Unchanged),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+async fn changes_on(store: &PostgresStore, at: Position, lane: Lane) -> Result<Feed> {
     let limit = store.config.timeout;
-    let behind = match store.call(Lane::Feed, limit, |c| probe(c, at)).await? {
+    let behind = match store.call(lane, limit, |c| probe(c, at)).await? {
         Ok(behind) => behind,
         Err(decided) => return Ok(decided),
     };
     if behind > ALWAYS_A_DELTA {
-        let credentials = match store.call(Lane::Feed, limit, count_credentials).await {
+        let credentials = match store.call(lane, limit, count_credentials).await {
             Ok(n) => n,
             Err(e) if timed_out(&e) => return Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
             Err(e) => return Err(e),
@@ -112,7 +159,7 @@ pub(super) async fn changes_since(store: &PostgresStore, at: Position) -> Result
             return Ok(Feed::Resync(ResyncReason::DeltaTooLarge));
         }
     }
-    match store.call(Lane::Feed, limit, |c| delta(c, at)).await {
+    match store.call(lane, limit, |c| delta(c, at)).await {
         Err(e) if timed_out(&e) => Ok(Feed::Resync(ResyncReason::DeltaTimedOut)),
         other => other,
     }
@@ -204,13 +251,13 @@ fn timed_out(e: &StoreError) -> bool {
             == Some(&SqlState::QUERY_CANCELED)
 }
 
-/// Keeps one connection LISTENing for commits and wakes `notify` on each, and once
-/// after every (re)connect, since commits made while it was away were not heard.
-/// Reconnects with backoff until `stop`.
+/// Keeps one connection LISTENing for commits and passes each one's version to
+/// `hints`, and tells it of every (re)connect: the store is back, and commits made
+/// while the listener was away were not heard. Reconnects with backoff until `stop`.
 pub(super) async fn listen(
     config: PostgresConfig,
     tls: MakeRustlsConnect,
-    notify: Arc<Notify>,
+    hints: Arc<Hints>,
     stop: CancellationToken,
 ) {
     let connect = with_server_timeouts(&config.connect, config.server_timeouts);
@@ -221,12 +268,12 @@ pub(super) async fn listen(
             let (client, mut connection) = tokio::time::timeout(config.timeout, connecting)
                 .await
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
-            let woken = Arc::clone(&notify);
+            let heard = Arc::clone(&hints);
             let messages = tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                            woken.notify_one()
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            heard.committed(n.payload().parse().ok())
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => return Err(StoreError::from(e)),
@@ -240,7 +287,7 @@ pub(super) async fn listen(
                 .await
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
             tracing::debug!("listening for store changes");
-            notify.notify_one();
+            hints.reconnected();
             let ended = messages.await;
             drop(client);
             match ended {

@@ -21,7 +21,7 @@ mod writes;
 use super::feed::{Feed, Position};
 use super::model::*;
 use super::rules::{Change, Changed, Target};
-use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
+use super::{Committed, Hints, Loaded, NewCredential, Result, Store, StoreError};
 use super::{NewConsoleLink, RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::config::PostgresConfig;
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ use rows::*;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 use writes::{audit, bump};
@@ -44,6 +44,8 @@ pub struct PostgresStore {
     /// Whether a database without ipgate's schema may be given one: `serve` and
     /// `admin init` only.
     create: bool,
+    /// Told of every call that reached the database, and of the listener's notices.
+    hints: Arc<Hints>,
 }
 
 impl PostgresStore {
@@ -61,12 +63,17 @@ impl PostgresStore {
 
     fn with(config: &PostgresConfig, create: bool) -> Result<Self> {
         let tls = tls::connector(config).map_err(StoreError::unavailable)?;
+        let read_tls = match &config.read {
+            Some(replica) => Some(tls::connector(replica).map_err(StoreError::unavailable)?),
+            None => None,
+        };
         Ok(Self {
-            lanes: Lanes::new(config, tls.clone())?,
+            lanes: Lanes::new(config, tls.clone(), read_tls)?,
             config: config.clone(),
             tls,
             schema: OnceCell::new(),
             create,
+            hints: Arc::new(Hints::new()),
         })
     }
 
@@ -77,7 +84,20 @@ impl PostgresStore {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        self.lanes
+        if lane == Lane::Feed && self.lanes.has_replica() && self.schema.get().is_none() {
+            // A replica cannot write: the schema is made or migrated on the primary.
+            self.lanes
+                .call(Lane::Primary, limit, |mut client| async move {
+                    let missing = (!self.create).then_some(self.config.display.as_str());
+                    self.schema
+                        .get_or_try_init(|| schema::migrate(&mut client, missing))
+                        .await
+                        .map(drop)
+                })
+                .await?;
+        }
+        let result = self
+            .lanes
             .call(lane, limit, |mut client| async move {
                 let missing = (!self.create).then_some(self.config.display.as_str());
                 self.schema
@@ -85,7 +105,12 @@ impl PostgresStore {
                     .await?;
                 call(client).await
             })
-            .await
+            .await;
+        // Any answer (a refusal or "not found" too) proves the database is back.
+        if !matches!(result, Err(StoreError::Unavailable(_))) {
+            self.hints.answered();
+        }
+        result
     }
 }
 
@@ -96,18 +121,27 @@ impl Store for PostgresStore {
     }
 
     async fn changes_since(&self, at: Position) -> Result<Feed> {
-        feed::changes_since(self, at).await
+        feed::changes_since(self, at, feed::Source::Poller).await
     }
 
-    fn change_hints(&self, stop: CancellationToken) -> Option<Arc<Notify>> {
-        let notify = Arc::new(Notify::new());
-        tokio::spawn(feed::listen(
-            self.config.clone(),
-            self.tls.clone(),
-            Arc::clone(&notify),
-            stop,
-        ));
-        Some(notify)
+    async fn changes_since_primary(&self, at: Position) -> Result<Feed> {
+        feed::changes_since(self, at, feed::Source::Primary).await
+    }
+
+    async fn load_primary(&self) -> Result<Loaded> {
+        feed::load_from(self, feed::Source::Primary).await
+    }
+
+    fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>> {
+        if listen {
+            tokio::spawn(feed::listen(
+                self.config.clone(),
+                self.tls.clone(),
+                Arc::clone(&self.hints),
+                stop,
+            ));
+        }
+        Some(Arc::clone(&self.hints))
     }
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>> {
@@ -194,7 +228,23 @@ impl Store for PostgresStore {
                 )
                 .await?;
             let id = col::<i64>(&row, 0)? as u64;
-            let credential = get_credential(&tx, id).await?;
+            // The row just written, from what this call has: not read back.
+            let credential = Credential {
+                id,
+                user_id: new.user_id,
+                created: now,
+                updated: now,
+                status: CredentialStatus::as_read(
+                    CredentialStatus::PendingFirstUse,
+                    Some(new.expiry),
+                    now,
+                ),
+                expiry_time: Some(new.expiry),
+                description: new.description,
+                wildcard: false,
+                permitted_device: None,
+                mode: Mode::Enforce,
+            };
             audit(
                 &tx,
                 actor,

@@ -3,7 +3,9 @@
 //!
 //! Three lanes, each its own pool, so no caller waits behind another kind: the
 //! management API and `ipgate admin` share `store.pool_size` connections, the poller
-//! (change feed and full loads) has one, and the usage flusher has one. Every
+//! (change feed and full loads) has one, and the usage flusher has one. With a read
+//! replica (`store.read_url`) the poller's connection is to the replica, and it has
+//! one more to the primary for checking what the replica cannot tell. Every
 //! connection starts with the server-side limits of `store.*_timeout`, so a session
 //! this gateway abandons (paused, partitioned) releases its locks by itself. A call
 //! that outlives its deadline closes its connection rather than hand a still-busy
@@ -28,6 +30,10 @@ pub(super) enum Lane {
     Feed,
     /// The usage flusher, once a minute.
     Usage,
+    /// The poller's reads that must see the primary when the feed is read from a
+    /// replica (`store.read_url`): the rare check that a replica behind this gateway
+    /// is only lagging. Without a replica, the feed's own connection.
+    Primary,
 }
 
 /// Connections the poller and the usage flusher each keep, beside the API's.
@@ -53,16 +59,24 @@ pub(super) struct Lanes {
     api: Pool,
     feed: Pool,
     usage: Pool,
+    /// The primary for the poller, when `feed` is a replica.
+    primary: Option<Pool>,
     tls: MakeRustlsConnect,
+    /// The replica's, when there is one.
+    read_tls: Option<MakeRustlsConnect>,
 }
 
 impl Lanes {
     /// Sets up the pools; nothing connects until the first call.
-    pub(super) fn new(config: &PostgresConfig, tls: MakeRustlsConnect) -> Result<Self> {
-        let connect = with_server_timeouts(&config.connect, config.server_timeouts);
-        let pool = |size: usize| {
+    pub(super) fn new(
+        config: &PostgresConfig,
+        tls: MakeRustlsConnect,
+        read_tls: Option<MakeRustlsConnect>,
+    ) -> Result<Self> {
+        let pool = |size: usize, config: &PostgresConfig, tls: &MakeRustlsConnect| {
+            let connect = with_server_timeouts(&config.connect, config.server_timeouts);
             let manager = Manager::from_config(
-                connect.clone(),
+                connect,
                 tls.clone(),
                 ManagerConfig {
                     // A connection comes back only from a call that finished: it is idle.
@@ -78,12 +92,26 @@ impl Lanes {
                 .build()
                 .map_err(StoreError::unavailable)
         };
+        let (feed, primary) = match (&config.read, &read_tls) {
+            (Some(replica), Some(read_tls)) => (
+                pool(FEED_CONNECTIONS, replica, read_tls)?,
+                Some(pool(FEED_CONNECTIONS, config, &tls)?),
+            ),
+            _ => (pool(FEED_CONNECTIONS, config, &tls)?, None),
+        };
         Ok(Self {
-            api: pool(config.pool_size)?,
-            feed: pool(FEED_CONNECTIONS)?,
-            usage: pool(USAGE_CONNECTIONS)?,
+            api: pool(config.pool_size, config, &tls)?,
+            feed,
+            usage: pool(USAGE_CONNECTIONS, config, &tls)?,
+            primary,
             tls,
+            read_tls,
         })
+    }
+
+    /// Whether the poller reads a replica.
+    pub(super) fn has_replica(&self) -> bool {
+        self.primary.is_some()
     }
 
     fn pool(&self, lane: Lane) -> &Pool {
@@ -91,6 +119,14 @@ impl Lanes {
             Lane::Api => &self.api,
             Lane::Feed => &self.feed,
             Lane::Usage => &self.usage,
+            Lane::Primary => self.primary.as_ref().unwrap_or(&self.feed),
+        }
+    }
+
+    fn tls(&self, lane: Lane) -> &MakeRustlsConnect {
+        match (lane, &self.read_tls) {
+            (Lane::Feed, Some(read)) => read,
+            _ => &self.tls,
         }
     }
 
@@ -108,7 +144,7 @@ impl Lanes {
             call(Lease {
                 conn: Some(conn),
                 abandoned: Arc::clone(&abandoned),
-                tls: self.tls.clone(),
+                tls: self.tls(lane).clone(),
                 limit,
             })
             .await

@@ -37,8 +37,8 @@ pub(super) async fn change(
             version,
         });
     }
-    apply(&tx, id, &plan, now).await?;
-    let after = read_record(&tx, id).await?;
+    let inserted = apply(&tx, id, &plan, now).await?;
+    let after = rules::written(before.clone(), &plan, now, &inserted);
     let (b, a) = rules::audit_values(change, &before, &after);
     let actor = rules::audit_actor(change, id, actor);
     audit(&tx, &actor, Some(id), plan.action, b, a).await?;
@@ -103,15 +103,6 @@ pub(super) async fn lock_record(tx: &Transaction<'_>, credential: u64) -> Result
     })
 }
 
-/// A credential and all its entries, as they are now in this transaction.
-pub(super) async fn read_record(tx: &Transaction<'_>, credential: u64) -> Result<Record> {
-    let credential = get_credential(tx, credential).await?;
-    Ok(Record {
-        entries: entries(tx, credential.id).await?,
-        credential,
-    })
-}
-
 async fn entries(tx: &Transaction<'_>, credential: u64) -> Result<Vec<PermittedIp>> {
     query(
         tx,
@@ -124,13 +115,13 @@ async fn entries(tx: &Transaction<'_>, credential: u64) -> Result<Vec<PermittedI
     .collect()
 }
 
-/// Writes exactly the rows `plan` names.
+/// Writes exactly the rows `plan` names; the ids of the inserted entries, in order.
 pub(super) async fn apply(
     tx: &Transaction<'_>,
     credential: u64,
     plan: &Plan,
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Vec<u64>> {
     let credential = credential as i64;
     if let Some(c) = &plan.credential {
         execute(
@@ -150,14 +141,16 @@ pub(super) async fn apply(
         )
         .await?;
     }
+    let mut inserted = Vec::with_capacity(plan.insert.len());
     for (ip, status) in &plan.insert {
-        execute(
+        let row = query_one(
             tx,
             "INSERT INTO permitted_ips (credential_id, ip, status, created, updated) \
-             VALUES ($1, $2, $3, $4, $4)",
+             VALUES ($1, $2, $3, $4, $4) RETURNING id",
             &[&credential, &ip.to_string(), &status.as_str(), &now.0],
         )
         .await?;
+        inserted.push(col::<i64>(&row, 0)? as u64);
     }
     for (item, status) in &plan.update {
         execute(tx,
@@ -166,7 +159,7 @@ pub(super) async fn apply(
         )
         .await?;
     }
-    Ok(())
+    Ok(inserted)
 }
 
 pub(super) async fn audit(

@@ -18,7 +18,7 @@ mod writes;
 use super::feed::{Feed, Position};
 use super::model::*;
 use super::rules::{Change, Changed, Target};
-use super::{Committed, Loaded, NewCredential, Result, Store, StoreError};
+use super::{Committed, Hints, Loaded, NewCredential, Result, Store, StoreError};
 use super::{NewConsoleLink, RefusedReport, Suggestion, UnusedReport, UsageBatch};
 use crate::config::SqliteConfig;
 use async_trait::async_trait;
@@ -27,7 +27,6 @@ use rows::*;
 use rusqlite::{params, OptionalExtension};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub struct SqliteStore {
@@ -99,7 +98,7 @@ impl Store for SqliteStore {
         self.blocking(move |s| s.changes_since(at)).await
     }
 
-    fn change_hints(&self, _stop: CancellationToken) -> Option<Arc<Notify>> {
+    fn change_hints(&self, _listen: bool, _stop: CancellationToken) -> Option<Arc<Hints>> {
         None
     }
 

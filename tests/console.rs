@@ -332,6 +332,18 @@ async fn a_page_framed_by_another_origin_is_refused() {
     }
     // Never forwarded: the upstream saw none of those.
     assert_eq!(upstream.received(), 0);
+    // In the access log with routes of their own, and counted by operation.
+    gw.wait_log("\"route\":\"console_page\"").await;
+    gw.wait_log("\"route\":\"console_me\"").await;
+    let m = metrics(&gw).await;
+    assert!(
+        m.contains("ipgate_api_requests_total{operation=\"console_page\",status=\"2xx\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("ipgate_api_requests_total{operation=\"console_me\",status=\"4xx\"} 1"),
+        "{m}"
+    );
 
     let Some((_driver, c)) = browser().await else {
         return;

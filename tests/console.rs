@@ -628,3 +628,64 @@ async fn a_locked_out_owner_uses_a_link_in_a_browser() {
     assert_eq!(seen, json!(""));
     c.close().await.unwrap();
 }
+
+/// On a TLS listener the session cookie is `Secure` too.
+#[tokio::test]
+async fn on_tls_the_session_cookie_is_secure() {
+    use common::ca::TestCa;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::ServerName;
+
+    let ca = TestCa::new();
+    let leaf = ca.leaf("console");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &leaf.key_pem).unwrap();
+    let upstream = Upstream::start().await;
+    let settings = Settings::new(&upstream.url())
+        .set("server.tls", r#"{ cert = "cert.pem", key = "key.pem" }"#);
+    let gw = Gateway::start_in(dir, &settings, &[]);
+    gw.wait_ready().await;
+    let from = ip("127.0.0.2");
+    let post = |path: &'static str, content_type: &'static str, body: String| {
+        let (ca, gw) = (&ca, &gw);
+        async move {
+            let tcp = connect_from(from, gw.target(from)).await;
+            let tls = ca
+                .client(&[b"http/1.1"])
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .expect("TLS handshake");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("host", "localhost")
+                .header("content-type", content_type)
+                .body(Full::new(bytes::Bytes::from(body)))
+                .unwrap();
+            collect(sender.send_request(req).await.unwrap()).await
+        }
+    };
+    let (_user, cred, key) = gw.new_key();
+    let body = json!({"description": "tls", "secret": key, "permitted_ips": ["127.0.0.2"]});
+    let r = post("/v1/device-server", "application/json", body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let link = mint(&gw, cred, "15m");
+    let token = link.rsplit('/').next().unwrap().to_owned();
+    let r = post(
+        "/ipgate/console/link",
+        "application/x-www-form-urlencoded",
+        format!("token={token}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text());
+    let cookie = r.headers["set-cookie"].to_str().unwrap();
+    for attribute in ["; HttpOnly", "; SameSite=Strict", "; Secure"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+}

@@ -134,6 +134,12 @@ async fn a_console_link_opens_one_session_once() {
     let (unknown, _) = spend(&gw, owner, "/ipgate/console/link/not-a-link").await;
     assert_eq!(unknown, StatusCode::FORBIDDEN);
 
+    // Revoked: the session ends at its next call, reads included.
+    gw.admin(&["credential", "revoke", &cred.to_string()]);
+    let r = in_session(&gw, owner, http::Method::GET, &ips, &with, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(r.text().contains("no longer ACTIVE"), "{}", r.text());
+
     let metrics = metrics(&gw).await;
     assert!(
         metrics.contains("ipgate_console_links_total{result=\"used\"} 1"),

@@ -516,6 +516,10 @@ NO_PANEL = {
     "ipgate_process_threads",
     # Address space reserved, not memory used: the resident memory panel is what counts.
     "ipgate_process_virtual_memory_bytes",
+    # Console links: a few per week, each in the audit log (console_link.mint/.use) with
+    # who and from where; a rate panel would be a flat line. Tokens are 256 random bits,
+    # so refusals are mistakes (a link used twice or late), not guessing worth alerting.
+    "ipgate_console_links_total",
 }
 base = lambda n: re.sub(r"_(bucket|sum|count)$", "", n)
 families = {base(n) for n in exported if n.startswith("ipgate_")}

@@ -35,6 +35,8 @@ enum Segment {
     User,
     Credentials,
     Ip,
+    RefusedIp,
+    SuggestedIp,
     DeviceServer,
     Number(u64),
     Spelled(String),
@@ -48,6 +50,8 @@ impl Segment {
             Segment::User => "user".into(),
             Segment::Credentials => "credential-password-ip".into(),
             Segment::Ip => "ip".into(),
+            Segment::RefusedIp => "refused-ip".into(),
+            Segment::SuggestedIp => "suggested-ip".into(),
             Segment::DeviceServer => "device-server".into(),
             Segment::Number(n) => n.to_string(),
             Segment::Spelled(s) => s.clone(),
@@ -115,6 +119,12 @@ fn canonical(route: &Route) -> Option<String> {
             credential,
             item,
         } => format!("/v1/user/{user}/{cpi}/{credential}/ip/{item}"),
+        Route::RefusedIps { user, credential } => {
+            format!("/v1/user/{user}/{cpi}/{credential}/refused-ip")
+        }
+        Route::SuggestedIps { user, credential } => {
+            format!("/v1/user/{user}/{cpi}/{credential}/suggested-ip")
+        }
         Route::NotFound => return None,
     })
 }
@@ -122,9 +132,10 @@ fn canonical(route: &Route) -> Option<String> {
 fn ids(route: &Route) -> Vec<u64> {
     match *route {
         Route::Credentials { user } => vec![user],
-        Route::Credential { user, credential } | Route::Ips { user, credential } => {
-            vec![user, credential]
-        }
+        Route::Credential { user, credential }
+        | Route::Ips { user, credential }
+        | Route::RefusedIps { user, credential }
+        | Route::SuggestedIps { user, credential } => vec![user, credential],
         Route::Ip {
             user,
             credential,

@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-const KEYS: [(&str, &[&str]); 9] = [
+const KEYS: [(&str, &[&str]); 10] = [
     (
         "server",
         &[
@@ -47,6 +47,7 @@ const KEYS: [(&str, &[&str]); 9] = [
     ("limits", &["max_ips_per_credential", "max_body_bytes"]),
     ("log", &["format", "level"]),
     ("insight", &["record_usage", "flush_interval"]),
+    ("console", &["enabled", "path"]),
 ];
 
 /// Values that are near a boundary of some key's validation.

@@ -331,6 +331,33 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_on_by_default_under_its_own_path() {
+        let c = Config::parse("", Path::new(".")).unwrap();
+        assert!(c.console.enabled);
+        assert_eq!(c.console.path, "/ipgate/console/");
+        let c = Config::parse(
+            "[console]\nenabled = false\npath = \"/my-console/\"\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert!(!c.console.enabled);
+        assert_eq!(c.console.path, "/my-console/");
+        for bad in [
+            "/",
+            "console/",
+            "/console",
+            "/a//b/",
+            "/a b/",
+            "/a\"/",
+            "/v1/console/",
+        ] {
+            let text = format!("[console]\npath = {bad:?}\n");
+            let e = Config::parse(&text, Path::new(".")).unwrap_err();
+            assert!(e.to_string().contains("console.path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn slow_client_limits() {
         let c = Config::parse("", Path::new(".")).unwrap();
         assert_eq!(c.server.body_timeout, Duration::from_secs(20));

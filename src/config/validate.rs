@@ -443,10 +443,11 @@ fn console(r: &mut Reader<'_>, root: &Section<'_, '_>) -> ConsoleConfig {
         .value
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
-    if !(path.value.len() > 2 && path.value.starts_with('/') && path.value.ends_with('/'))
-        || !plain
-        || path.value.contains("//")
-    {
+    let shaped = path.value.len() > 2
+        && path.value.starts_with('/')
+        && path.value.ends_with('/')
+        && !path.value.contains("//");
+    if !(shaped && plain) {
         r.problem(
             &path,
             "expected a path such as \"/ipgate/console/\": starting and ending with /, \

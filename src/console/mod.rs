@@ -203,6 +203,16 @@ impl Console {
             }
         };
         call.credential_id = Some(session.identity.credential_id);
+        let cookie = session::cookie_value(&req).unwrap_or_default().to_owned();
+        if let Err(why) = self.sessions.confirm(&session, &cookie).await {
+            call.ok = false;
+            call.reason = why.label();
+            let status = match why {
+                Refusal::Store => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return (bunq::error(status, why.message()), call);
+        }
         let rest = req.uri().path()[self.path.len() + "session/".len()..].to_owned();
         if rest == "me" && reading {
             return (who(session.identity, client_ip, Some(&session.csrf)), call);

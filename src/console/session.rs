@@ -6,14 +6,15 @@
 //! bound to the address that opened it, for [`SESSION_TTL`], at most
 //! [`MAX_SESSIONS`] at once. A call made in a session must come from that address
 //! and, when the browser says where it comes from (`Origin`, `Sec-Fetch-Site`), from
-//! this origin; a write must also carry the session's CSRF token.
+//! this origin; a write must also carry the session's CSRF token. Every call reads
+//! the credential once: a revocation ends its sessions at their next call.
 //!
 //! What a session can do is the management API's, for its one credential: the API
 //! cannot set the wildcard or change the mode, so a session cannot either.
 
 use crate::acl::Identity;
 use crate::metrics::Metrics;
-use crate::store::{console_link::token_hash, Store};
+use crate::store::{console_link::token_hash, CredentialStatus, Store, StoreError};
 use base64::Engine;
 use http::header::{COOKIE, HOST, ORIGIN};
 use http::Request;
@@ -60,6 +61,8 @@ pub enum Refusal {
     OtherAddress,
     OtherOrigin,
     Csrf,
+    /// The credential was revoked (or is otherwise not ACTIVE) since the link was used.
+    NotActive,
 }
 
 impl Refusal {
@@ -71,6 +74,7 @@ impl Refusal {
             Refusal::OtherAddress => "session_other_address",
             Refusal::OtherOrigin => "session_other_origin",
             Refusal::Csrf => "csrf",
+            Refusal::NotActive => "credential_not_active",
         }
     }
 
@@ -87,6 +91,7 @@ impl Refusal {
             }
             Refusal::OtherOrigin => "Console calls come from the console's own page only.",
             Refusal::Csrf => "The request did not carry this session's CSRF token.",
+            Refusal::NotActive => "This credential is no longer ACTIVE; the session has ended.",
         }
     }
 }
@@ -193,6 +198,29 @@ impl Sessions {
         }
         Ok(session)
     }
+
+    /// Ends `session` unless its credential is still ACTIVE: a revocation ends every
+    /// session of the credential at its next call, not when the session expires.
+    pub async fn confirm(&self, session: &Session, cookie_of: &str) -> Result<(), Refusal> {
+        let id = session.identity.credential_id;
+        match self.store.credential(id).await {
+            Ok(c) if c.status == CredentialStatus::Active => Ok(()),
+            Ok(_) | Err(StoreError::NotFound(_)) => {
+                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+                open.remove(&token_hash(cookie_of));
+                Err(Refusal::NotActive)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a console session's credential");
+                Err(Refusal::Store)
+            }
+        }
+    }
+}
+
+/// The session cookie a request carries, for [`Sessions::confirm`].
+pub fn cookie_value<B>(req: &Request<B>) -> Option<&str> {
+    cookie(req)
 }
 
 /// 32 random bytes, base64url.

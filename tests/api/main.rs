@@ -12,6 +12,7 @@ mod common;
 mod access;
 mod bunq_clients;
 mod helpers;
+mod insight;
 mod reading;
 mod registration;
 mod rules;

@@ -33,7 +33,9 @@
 # functions per request), and "w/o sha2" the rest, the figure to compare.
 #
 # Knobs: N=2000, W=200, TARGETS="ipgate bare-hyper", IPGATE_RECORD_USAGE=true (false:
-# ipgate without usage counting, to measure what it costs), KEEP=0 (1 keeps the work folder
+# ipgate without usage counting, to measure what it costs), IPGATE_WORKERS=1 (2: the
+# multi-threaded runtime, to see that the counts hold per request), IPGATE_LOG_LEVEL=warn
+# (info: the shipped level, an access line per request), KEEP=0 (1 keeps the work folder
 # with callgrind.out files for callgrind_annotate), IPGATE_BIN (target/release/ipgate,
 # built if missing), BARE_BIN (built with `cargo bench --bench bare_hyper --no-run`).
 # Needs valgrind, python3, curl, and nginx (the upstream; else a python3 server).
@@ -47,6 +49,8 @@ W=${W:-200}
 TARGETS=${TARGETS:-"ipgate bare-hyper"}
 KEEP=${KEEP:-0}
 IPGATE_RECORD_USAGE=${IPGATE_RECORD_USAGE:-true}
+IPGATE_WORKERS=${IPGATE_WORKERS:-1}
+IPGATE_LOG_LEVEL=${IPGATE_LOG_LEVEL:-warn}
 KEY_HEADER="X-Bunq-Client-Authentication"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -153,7 +157,7 @@ prepare_ipgate() {
 		[server]
 		listen = "127.0.0.1:$port"
 		admin_listen = "127.0.0.1:$admin"
-		workers = 1
+		workers = $IPGATE_WORKERS
 		[upstream]
 		url = "http://$UPSTREAM_ADDR"
 		[store]
@@ -165,7 +169,7 @@ prepare_ipgate() {
 		[insight]
 		record_usage = $IPGATE_RECORD_USAGE
 		[log]
-		level = "warn"
+		level = "$IPGATE_LOG_LEVEL"
 	EOF
 	IPGATE_URL="http://127.0.0.1:$port/"
 	IPGATE_READY="http://127.0.0.1:$admin/readyz"

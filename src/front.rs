@@ -148,9 +148,10 @@ impl Front {
             done: false,
         };
         let mut resp = self.route(req, conn, &live, trusted, &mut line).await;
-        resp.headers_mut()
-            .insert(X_REQUEST_ID, line.request_id.clone());
         line.answered(&resp);
+        // The line is written: the id moves into the answer instead of being copied.
+        let id = std::mem::replace(&mut line.request_id, HeaderValue::from_static(""));
+        resp.headers_mut().insert(X_REQUEST_ID, id);
         resp
     }
 

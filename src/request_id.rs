@@ -7,6 +7,7 @@
 //! header line of at most [`MAX_LEN`] characters from a set that needs no escaping in
 //! any log format. Anything else is replaced, never repaired.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -62,7 +63,10 @@ impl RequestIds {
         for (i, digit) in text.iter_mut().enumerate() {
             *digit = HEX[((z >> (60 - 4 * i)) & 0xF) as usize];
         }
-        HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+        // Owned by a `Bytes` whose clones share it: the id goes upstream and back to the
+        // client, and a plain copy's first clone would allocate again.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+            .expect("hex digits are a valid header value")
     }
 }
 

@@ -24,10 +24,12 @@
 //! itself evicted.
 
 use super::Cut;
+use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
 use tokio::sync::Notify;
 
 /// Places the hand looks at before refusing a connection: bounds the work per accept
@@ -100,6 +102,24 @@ pub struct Seat {
     moved: AtomicU64,
     /// Why the listener closed the connection ([`Cut`] as a number; 0: it did not).
     cut: AtomicU8,
+    /// Which request heads the watchdog times ([`Heads`] as a number; 0: none yet).
+    heads: AtomicU8,
+    /// Set once at shutdown: finish the request in flight, then close.
+    draining: AtomicBool,
+    /// The serving task, woken when `draining` is set.
+    serving: AtomicWaker,
+}
+
+/// Which request heads of a connection the watchdog holds to `header_read_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Heads {
+    /// Only the first (hyper-util's `auto` times the later HTTP/1 ones itself; HTTP/2
+    /// has none).
+    First = 1,
+    /// Every one, also the wait for the next one on a kept-alive connection (hyper's
+    /// HTTP/1 server runs without a timer of its own).
+    Every = 2,
 }
 
 /// What every request in flight on a connection waits for, when it is the client.
@@ -218,6 +238,9 @@ impl ConnectionTable {
             answers_waiting: AtomicU32::new(0),
             moved: AtomicU64::new(0),
             cut: AtomicU8::new(0),
+            heads: AtomicU8::new(0),
+            draining: AtomicBool::new(false),
+            serving: AtomicWaker::new(),
         }
     }
 }
@@ -321,6 +344,40 @@ impl Seat {
     pub fn never_used(&self) -> bool {
         self.finished.load(Ordering::Relaxed) == 0
             && self.place().word.load(Ordering::Acquire) & (IN_FLIGHT | RECENT) == 0
+    }
+
+    /// From now on the watchdog holds `heads` to the head deadline (before this, the
+    /// PROXY header and TLS handshake have deadlines of their own).
+    pub fn time_heads(&self, heads: Heads) {
+        self.heads.store(heads as u8, Ordering::Release);
+    }
+
+    /// True when the connection waits for a request head the watchdog times: none in
+    /// flight, and this is its first, or every head is timed.
+    pub fn awaits_head(&self) -> bool {
+        match self.heads.load(Ordering::Acquire) {
+            1 => self.never_used(),
+            2 => self.place().word.load(Ordering::Acquire) & IN_FLIGHT == 0,
+            _ => false,
+        }
+    }
+
+    /// Requests finished so far (a new one since the last look resets the head wait).
+    pub fn finished(&self) -> u32 {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to finish the request in flight and close (shutdown).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.serving.wake();
+    }
+
+    /// True once [`Seat::drain`] was called; until then the serving task (`cx`) is
+    /// woken when it is. One atomic load and a waker check per wake-up.
+    pub fn draining(&self, cx: &Context<'_>) -> bool {
+        self.serving.register(cx.waker());
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Resolves when a new connection took this seat's place.

@@ -127,15 +127,46 @@ struct Wait {
     last: u64,
 }
 
+/// What a client kept waiting past its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overdue {
+    /// A body or an answer ([`Deadlines`]).
+    Client(ClientWait),
+    /// A request head the seat times ([`Seat::awaits_head`]) did not come within
+    /// `header_read_timeout`.
+    Head,
+}
+
 /// Resolves with what the client kept waiting past its deadline; never, while every
 /// wait is within its deadline. Marks the seat stalled from the second look at a wait
 /// in which nothing moved, and clears the mark when the wait ends or bytes move.
-pub async fn watch(seat: &Seat, deadlines: &Deadlines) -> ClientWait {
+///
+/// The head deadline is timed here too, at the same looks: hyper's HTTP/1 timer made a
+/// boxed `Sleep` for every request head (some 700 instructions a request, in the timer
+/// wheel); here it costs nothing per request, never fires early, and fires up to two
+/// [`TICK`]s late (a wait is timed from the first look that sees it).
+pub async fn watch(seat: &Seat, deadlines: &Deadlines, head_timeout: Duration) -> Overdue {
     let mut tick = tokio::time::interval_at(Instant::now() + TICK, TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut wait: Option<Wait> = None;
+    // Since when, and after how many finished requests, a head has been awaited.
+    let mut head: Option<(Instant, u32)> = None;
     loop {
         tick.tick().await;
+        let now = Instant::now();
+        if seat.awaits_head() {
+            let finished = seat.finished();
+            match head {
+                Some((since, at)) if at == finished => {
+                    if now.duration_since(since) >= head_timeout {
+                        return Overdue::Head;
+                    }
+                }
+                _ => head = Some((now, finished)),
+            }
+        } else {
+            head = None;
+        }
         let Some(kind) = seat.client_wait() else {
             if wait.take().is_some() {
                 seat.set_stalled(false);
@@ -143,11 +174,10 @@ pub async fn watch(seat: &Seat, deadlines: &Deadlines) -> ClientWait {
             continue;
         };
         let moved = seat.progress();
-        let now = Instant::now();
         match &mut wait {
             Some(w) if w.kind == kind => {
                 if now.duration_since(w.since) >= deadlines.allowed(kind, moved - w.start) {
-                    return kind;
+                    return Overdue::Client(kind);
                 }
                 seat.set_stalled(moved == w.last);
                 w.last = moved;

@@ -5,18 +5,19 @@
 //! connections on shutdown.
 //!
 //! Deadlines: a PROXY header and a TLS handshake each within `header_read_timeout`;
-//! then the first request head within it (this module's timer: hyper-util's protocol
-//! sniffing has none), and every later head within it too (hyper's own timer, which
-//! also runs while a kept-alive connection waits for its next request, so an idle
-//! HTTP/1 connection is closed after that long).
+//! then the first request head within it, and on a connection known to speak HTTP/1
+//! every later head within it too, also the wait for the next request on a kept-alive
+//! connection (so an idle HTTP/1 connection is closed after that long). The watchdog
+//! times those heads at its looks (up to a second late), not hyper's timer (a new one
+//! per request); hyper-util's HTTP/1 behind `auto` keeps hyper's timer.
 //!
 //! A connection known to speak HTTP/1 (TLS ALPN `http/1.1`, or first bytes that are
 //! not the HTTP/2 preface) is served by hyper's HTTP/1 server directly; the others by
 //! hyper-util's `auto`, which reads the first bytes itself and wraps the connection to
 //! give them back: a layer every later read and write of the connection goes through.
 
-use super::connections::{client_key, Admission, ClientWait, ConnectionTable, Seat};
-use super::deadlines::{watch, Deadlines, RequestBody};
+use super::connections::{client_key, Admission, ClientWait, ConnectionTable, Heads, Seat};
+use super::deadlines::{watch, Deadlines, Overdue, RequestBody};
 use super::proxy_protocol::read_header;
 use super::warn_limit::WarnLimit;
 use super::{ClientConn, Cut, Door, Origin};
@@ -30,7 +31,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::server::graceful::GracefulConnection;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
@@ -154,15 +155,14 @@ pub async fn serve<D: Door>(
     let mut http1_builder = http1::Builder::new();
     // `max_buf_size` alone lets a head through whole when one read brings more than
     // it (the buffer grows past it before the head is parsed): `max_header_size` is
-    // checked on the parsed head.
+    // checked on the parsed head. No timer: the connection's watchdog times every head
+    // (hyper's timer is a new boxed `Sleep` per request).
     http1_builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        .header_read_timeout(None)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     let http1_builder = Arc::new(http1_builder);
-    let graceful = GracefulShutdown::new();
     raise_open_file_limit(options.max_connections);
     let per_client = (options.max_connections as u64 * options.client_share_percent / 100) as usize;
     let table = ConnectionTable::new(options.max_connections, per_client);
@@ -215,38 +215,37 @@ pub async fn serve<D: Door>(
             proxy_protocol_local: options.proxy_protocol_local,
             proxy_warnings: Arc::clone(&proxy_warnings),
             tls: options.tls.clone(),
-            shutdown: shutdown.clone(),
             handshake_timeout: options.header_read_timeout,
             door: Arc::clone(&door),
             metrics: Arc::clone(&metrics),
             builder: Arc::clone(&builder),
             http1: Arc::clone(&http1_builder),
         };
-        let watcher = graceful.watcher();
         let span = tracing::debug_span!("conn", peer = %peer);
-        let cut = cut.clone();
         let seat = Arc::new(seat);
         let serving = Arc::clone(&seat);
         let open = Open::counted(&metrics);
         let (ended, end) = oneshot::channel::<Infallible>();
+        // Nothing but the connection itself is polled at its wake-ups: shutdown, the
+        // cut-off and every deadline reach it through its watchdog.
         let connection = tasks.spawn(
             async move {
                 let _open = open;
                 let _ended = ended;
-                let work = client.serve(stream, peer_ip, watcher, &serving);
-                tokio::select! {
-                    biased;
-                    () = work => {}
-                    () = cut.cancelled() => {
-                        tracing::debug!("connection cut off at the end of the grace period");
-                    }
-                }
+                client.serve(stream, peer_ip, &serving).await;
             }
             .instrument(span),
         );
-        let connection = connection.abort_handle();
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(watchdog(seat, options.deadlines, metrics, connection, end));
+        let watched = Watched {
+            seat,
+            deadlines: options.deadlines,
+            head_timeout: options.header_read_timeout,
+            metrics: Arc::clone(&metrics),
+            connection: connection.abort_handle(),
+            shutdown: shutdown.clone(),
+            cut: cut.clone(),
+        };
+        tokio::spawn(watchdog(watched, end));
     }
 
     drop(listener);
@@ -256,10 +255,7 @@ pub async fn serve<D: Door>(
     );
     tasks.close();
     tokio::select! {
-        // Then the tunnels (upgraded connections), which the graceful watch lets go of.
-        _ = async { graceful.shutdown().await; tasks.wait().await } => {
-            tracing::info!("all connections drained")
-        }
+        () = tasks.wait() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(options.grace) => {
             tracing::warn!(
                 connections = tasks.len(),
@@ -282,8 +278,6 @@ struct Client<D> {
     /// each (anyone who can connect can cause one).
     proxy_warnings: Arc<WarnLimit>,
     tls: Option<TlsAcceptor>,
-    /// Fires when shutdown starts: an HTTP/1 connection is told to finish.
-    shutdown: CancellationToken,
     handshake_timeout: Duration,
     door: Arc<D>,
     metrics: Arc<Metrics>,
@@ -346,13 +340,7 @@ impl Stream for TlsStream<TcpStream> {
 
 impl<D: Door> Client<D> {
     /// One client connection from accept to close: PROXY header, TLS, HTTP.
-    async fn serve(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer_ip: IpAddr,
-        watcher: Watcher,
-        seat: &Arc<Seat>,
-    ) {
+    async fn serve(&self, stream: tokio::net::TcpStream, peer_ip: IpAddr, seat: &Arc<Seat>) {
         let mut stream = stream;
         let (peer_ip, origin) = if self.proxy_protocol {
             match self.client_from_proxy_header(&mut stream, peer_ip).await {
@@ -369,18 +357,12 @@ impl<D: Door> Client<D> {
             (peer_ip, Origin::Direct)
         };
         match &self.tls {
-            None => {
-                self.serve_http(stream, peer_ip, origin, watcher, seat)
-                    .await
-            }
+            None => self.serve_http(stream, peer_ip, origin, seat).await,
             Some(acceptor) => {
                 let handshake =
                     tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
                 match handshake {
-                    Ok(Ok(stream)) => {
-                        self.serve_http(stream, peer_ip, origin, watcher, seat)
-                            .await
-                    }
+                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, origin, seat).await,
                     Ok(Err(error)) => {
                         self.metrics.tls_handshake_failures.inc();
                         tracing::debug!(%error, "TLS handshake failed");
@@ -421,14 +403,7 @@ impl<D: Door> Client<D> {
         }
     }
 
-    async fn serve_http<I: Stream>(
-        &self,
-        io: I,
-        peer: IpAddr,
-        origin: Origin,
-        watcher: Watcher,
-        seat: &Arc<Seat>,
-    ) {
+    async fn serve_http<I: Stream>(&self, io: I, peer: IpAddr, origin: Origin, seat: &Arc<Seat>) {
         let conn = Arc::new(ClientConn::on_seat(peer, origin, Arc::clone(seat)));
         let service = service_fn(|req: Request<Incoming>| {
             // Busy from the head's arrival until the response has been sent or dropped.
@@ -445,82 +420,79 @@ impl<D: Door> Client<D> {
                 Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
             }
         });
-        let served = async {
-            let result = match io.speaks().await {
-                Speaks::Http1 => {
-                    // hyper-util's watcher takes no upgradeable connection: the same
-                    // graceful end by hand, the watcher held so the drain waits for it.
-                    let conn = self.http1.serve_connection(TokioIo::new(io), service);
-                    drain_on_shutdown(conn.with_upgrades(), &self.shutdown, watcher)
-                        .await
-                        .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-                }
-                Speaks::Unknown => {
-                    let conn = self
-                        .builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service);
-                    watcher.watch(conn).await
-                }
-            };
-            // An upgrade answered 101: the connection is the tunnel's now, and counted
-            // busy (never idle, never evicted) until it ends.
-            if let Some(tunnel) = conn.tunnel.take() {
-                seat.request_started();
-                let _busy = InFlight(Arc::clone(seat));
-                tunnel.await;
+        // The first head is timed from here on (the PROXY header and TLS handshake
+        // had their own deadline); hyper-util's sniffing has no timer, HTTP/2 none at all.
+        seat.time_heads(Heads::First);
+        let result = match io.speaks().await {
+            Speaks::Http1 => {
+                seat.time_heads(Heads::Every);
+                let conn = self.http1.serve_connection(TokioIo::new(io), service);
+                drained(conn.with_upgrades(), seat, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
             }
-            result
+            Speaks::Unknown => {
+                let conn = self
+                    .builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service);
+                drained(conn, seat, GracefulConnection::graceful_shutdown).await
+            }
         };
-        tokio::select! {
-            result = served => {
-                let Err(error) = result else { return };
-                let hyper_error = error.downcast_ref::<hyper::Error>();
-                let timed_out = hyper_error.is_some_and(hyper::Error::is_timeout);
-                if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
-                    // hyper answered 431 itself.
-                    self.metrics.record_client_error(ClientError::HeadTooLarge);
-                } else if !timed_out {
-                    tracing::debug!(error = %error, "connection ended with an error");
-                } else if seat.idle_after_requests() {
-                    self.metrics.idle_closed.inc();
-                    tracing::debug!("idle kept-alive connection closed");
-                } else {
-                    self.metrics.record_client_error(ClientError::HeaderTimeout);
-                    tracing::debug!("header read timeout: connection closed");
-                }
-            }
-            () = first_head_deadline(seat, self.handshake_timeout) => {
-                self.metrics.record_client_error(ClientError::HeaderTimeout);
-                tracing::debug!("header read timeout: no request head in time, connection closed");
-            }
+        // An upgrade answered 101: the connection is the tunnel's now, and counted
+        // busy (never idle, never evicted) until it ends; the watchdog still cuts it
+        // at the end of the grace period.
+        if let Some(tunnel) = conn.tunnel.take() {
+            seat.request_started();
+            let _busy = InFlight(Arc::clone(seat));
+            tunnel.await;
+        }
+        let Err(error) = result else { return };
+        let hyper_error = error.downcast_ref::<hyper::Error>();
+        let timed_out = hyper_error.is_some_and(hyper::Error::is_timeout);
+        if hyper_error.is_some_and(hyper::Error::is_parse_too_large) {
+            // hyper answered 431 itself.
+            self.metrics.record_client_error(ClientError::HeadTooLarge);
+        } else if !timed_out {
+            tracing::debug!(error = %error, "connection ended with an error");
+        } else {
+            // hyper-util's HTTP/1 (a connection that was not known to speak it).
+            head_timed_out(seat, &self.metrics);
         }
     }
 }
 
-/// Serves an HTTP/1 connection until it ends, and from the start of shutdown lets it
-/// finish the request in flight and close, as hyper-util's `Watcher` does; `watcher`
-/// is held until then, so the drain waits for this connection.
-async fn drain_on_shutdown<I, S, B>(
-    conn: http1::UpgradeableConnection<I, S>,
-    shutdown: &CancellationToken,
-    watcher: Watcher,
-) -> hyper::Result<()>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let _watcher = watcher;
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        biased;
-        result = conn.as_mut() => return result,
-        () = shutdown.cancelled() => {}
+/// Counts a connection closed for a request head that did not come in time: a
+/// kept-alive one that went quiet after its requests is no client error.
+fn head_timed_out(seat: &Seat, metrics: &Metrics) {
+    if seat.idle_after_requests() {
+        metrics.idle_closed.inc();
+        tracing::debug!("idle kept-alive connection closed");
+    } else {
+        metrics.record_client_error(ClientError::HeaderTimeout);
+        tracing::debug!("header read timeout: no request head in time, connection closed");
     }
-    conn.as_mut().graceful_shutdown();
-    conn.await
+}
+
+/// Serves `conn` to its end; once the seat is told to drain (shutdown, through the
+/// watchdog), asks it to finish the request in flight and close. The flag is read at
+/// each wake-up: cheaper than a shutdown future polled beside the connection.
+/// `graceful` is the connection's own graceful shutdown (hyper's upgradeable HTTP/1
+/// connection has one but is no hyper-util `GracefulConnection`).
+async fn drained<C: Future>(
+    conn: C,
+    seat: &Seat,
+    graceful: fn(std::pin::Pin<&mut C>),
+) -> C::Output {
+    let mut conn = std::pin::pin!(conn);
+    let mut asked = false;
+    std::future::poll_fn(|cx| {
+        if !asked && seat.draining(cx) {
+            asked = true;
+            graceful(conn.as_mut());
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Counts a connection in `ipgate_open_connections` until dropped, also when its task
@@ -540,47 +512,69 @@ impl Drop for Open {
     }
 }
 
-/// Watches one connection from its own task and aborts `connection` (the task serving
-/// it) when its client keeps it waiting past a deadline, or a new connection took its
-/// place at the cap; ends with the connection (`end` closes). A task of its own, not a
-/// branch beside the serving: that would be polled at every wake-up of every request.
-/// Not awaiting the serving task's `JoinHandle`: reading its output moves the whole of
-/// its (large) future's slot.
-async fn watchdog(
+/// What a connection's watchdog watches, and the task it may abort.
+struct Watched {
     seat: Arc<Seat>,
     deadlines: Deadlines,
+    /// `server.header_read_timeout`, for the heads the seat times.
+    head_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The task serving the connection.
     connection: AbortHandle,
-    end: oneshot::Receiver<Infallible>,
-) {
-    let why = tokio::select! {
-        _ = end => return,
-        wait = watch(&seat, &deadlines) => match wait {
-            ClientWait::Body => {
-                metrics.record_client_error(ClientError::BodyTimeout);
-                Cut::BodyTimeout
+    /// Graceful shutdown: the connection finishes its request in flight and closes.
+    shutdown: CancellationToken,
+    /// The end of the grace period: the connection is cut off.
+    cut: CancellationToken,
+}
+
+/// Watches one connection from its own task and aborts `connection` (the task serving
+/// it) when its client keeps it waiting past a deadline (a body, an answer, a request
+/// head), a new connection took its place at the cap, or the grace period ended; tells
+/// it to drain at shutdown; ends with the connection (`end` closes). A task of its
+/// own, not branches beside the serving: those would be polled at every wake-up of
+/// every request (the cancellation futures and hyper's head timer). Not awaiting the
+/// serving task's `JoinHandle`: reading its output moves the whole of its (large)
+/// future's slot.
+async fn watchdog(w: Watched, mut end: oneshot::Receiver<Infallible>) {
+    let seat = &w.seat;
+    let watching = watch(seat, &w.deadlines, w.head_timeout);
+    tokio::pin!(watching);
+    let mut draining = false;
+    let why = loop {
+        tokio::select! {
+            _ = &mut end => return,
+            () = w.shutdown.cancelled(), if !draining => {
+                draining = true;
+                seat.drain();
             }
-            ClientWait::Answer => {
-                metrics.record_client_error(ClientError::ResponseTimeout);
-                Cut::ResponseTimeout
+            () = w.cut.cancelled() => {
+                w.connection.abort();
+                tracing::debug!("connection cut off at the end of the grace period");
+                return;
             }
-        },
-        () = seat.evicted() => Cut::Evicted,
+            overdue = &mut watching => break match overdue {
+                Overdue::Client(ClientWait::Body) => {
+                    w.metrics.record_client_error(ClientError::BodyTimeout);
+                    Cut::BodyTimeout
+                }
+                Overdue::Client(ClientWait::Answer) => {
+                    w.metrics.record_client_error(ClientError::ResponseTimeout);
+                    Cut::ResponseTimeout
+                }
+                Overdue::Head => {
+                    // No request in flight: no access line to tell.
+                    w.connection.abort();
+                    head_timed_out(seat, &w.metrics);
+                    return;
+                }
+            },
+            () = seat.evicted() => break Cut::Evicted,
+        }
     };
     // Before the abort: the requests' access lines, written as they are dropped, say why.
     seat.cut(why);
-    connection.abort();
+    w.connection.abort();
     tracing::debug!(reason = why.label(), "connection closed by the listener");
-}
-
-/// Fires `timeout` after it is first polled unless a request has started by then.
-/// hyper-util reads the first bytes (HTTP/1 or HTTP/2?) without a deadline, and HTTP/2
-/// has no header timer at all: this bounds both for the first request.
-async fn first_head_deadline(seat: &Seat, timeout: Duration) {
-    tokio::time::sleep(timeout).await;
-    if !seat.never_used() {
-        std::future::pending::<()>().await;
-    }
 }
 
 /// Marks a request finished when dropped.

@@ -181,6 +181,9 @@ async fn a_large_upload_and_download_stream_through_with_flat_memory() {
     );
     let up = started.elapsed();
 
+    // The same connection carries the download: ready once the upload's answer is done
+    // (an error here is the gateway closing it).
+    sender.ready().await.expect("the connection stays open");
     let started = Instant::now();
     let resp = sender
         .send_request(request(

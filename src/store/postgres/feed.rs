@@ -315,6 +315,7 @@ pub(super) async fn listen(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+            _ = hints.store_back() => {}
         }
     }
 }

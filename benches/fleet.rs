@@ -13,6 +13,8 @@
 //! cargo bench --bench fleet -- chaos 10      # N minutes of writes, database restarts, gateway kills;
 //!                                             # at the end every acknowledged write's content
 //!                                             # and every gateway's decisions against the store
+//! cargo bench --bench fleet -- chaos 10 replica  # the same, half the gateways on a streaming
+//!                                             # replica that is rebuilt every third round
 //! cargo bench --bench fleet -- behind        # 100,000 changes behind: delta attempt, full load
 //! ```
 //!
@@ -105,7 +107,8 @@ fn main() {
                 .iter()
                 .find_map(|a| a.parse::<u64>().ok())
                 .unwrap_or(10);
-            chaos(&pg, Duration::from_secs(minutes * 60)).await;
+            let replica = args.iter().any(|a| a == "replica");
+            chaos(&pg, Duration::from_secs(minutes * 60), replica).await;
         }
     });
 }
@@ -402,18 +405,9 @@ async fn replica(pg: &Postgres) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(INTERVAL * 2).await;
-    let replica_store = {
-        let text = format!(
-            "[store]\nurl = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
-            standby.url(&db)
-        );
-        store::open(
-            &Config::parse(&text, std::path::Path::new("/"))
-                .unwrap()
-                .store,
-        )
-        .unwrap()
-    };
+    // Reads the replica (a replica cannot be opened as a store of its own: that would
+    // try to make the schema).
+    let replica_store = store::open(&config).unwrap();
     let at = replica_store.load().await.unwrap().position;
     let mut writes = Vec::new();
     let mut lag = Vec::new();
@@ -1133,18 +1127,35 @@ fn fill(pg: &Postgres, db: &str, n: u64) {
 /// Writes, database restarts and gateway restarts for `length`; at quiet points every
 /// gateway's snapshot must equal a full load, and every acknowledged write must be in
 /// the store at the end.
-async fn chaos(pg: &Postgres, length: Duration) {
+async fn chaos(pg: &Postgres, length: Duration, with_replica: bool) {
     const GATEWAYS: usize = 12;
     let db = pg.database();
     let writer = open(pg, &db, 4);
     let ids = credentials(writer.as_ref(), 16).await;
+    let standby = with_replica.then(|| tokio::task::block_in_place(|| pg.replica()));
+    // Odd gateways read the replica when there is one.
+    let gateway_store = |i: usize| match &standby {
+        Some(r) if i % 2 == 1 => {
+            let text = format!(
+                "[store]\nurl = \"{}\"\nread_url = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
+                pg.url(&db),
+                r.url(&db)
+            );
+            let config = Config::parse(&text, std::path::Path::new("/"))
+                .unwrap()
+                .store;
+            store::open(&config).unwrap()
+        }
+        _ => open(pg, &db, 1),
+    };
+    let mut rebuilds = 0;
     let stop = CancellationToken::new();
     let mut gateways: Vec<(CancellationToken, Arc<SnapshotCell>, Seen)> = Vec::new();
     for i in 0..GATEWAYS {
         let seen: Seen = Arc::default();
         let token = stop.child_token();
         let cell = poller(
-            open(pg, &db, 1),
+            gateway_store(i),
             i % 2 == 0,
             token.clone(),
             Arc::clone(&seen),
@@ -1153,6 +1164,8 @@ async fn chaos(pg: &Postgres, length: Duration) {
         .await;
         gateways.push((token, cell, seen));
     }
+    // The writers stop first; the gateways keep polling through the final checks.
+    let writing = CancellationToken::new();
     let acknowledged: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     // What each acknowledged write set, and what each write with an unknown outcome
     // (the store failed mid-call: it may or may not have committed) aimed at.
@@ -1165,7 +1178,7 @@ async fn chaos(pg: &Postgres, length: Duration) {
         let acknowledged = Arc::clone(&acknowledged);
         let outcomes = Arc::clone(&outcomes);
         let pause = Arc::clone(&pause);
-        let stop = stop.clone();
+        let stop = writing.clone();
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.is_cancelled() {
@@ -1224,7 +1237,7 @@ async fn chaos(pg: &Postgres, length: Duration) {
         let seen: Seen = Arc::default();
         let token = stop.child_token();
         let cell = poller(
-            open(pg, &db, 1),
+            gateway_store(victim),
             victim % 2 == 0,
             token.clone(),
             Arc::clone(&seen),
@@ -1234,6 +1247,11 @@ async fn chaos(pg: &Postgres, length: Duration) {
         check_order(&gateways[victim].2, &mut out_of_order);
         gateways[victim] = (token, cell, seen);
         kills += 1;
+        if let (Some(r), 1) = (&standby, round % 3) {
+            // The replica is made again from a fresh base backup under the fleet.
+            tokio::task::block_in_place(|| pg.rebuild_replica(r));
+            rebuilds += 1;
+        }
         if round % 3 == 0 {
             // The database goes away for a few seconds.
             tokio::task::block_in_place(|| pg.stop());
@@ -1260,12 +1278,9 @@ async fn chaos(pg: &Postgres, length: Duration) {
             }
         }
     }
-    stop.cancel();
+    writing.cancel();
     for w in writers {
         let _ = w.await;
-    }
-    for (_, _, seen) in &gateways {
-        check_order(seen, &mut out_of_order);
     }
     // Every acknowledged write is in the store: its version is in the history.
     let acked = acknowledged.lock().unwrap().clone();
@@ -1315,14 +1330,23 @@ async fn chaos(pg: &Postgres, length: Duration) {
             }
         }
     }
+    stop.cancel();
+    for (_, _, seen) in &gateways {
+        check_order(seen, &mut out_of_order);
+    }
     println!(
-        "chaos, {:.0} min: {} acknowledged writes ({} distinct versions), {restarts} database restarts, \
+        "chaos, {:.0} min{}: {} acknowledged writes ({} distinct versions), {restarts} database restarts, \
          {kills} gateway restarts, {checks} snapshot checks: {mismatches} differed from the store, \
          {out_of_order} versions out of order, {lost} acknowledged writes lost; content: \
          {content_checked} written values checked, {content_wrong} not in the store \
          ({ambiguous} left unchecked: a write with an unknown outcome aimed at them too); \
          {decisions} gateway decisions checked, {wrong_decisions} differed from the store's rows",
         started.elapsed().as_secs_f64() / 60.0,
+        if with_replica {
+            format!(", 6 of 12 gateways on a replica rebuilt {rebuilds} times")
+        } else {
+            String::new()
+        },
         acked.len(),
         versions.len(),
     );

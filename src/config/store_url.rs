@@ -136,7 +136,7 @@ pub(super) fn store_config(r: &mut Reader<'_>, s: &Section<'_, '_>, base: &Path)
                         // The same user's password, however the primary's was given.
                         if replica.connect.get_password().is_none() {
                             if let Some(password) = c.connect.get_password() {
-                                replica.connect.password(password.to_vec());
+                                replica.connect.password(password);
                             }
                         }
                         replica

@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 /// that answers with errors gets one attempt a second from each gateway.
 const RETRY_CEILING: Duration = Duration::from_secs(1);
 
+/// Least time between two reads chasing a version a notice named and a read replica
+/// did not have yet.
+const MIN_CHASE_SPACING: Duration = Duration::from_millis(20);
+
 pub struct Refresher {
     store: Arc<dyn Store>,
     cell: Arc<SnapshotCell>,
@@ -333,7 +337,9 @@ impl Refresher {
         if !failing && hints.unreached(self.version(), pace.interval) {
             // A notice named a version the last read did not find: a read replica
             // that lags the primary the notice came from. Read again after the
-            // spacing, for up to an interval after the notice.
+            // spacing (never a busy loop, even with a spacing of 0), for up to an
+            // interval after the notice.
+            let spacing = spacing.max(MIN_CHASE_SPACING);
             let not_before = polled + spacing.mul_f64(0.75 + 0.5 * jitter());
             tokio::time::sleep_until(not_before.into()).await;
             return;

@@ -9,6 +9,8 @@ use tokio::sync::Notify;
 
 pub struct Hints {
     wake: Notify,
+    /// Wakes a listener waiting to reconnect: the store answered a call.
+    listener: Notify,
     /// The highest version a commit notice carried (0: none).
     announced: AtomicU64,
     /// A notice came whose version could not be read: it could be anything.
@@ -27,6 +29,7 @@ impl Default for Hints {
     fn default() -> Self {
         Self {
             wake: Notify::new(),
+            listener: Notify::new(),
             announced: AtomicU64::new(0),
             unknown: AtomicBool::new(false),
             back: AtomicBool::new(false),
@@ -77,7 +80,15 @@ impl Hints {
         if self.failing.load(Ordering::Acquire) {
             self.back.store(true, Ordering::Release);
             self.wake.notify_one();
+            self.listener.notify_one();
         }
+    }
+
+    /// For the listener between attempts to reconnect: returns when a call of this
+    /// gateway found the store back after the poller had failed, so the notices resume
+    /// without waiting out the listener's own backoff.
+    pub async fn store_back(&self) {
+        self.listener.notified().await
     }
 
     /// The poller records how its last step went.

@@ -1,6 +1,9 @@
 //! The change feed from PostgreSQL: full loads, deltas after a position, and the
 //! LISTEN connection that hints at commits. Everything here runs on the poller's own
-//! connection ([`Lane::Feed`]), never waiting behind the management API.
+//! connections, never waiting behind the management API: [`Lane::Feed`] (a streaming
+//! replica when `store.read_url` names one) and [`Lane::Primary`] (the primary, for a
+//! write this gateway made and for telling a lagging replica from a store that went
+//! back). The listener is always on the primary: NOTIFY is not replicated.
 //!
 //! A delta is read only when it is worth it and can be read in time: one that spans
 //! more versions than half the store's credentials (see [`worth_a_delta`]), or whose
@@ -315,6 +318,7 @@ pub(super) async fn listen(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+            _ = hints.store_back() => {}
         }
     }
 }

@@ -6,8 +6,10 @@
 //! the rules see a list no one else is changing ([`writes`]), then advance the
 //! store-wide version, log the change and `NOTIFY` listeners in one statement (the
 //! counter row's lock orders versions by commit). The feed ([`feed`]) is read in one
-//! `REPEATABLE READ` transaction, so a delta is one consistent view. The schema is
-//! created or migrated on first use, under an advisory lock ([`schema`]).
+//! `REPEATABLE READ` transaction, so a delta is one consistent view, from a streaming
+//! replica when `store.read_url` names one. The schema is created or migrated on first
+//! use, on the primary, under an advisory lock ([`schema`]). Every call that reaches
+//! the database tells the poller's [`Hints`] (a failing poller polls again at once).
 
 mod console_link;
 mod feed;

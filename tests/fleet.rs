@@ -398,6 +398,45 @@ async fn a_commit_notifies_every_listening_gateway() {
     assert!(gw.metric("ipgate_changes_applied_total").await > before);
 }
 
+/// A listening gateway's own writes commit without a NOTIFY; its listener sends one
+/// notice per batch, carrying the newest version. With polls an hour apart only that
+/// notice can tell the other gateway: every write of a burst must reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_gateways_writes_reach_the_others_by_its_batched_notice() {
+    let Some(pg) = Postgres::shared() else { return };
+    let db = pg.database();
+    let upstream = Upstream::start().await;
+    let gws: Vec<Gateway> = (0..2)
+        .map(|_| Gateway::start(&settings(pg, &db, &upstream, "1h", true)))
+        .collect();
+    for gw in &gws {
+        gw.wait_ready().await;
+    }
+    let (user, cred, key) = gws[0].registered_key(&["127.0.0.2"]).await;
+    let paths = ApiPaths { user, cred };
+    gws[1]
+        .wait_for_status(ip("127.0.0.2"), &key, StatusCode::OK)
+        .await;
+    // A burst of writes through gateway 0, faster than its notices are spaced.
+    let burst = ["127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    let writes = burst
+        .iter()
+        .map(|new| add_ip(&gws[0], ip("127.0.0.2"), &paths, &key, new));
+    for r in futures_util::future::join_all(writes).await {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let started = Instant::now();
+    for new in burst {
+        gws[1].wait_for_status(ip(new), &key, StatusCode::OK).await;
+    }
+    eprintln!("a burst through gateway 0 enforced by gateway 1 after {:?}", started.elapsed());
+    assert_eq!(
+        gws[1].metric("ipgate_refresh_total{result=\"loaded\"}").await,
+        1.0,
+        "carried by notices and deltas, never a full load"
+    );
+}
+
 /// Waits until `gw` has at least `n` credentials and a resync for `reason`.
 async fn wait_for_load(gw: &Gateway, n: u32, reason: &str) -> Duration {
     let started = Instant::now();

@@ -15,6 +15,7 @@ use super::super::{Hints, Loaded, Result, StoreError};
 use super::pool::{with_server_timeouts, Lane, Lease, TimedOut};
 use super::rows::PgFailure;
 use super::rows::*;
+use super::notices::Notices;
 use super::PostgresStore;
 use crate::acl::SnapshotBuilder;
 use crate::config::PostgresConfig;
@@ -261,10 +262,13 @@ pub(super) async fn listen(
     config: PostgresConfig,
     tls: MakeRustlsConnect,
     hints: Arc<Hints>,
+    notices: Arc<Notices>,
     stop: CancellationToken,
 ) {
     let connect = with_server_timeouts(&config.connect, config.server_timeouts);
     let mut failures: u32 = 0;
+    // The newest version this gateway's notices carried, across reconnections.
+    let mut sent = 0u64;
     loop {
         let session = async {
             let connecting = connect.connect(tls.clone());
@@ -272,7 +276,7 @@ pub(super) async fn listen(
                 .await
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
             let heard = Arc::clone(&hints);
-            let messages = tokio::spawn(async move {
+            let mut messages = tokio::spawn(async move {
                 loop {
                     match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
@@ -291,7 +295,14 @@ pub(super) async fn listen(
                 .map_err(|_| StoreError::unavailable(TimedOut(config.timeout)))??;
             tracing::debug!("listening for store changes");
             hints.reconnected();
-            let ended = messages.await;
+            // The same connection sends this gateway's batched notices.
+            let ended = tokio::select! {
+                ended = &mut messages => ended,
+                failed = notices.send(&client, config.timeout, &mut sent) => {
+                    messages.abort();
+                    Ok(failed)
+                }
+            };
             drop(client);
             match ended {
                 Ok(result) => result,

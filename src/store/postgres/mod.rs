@@ -14,6 +14,7 @@
 mod console_link;
 mod feed;
 mod insight;
+mod notices;
 mod pool;
 mod rows;
 mod schema;
@@ -48,6 +49,8 @@ pub struct PostgresStore {
     create: bool,
     /// Told of every call that reached the database, and of the listener's notices.
     hints: Arc<Hints>,
+    /// This gateway's writes' notices, sent in batches once it listens.
+    notices: Arc<notices::Notices>,
 }
 
 impl PostgresStore {
@@ -76,7 +79,27 @@ impl PostgresStore {
             schema: OnceCell::new(),
             create,
             hints: Arc::new(Hints::new()),
+            notices: Arc::default(),
         })
+    }
+
+    /// Runs a write that ends with [`bump`], told whether to notify in its commit;
+    /// when not, its version goes to the batched notices once committed.
+    async fn write<T, F, Fut>(&self, write: F) -> Result<Committed<T>>
+    where
+        F: FnOnce(Lease, bool) -> Fut,
+        Fut: Future<Output = Result<Committed<T>>>,
+    {
+        let in_commit = self.notices.in_commit();
+        let written = self
+            .call(Lane::Api, self.config.timeout, |client| {
+                write(client, in_commit)
+            })
+            .await?;
+        if !in_commit {
+            self.notices.committed(written.version);
+        }
+        Ok(written)
     }
 
     /// Runs `call` on a connection of `lane` to a migrated database, within `limit`
@@ -136,10 +159,12 @@ impl Store for PostgresStore {
 
     fn change_hints(&self, listen: bool, stop: CancellationToken) -> Option<Arc<Hints>> {
         if listen {
+            self.notices.batch();
             tokio::spawn(feed::listen(
                 self.config.clone(),
                 self.tls.clone(),
                 Arc::clone(&self.hints),
+                Arc::clone(&self.notices),
                 stop,
             ));
         }
@@ -147,7 +172,7 @@ impl Store for PostgresStore {
     }
 
     async fn add_user(&self, name: Option<String>, actor: &Actor) -> Result<Committed<User>> {
-        self.call(Lane::Api, self.config.timeout, |mut client| async move {
+        self.write(|mut client, notify| async move {
             let tx = client.transaction().await?;
             let now = Timestamp::now();
             let row = tx
@@ -170,7 +195,7 @@ impl Store for PostgresStore {
                 serde_json::to_value(&user).ok(),
             )
             .await?;
-            let version = bump(&tx, None, self.config.keep_changes).await?;
+            let version = bump(&tx, None, self.config.keep_changes, notify).await?;
             tx.commit().await?;
             Ok(Committed {
                 value: user,
@@ -203,7 +228,7 @@ impl Store for PostgresStore {
         new: NewCredential,
         actor: &Actor,
     ) -> Result<Committed<Credential>> {
-        self.call(Lane::Api, self.config.timeout, |mut client| async move {
+        self.write(|mut client, notify| async move {
             let tx = client.transaction().await?;
             let user = tx
                 .query_opt(
@@ -256,7 +281,7 @@ impl Store for PostgresStore {
                 serde_json::to_value(&credential).ok(),
             )
             .await?;
-            let version = bump(&tx, Some(id), self.config.keep_changes).await?;
+            let version = bump(&tx, Some(id), self.config.keep_changes, notify).await?;
             tx.commit().await?;
             Ok(Committed {
                 value: credential,
@@ -290,8 +315,8 @@ impl Store for PostgresStore {
         max_ips: usize,
         actor: &Actor,
     ) -> Result<Committed<Changed>> {
-        self.call(Lane::Api, self.config.timeout, |client| {
-            writes::change(client, &self.config, target, change, max_ips, actor)
+        self.write(|client, notify| {
+            writes::change(client, &self.config, target, change, max_ips, actor, notify)
         })
         .await
     }

@@ -18,6 +18,7 @@ pub(super) async fn change(
     change: Change,
     max_ips: usize,
     actor: &Actor,
+    notify: bool,
 ) -> Result<Committed<Changed>> {
     let change = &change;
     let tx = client.transaction().await?;
@@ -42,7 +43,7 @@ pub(super) async fn change(
     let (b, a) = rules::audit_values(change, &before, &after);
     let actor = rules::audit_actor(change, id, actor);
     audit(&tx, &actor, Some(id), plan.action, b, a).await?;
-    let version = bump(&tx, Some(id), config.keep_changes).await?;
+    let version = bump(&tx, Some(id), config.keep_changes, notify).await?;
     tx.commit().await?;
     Ok(Committed {
         value: rules::changed(change, after),
@@ -50,12 +51,19 @@ pub(super) async fn change(
     })
 }
 
-/// Advances the change version by one, records what it changed and notifies
-/// listeners, in the caller's transaction and in one statement: the counter row's lock
-/// (what puts versions in commit order) is taken by it and held only until the commit
-/// that follows, never across another round trip. Every 64th version also prunes the
-/// history older than `keep`, in the same statement.
-pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u64) -> Result<u64> {
+/// Advances the change version by one, records what it changed and, when `notify`,
+/// notifies listeners, in the caller's transaction and in one statement: the counter
+/// row's lock (what puts versions in commit order) is taken by it and held only until
+/// the commit that follows, never across another round trip. Every 64th version also
+/// prunes the history older than `keep`, in the same statement. A listening gateway's
+/// writes do not notify here: its listener sends one notice per batch
+/// ([`super::notices`]).
+pub(super) async fn bump(
+    tx: &Transaction<'_>,
+    credential: Option<u64>,
+    keep: u64,
+    notify: bool,
+) -> Result<u64> {
     let row = query_one(
         tx,
         "WITH bumped AS ( \
@@ -71,15 +79,16 @@ pub(super) async fn bump(tx: &Transaction<'_>, credential: Option<u64>, keep: u6
              WHERE name = 'pruned_through' \
              AND (SELECT value % 64 = 0 AND value > $4 FROM bumped) \
          ), notified AS ( \
-             SELECT pg_notify($5::TEXT, version::TEXT) FROM logged \
+             SELECT pg_notify($5::TEXT, version::TEXT) FROM logged WHERE $6::BOOL \
          ) \
-         SELECT version FROM logged, notified",
+         SELECT version, (SELECT count(*) FROM notified) FROM logged",
         &[
             &credential.map(|c| c as i64),
             &random_stamp()?,
             &Timestamp::now().0,
             &(keep.min(i64::MAX as u64) as i64),
             &CHANNEL,
+            &notify,
         ],
     )
     .await?;

@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -170,6 +170,8 @@ pub async fn serve<D: Door>(
     let tasks = TaskTracker::new();
     let cut = CancellationToken::new();
     let mut refused = RefusedWarning::default();
+    // Dropped when shutdown starts: every HTTP/1 connection's `drain_on_shutdown` sees it.
+    let (drain_start, drain) = watch::channel(());
 
     let proxy_warnings = Arc::new(WarnLimit::new(PROXY_WARNING_EVERY));
     loop {
@@ -215,7 +217,7 @@ pub async fn serve<D: Door>(
             proxy_protocol_local: options.proxy_protocol_local,
             proxy_warnings: Arc::clone(&proxy_warnings),
             tls: options.tls.clone(),
-            shutdown: shutdown.clone(),
+            drain: drain.clone(),
             handshake_timeout: options.header_read_timeout,
             door: Arc::clone(&door),
             metrics: Arc::clone(&metrics),
@@ -255,6 +257,7 @@ pub async fn serve<D: Door>(
         "draining connections"
     );
     tasks.close();
+    drop(drain_start);
     tokio::select! {
         // Then the tunnels (upgraded connections), which the graceful watch lets go of.
         _ = async { graceful.shutdown().await; tasks.wait().await } => {
@@ -282,8 +285,10 @@ struct Client<D> {
     /// each (anyone who can connect can cause one).
     proxy_warnings: Arc<WarnLimit>,
     tls: Option<TlsAcceptor>,
-    /// Fires when shutdown starts: an HTTP/1 connection is told to finish.
-    shutdown: CancellationToken,
+    /// Closed when shutdown starts: an HTTP/1 connection is told to finish. A watch
+    /// receiver, as hyper-util's `Watcher` holds: a `CancellationToken` costs a lock
+    /// more at every wake-up of the connection.
+    drain: watch::Receiver<()>,
     handshake_timeout: Duration,
     door: Arc<D>,
     metrics: Arc<Metrics>,
@@ -451,7 +456,7 @@ impl<D: Door> Client<D> {
                     // hyper-util's watcher takes no upgradeable connection: the same
                     // graceful end by hand, the watcher held so the drain waits for it.
                     let conn = self.http1.serve_connection(TokioIo::new(io), service);
-                    drain_on_shutdown(conn.with_upgrades(), &self.shutdown, watcher)
+                    drain_on_shutdown(conn.with_upgrades(), self.drain.clone(), watcher)
                         .await
                         .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
                 }
@@ -502,7 +507,7 @@ impl<D: Door> Client<D> {
 /// is held until then, so the drain waits for this connection.
 async fn drain_on_shutdown<I, S, B>(
     conn: http1::UpgradeableConnection<I, S>,
-    shutdown: &CancellationToken,
+    mut drain: watch::Receiver<()>,
     watcher: Watcher,
 ) -> hyper::Result<()>
 where
@@ -517,7 +522,7 @@ where
     tokio::select! {
         biased;
         result = conn.as_mut() => return result,
-        () = shutdown.cancelled() => {}
+        _ = drain.changed() => {}
     }
     conn.as_mut().graceful_shutdown();
     conn.await

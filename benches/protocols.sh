@@ -8,7 +8,8 @@
 # Rows:
 #   h2   h2load (HTTP/2, prior knowledge, -c CONNECTIONS -m STREAMS) through ipgate
 #        (upstream.protocol = "h2c", an allowed key) and through NGINX (`listen ...
-#        http2` + `grpc_pass`, its HTTP/2 proxy, no check), both to one h2c upstream
+#        http2` + `grpc_pass` to an upstream block with `keepalive 64`, its HTTP/2
+#        proxy, no check), both to one h2c upstream
 #        (NGINX `listen ... http2`, `return 200`); and h2load to the upstream directly.
 #   ws   ws_echo (benches/ws_echo.rs): CONNECTIONS WebSockets, each sending a 32-byte
 #        message and waiting for its echo in a loop, through ipgate (an allowed key) and
@@ -85,6 +86,9 @@ nginx_conf() { # DIR SERVER-BLOCK
 		events { worker_connections 4096; }
 		http {
 		    access_log off;
+		    # nginx closes a client connection after 1,000 requests by default (HTTP/2 too,
+		    # since 1.19.7): h2load does not reconnect, so a run would end there.
+		    keepalive_requests 1000000000;
 		    client_body_temp_path $1/tmp;
 		    proxy_temp_path $1/tmp;
 		    fastcgi_temp_path $1/tmp;
@@ -189,7 +193,7 @@ for line in sys.stdin:
 	read -r up nx <<<"$(free_ports 2)"
 	start_nginx h2-upstream "server { listen 127.0.0.1:$up http2; location / { return 200 \"ok\n\"; } }"
 	local h2_up_pid=$LAST_PID
-	start_nginx h2-nginx "server { listen 127.0.0.1:$nx http2; location / { grpc_pass grpc://127.0.0.1:$up; } }"
+	start_nginx h2-nginx "upstream h2up { server 127.0.0.1:$up; keepalive 64; keepalive_requests 1000000000; } server { listen 127.0.0.1:$nx http2; location / { grpc_pass grpc://h2up; } }"
 	local h2_nginx_pid=$LAST_PID
 	start_ipgate "http://127.0.0.1:$up" h2c
 	local h2_ipgate_pid=$IPGATE_PID h2_ipgate_port=$IPGATE_PORT h2_key=$IPGATE_KEY

@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Label names a metric may carry; anything else could be unbounded. (`version` has one
 /// value per binary.)
-const ALLOWED_LABELS: [&str; 8] = [
+const ALLOWED_LABELS: [&str; 9] = [
     "version",
+    "direction",
     "decision",
     "reason",
     "kind",

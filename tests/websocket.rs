@@ -275,3 +275,21 @@ async fn shutdown_closes_an_open_tunnel_after_the_grace_period() {
     let line = tunnel_line(&status.1).await;
     assert_eq!(line["cut"], "shutdown", "{line}");
 }
+
+/// `Upgrade: h2c` is never tunnelled: the request goes up as a plain one, without its
+/// `Upgrade`, so every later request still passes the check.
+#[tokio::test]
+async fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
+    let upstream = EchoServer::start().await;
+    let (gw, key) = gateway(&upstream, &[]).await;
+    let from = ip("127.0.0.2");
+    let head = format!(
+        "GET /h2c HTTP/1.1\r\nHost: gateway.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n{KEY_HEADER}: {key}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let answer = exchange(from, gw.target(from), head.as_bytes(), false).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("plain"), "{answer}");
+    assert!(upstream.handshakes().is_empty());
+}

@@ -366,9 +366,15 @@ impl Upstream {
         let trailers =
             self.version == Version::HTTP_2 && super::h2_upstream::asks_trailers(req.headers());
         set_forwarding(req.headers_mut(), how, &self.config)?;
-        if trailers {
-            req.headers_mut()
-                .insert(header::TE, HeaderValue::from_static("trailers"));
+        if self.version == Version::HTTP_2 {
+            // HTTP/2 names the host in `:authority` (RFC 9113 section 8.3.1), which the
+            // pooled client takes from the upstream's url: a `Host` beside it that
+            // differs is refused by some servers (nginx answers 400).
+            req.headers_mut().remove(header::HOST);
+            if trailers {
+                req.headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
         Ok(())
     }

@@ -29,10 +29,18 @@ use tokio::time::Instant;
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` with `Upgrade`). hyper
 /// marks those (and `CONNECT`s, refused before this) with an `OnUpgrade` extension; a
 /// request without extensions costs one look at an empty map.
+///
+/// Never `Upgrade: h2c`: a tunnel of HTTP/2 requests would carry every later request
+/// past the check and the access log ("h2c smuggling"); such a request is forwarded as
+/// a plain one, its `Upgrade` dropped with the other hop-by-hop headers, as Envoy does.
 pub fn wanted<B>(req: &Request<B>) -> bool {
     req.extensions().get::<OnUpgrade>().is_some()
         && req.method() != Method::CONNECT
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get(header::UPGRADE).is_some_and(|v| {
+            !v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+        })
 }
 
 /// Writes `Upgrade: protocol` and `Connection: upgrade`: the two hop-by-hop headers an

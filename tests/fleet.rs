@@ -429,9 +429,14 @@ async fn a_listening_gateways_writes_reach_the_others_by_its_batched_notice() {
     for new in burst {
         gws[1].wait_for_status(ip(new), &key, StatusCode::OK).await;
     }
-    eprintln!("a burst through gateway 0 enforced by gateway 1 after {:?}", started.elapsed());
+    eprintln!(
+        "a burst through gateway 0 enforced by gateway 1 after {:?}",
+        started.elapsed()
+    );
     assert_eq!(
-        gws[1].metric("ipgate_refresh_total{result=\"loaded\"}").await,
+        gws[1]
+            .metric("ipgate_refresh_total{result=\"loaded\"}")
+            .await,
         1.0,
         "carried by notices and deltas, never a full load"
     );

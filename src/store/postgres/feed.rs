@@ -12,10 +12,10 @@
 
 use super::super::feed::{continuation, CredentialChange, Delta, Feed, Position, ResyncReason};
 use super::super::{Hints, Loaded, Result, StoreError};
+use super::notices::Notices;
 use super::pool::{with_server_timeouts, Lane, Lease, TimedOut};
 use super::rows::PgFailure;
 use super::rows::*;
-use super::notices::Notices;
 use super::PostgresStore;
 use crate::acl::SnapshotBuilder;
 use crate::config::PostgresConfig;

@@ -13,8 +13,8 @@
 //! admin`) never listen, and notify inside their commit as before, so their change
 //! is heard at once although they exit right after it.
 
-use super::rows::CHANNEL;
 use super::pool::TimedOut;
+use super::rows::CHANNEL;
 use crate::store::{Result, StoreError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

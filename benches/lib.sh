@@ -43,3 +43,15 @@ wait_status() {
 	done
 	die "$url answered $got, expected $want, after ${READY_TIMEOUT}s"
 }
+
+# user+sys clock ticks of the given PIDs and their children (nginx workers).
+cpu_ticks() {
+	local total=0 pid child
+	for pid in "$@"; do
+		for child in $pid $(pgrep -P "$pid" || true); do
+			[[ -r /proc/$child/stat ]] || continue
+			total=$((total + $(sed 's/^.*) //' "/proc/$child/stat" | awk '{print $12 + $13}')))
+		done
+	done
+	echo "$total"
+}

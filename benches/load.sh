@@ -103,18 +103,6 @@ start() {
 	STARTED+=("$LAST_PID")
 }
 
-# user+sys clock ticks of the given PIDs and their children (nginx workers).
-cpu_ticks() {
-	local total=0 pid child
-	for pid in "$@"; do
-		for child in $pid $(pgrep -P "$pid" || true); do
-			[[ -r /proc/$child/stat ]] || continue
-			total=$((total + $(sed 's/^.*) //' "/proc/$child/stat" | awk '{print $12 + $13}')))
-		done
-	done
-	echo "$total"
-}
-
 # ---- test data -----------------------------------------------------------------------
 
 # The i-th listed address: distinct, in 10.0.0.0/8, never 127.0.0.1.

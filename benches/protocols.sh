@@ -65,18 +65,6 @@ start() { # LOG COMMAND...
 	STARTED+=("$LAST_PID")
 }
 
-# user+sys clock ticks of the given PIDs and their children (nginx workers).
-cpu_ticks() {
-	local total=0 pid child
-	for pid in "$@"; do
-		for child in $pid $(pgrep -P "$pid" || true); do
-			[[ -r /proc/$child/stat ]] || continue
-			total=$((total + $(sed 's/^.*) //' "/proc/$child/stat" | awk '{print $12 + $13}')))
-		done
-	done
-	echo "$total"
-}
-
 nginx_conf() { # DIR SERVER-BLOCK
 	cat >"$1/nginx.conf" <<-EOF
 		worker_processes 1;

@@ -304,11 +304,7 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
         runtime.worker_threads(config.server.workers);
     }
     // A worker going idle hands its usage counts over, so none wait on a quiet thread.
-    // One worker runs the flusher too, which takes that thread's counts itself: no
-    // hand-over at every park (a lock and a map update after each request there).
-    if config.server.workers > 1 {
-        runtime.on_thread_park(ipgate::insight::hand_over);
-    }
+    runtime.on_thread_park(ipgate::insight::hand_over);
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

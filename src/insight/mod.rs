@@ -232,11 +232,9 @@ thread_local! {
     static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hands this thread's counts over to the flusher. With more than one worker the
-/// runtime calls it whenever a worker goes idle (`on_thread_park`), so the counts of a
-/// quiet worker are never stuck on it; a busy worker hands over at its next request
-/// after a flush asked. A single worker is the flusher's own thread: `ask` and `drain`
-/// take its counts.
+/// Hands this thread's counts over to the flusher. The runtime calls it whenever a
+/// worker goes idle (`on_thread_park`), so the counts of a quiet worker are never
+/// stuck on it; a busy worker hands over at its next request after a flush asked.
 pub fn hand_over() {
     let _ = LOCALS.try_with(|cell| {
         if let Ok(mut locals) = cell.try_borrow_mut() {

@@ -30,6 +30,8 @@ const KEYS: [(&str, &[&str]); 10] = [
             "host",
             "send_forwarded",
             "send_real_ip",
+            "protocol",
+            "tunnel_idle_timeout",
         ],
     ),
     (
@@ -42,8 +44,11 @@ const KEYS: [(&str, &[&str]); 10] = [
         ],
     ),
     ("client_ip", &["trusted_proxies", "header"]),
-    ("store", &["url"]),
-    ("refresh", &["interval", "max_staleness", "notify"]),
+    ("store", &["url", "read_url"]),
+    (
+        "refresh",
+        &["interval", "max_staleness", "notify", "hint_spacing"],
+    ),
     ("limits", &["max_ips_per_credential", "max_body_bytes"]),
     ("log", &["format", "level"]),
     ("insight", &["record_usage", "flush_interval"]),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 pub const CONFIG_BASE: &str = "/nonexistent/ipgate-fuzz";
 
 /// The sections every validation message starts with.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server.",
     "upstream.",
     "auth.",
@@ -20,6 +20,7 @@ const SECTIONS: [&str; 9] = [
     "limits.",
     "log.",
     "insight.",
+    "console.",
 ];
 
 /// `Config::parse` over `text`, with its properties: it never panics; a refusal is a

@@ -125,6 +125,16 @@ fn store_config(pg: &Postgres, db: &str, pool: usize) -> StoreConfig {
         .store
 }
 
+/// One connection to the primary `url`, the poller's reads from the replica `read_url`.
+fn replica_store_config(url: &str, read_url: &str) -> StoreConfig {
+    let text = format!(
+        "[store]\nurl = \"{url}\"\nread_url = \"{read_url}\"\npool_size = 1\ntimeout = \"10s\"\n"
+    );
+    Config::parse(&text, std::path::Path::new("/"))
+        .unwrap()
+        .store
+}
+
 fn open(pg: &Postgres, db: &str, pool: usize) -> Arc<dyn Store> {
     store::open(&store_config(pg, db, pool)).unwrap()
 }
@@ -376,14 +386,7 @@ async fn replica(pg: &Postgres) {
     let writer = open(pg, &db, 2);
     let ids = credentials(writer.as_ref(), 4).await;
     let standby = tokio::task::block_in_place(|| pg.replica());
-    let text = format!(
-        "[store]\nurl = \"{}\"\nread_url = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
-        pg.url(&db),
-        standby.url(&db)
-    );
-    let config = Config::parse(&text, std::path::Path::new("/"))
-        .unwrap()
-        .store;
+    let config = replica_store_config(&pg.url(&db), &standby.url(&db));
     let stop = CancellationToken::new();
     let (mut seen, mut cells) = (Vec::new(), Vec::new());
     for i in 0..100 {
@@ -1136,15 +1139,7 @@ async fn chaos(pg: &Postgres, length: Duration, with_replica: bool) {
     // Odd gateways read the replica when there is one.
     let gateway_store = |i: usize| match &standby {
         Some(r) if i % 2 == 1 => {
-            let text = format!(
-                "[store]\nurl = \"{}\"\nread_url = \"{}\"\npool_size = 1\ntimeout = \"10s\"\n",
-                pg.url(&db),
-                r.url(&db)
-            );
-            let config = Config::parse(&text, std::path::Path::new("/"))
-                .unwrap()
-                .store;
-            store::open(&config).unwrap()
+            store::open(&replica_store_config(&pg.url(&db), &r.url(&db))).unwrap()
         }
         _ => open(pg, &db, 1),
     };

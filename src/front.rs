@@ -297,7 +297,7 @@ impl Front {
                 matches!(&forwarded, Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS);
             forwarded
         } else {
-            live.upstream.forward(req, how, Some(&conn.lane)).await
+            live.upstream.forward(req, how, Some(conn)).await
         };
         self.metrics
             .upstream_duration

@@ -472,6 +472,51 @@ async fn upstream_down_is_502_and_slow_is_504() {
     }
 }
 
+/// The upstream's answer on a kept-alive client connection is timed by the connection's
+/// watchdog: the 504 comes no earlier than `upstream.timeout` (and before `/slow`'s
+/// answer at 2 s), and the same client connection then gets its next answer on a new
+/// upstream connection.
+#[tokio::test]
+async fn an_upstream_timeout_leaves_the_client_connection_usable() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&Settings::new(&upstream.url()).set("upstream.timeout", "\"700ms\""));
+    gw.wait_ready().await;
+    let from = ip("127.0.0.2");
+    let (_, _, key) = gw.registered_key(&["127.0.0.2"]).await;
+    let stream = connect_from(from, gw.target(from)).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(path)
+            .header("host", "gateway.test")
+            .header(KEY_HEADER, key.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let r = collect(sender.send_request(get("/first")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let started = Instant::now();
+    let r = collect(sender.send_request(get("/slow")).await.unwrap()).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered early: {took:?}"
+    );
+    sender.ready().await.unwrap();
+    let r = collect(sender.send_request(get("/after")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["path"], "/after");
+    assert_eq!(
+        gw.metric("ipgate_upstream_errors_total{kind=\"timeout\"}")
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (_up, gw) = setup().await;

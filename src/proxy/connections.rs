@@ -23,6 +23,7 @@
 //! request start racing an eviction either wins (and the place is not taken) or finds
 //! itself evicted.
 
+use super::deadlines::UpstreamWait;
 use super::Cut;
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
@@ -108,6 +109,8 @@ pub struct Seat {
     draining: AtomicBool,
     /// The serving task, woken when `draining` is set.
     serving: AtomicWaker,
+    /// The exchange with the upstream in flight on the connection's lane.
+    pub upstream: UpstreamWait,
 }
 
 /// Which request heads of a connection the watchdog holds to `header_read_timeout`.
@@ -241,6 +244,7 @@ impl ConnectionTable {
             heads: AtomicU8::new(0),
             draining: AtomicBool::new(false),
             serving: AtomicWaker::new(),
+            upstream: UpstreamWait::default(),
         }
     }
 }

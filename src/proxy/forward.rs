@@ -5,7 +5,9 @@
 //! Bodies stream both ways untouched; the headers are rewritten as
 //! [`super::headers`] says.
 
+use super::deadlines::UpstreamWait;
 use super::headers::{set_forwarding, strip_headers, Forwarding};
+use super::ClientConn;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::metrics::UpstreamError;
 use bytes::Bytes;
@@ -201,47 +203,58 @@ impl Upstream {
         &self.config
     }
 
-    /// Forwards one request. An HTTP/1 downstream connection passes its own `lane`:
-    /// its requests come one at a time, so one upstream connection serves them all
-    /// without a pool (no lock, no checkout race, no task per request). HTTP/2
-    /// downstream streams and https upstreams use the shared pool.
+    /// Forwards one request. An HTTP/1 downstream connection (`conn`) sends on its own
+    /// lane: its requests come one at a time, so one upstream connection serves them
+    /// all without a pool (no lock, no checkout race, no task per request), and its
+    /// watchdog times the upstream's answer ([`UpstreamWait`]). HTTP/2 downstream
+    /// streams and https upstreams use the shared pool and a timer each.
     pub async fn forward(
         &self,
         req: Request<super::RequestBody>,
         how: Forwarding<'_>,
-        lane: Option<&Lane>,
+        conn: Option<&ClientConn>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req.map(ClientBody);
-        let lane = lane.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
+        let lane = conn.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
         self.rewrite(&mut req, &how, lane.is_none())?;
+        // `None`: no answer in time.
         let answer = match lane {
-            Some(lane) => tokio::time::timeout(self.timeout, self.send_on(lane, req)).await,
-            None => {
-                tokio::time::timeout(self.timeout, async {
-                    self.client.request(req).await.map_err(|error| {
-                        let kind = if error.is_connect() {
-                            UpstreamError::Connect
-                        } else {
-                            UpstreamError::Protocol
-                        };
-                        classify(kind, &error)
-                    })
-                })
+            Some(ClientConn {
+                lane,
+                seat: Some(seat),
+                ..
+            }) => {
+                let wait = &seat.upstream;
+                wait.begin(std::time::Instant::now() + self.timeout);
+                let sent = self.send_on(lane, Some(wait), req).await;
+                (!wait.end()).then_some(sent)
+            }
+            Some(conn) => tokio::time::timeout(self.timeout, self.send_on(&conn.lane, None, req))
                 .await
-            }
+                .ok(),
+            None => tokio::time::timeout(self.timeout, async {
+                self.client.request(req).await.map_err(|error| {
+                    let kind = if error.is_connect() {
+                        UpstreamError::Connect
+                    } else {
+                        UpstreamError::Protocol
+                    };
+                    classify(kind, &error)
+                })
+            })
+            .await
+            .ok(),
         };
-        let mut resp = match answer {
-            Ok(result) => result?,
-            Err(_) => {
-                // As loud as a refused connection: the client gets a 504 either way.
-                tracing::warn!(
-                    kind = UpstreamError::Timeout.label(),
-                    timeout_ms = self.timeout.as_millis() as u64,
-                    "upstream did not answer in time"
-                );
-                return Err(ForwardError::Upstream(UpstreamError::Timeout));
-            }
+        let Some(answer) = answer else {
+            // As loud as a refused connection: the client gets a 504 either way.
+            tracing::warn!(
+                kind = UpstreamError::Timeout.label(),
+                timeout_ms = self.timeout.as_millis() as u64,
+                "upstream did not answer in time"
+            );
+            return Err(ForwardError::Upstream(UpstreamError::Timeout));
         };
+        let mut resp = answer?;
         strip_headers(resp.headers_mut(), false);
         // The client's connection and version are the client's: an HTTP/1.0 upstream
         // (python3 -m http.server) must not make ipgate answer an HTTP/1.1 client in
@@ -252,15 +265,17 @@ impl Upstream {
     }
 
     /// Sends on the lane's connection, opening one first when it has none or the
-    /// upstream closed it.
+    /// upstream closed it; a connection opened is handed to `wait` to close at its
+    /// deadline.
     async fn send_on(
         &self,
         lane: &Lane,
+        wait: Option<&UpstreamWait>,
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let (mut sender, reused) = match lane.take(self.id) {
             Some(sender) => (sender, true),
-            None => (self.open_lane().await?, false),
+            None => (self.open_lane(wait).await?, false),
         };
         let failure = match sender.try_send_request(req).await {
             Ok(resp) => {
@@ -274,7 +289,7 @@ impl Upstream {
         let mut failure = failure;
         if let (true, Some(req)) = (reused, failure.take_message()) {
             tracing::debug!(error = %failure.error(), "upstream closed a kept-alive connection; retrying");
-            let mut sender = self.open_lane().await?;
+            let mut sender = self.open_lane(wait).await?;
             return match sender.send_request(req).await {
                 Ok(resp) => {
                     lane.put(self.id, sender);
@@ -286,7 +301,10 @@ impl Upstream {
         Err(classify(UpstreamError::Protocol, failure.error()))
     }
 
-    async fn open_lane(&self) -> Result<http1::SendRequest<ClientBody>, UpstreamError> {
+    async fn open_lane(
+        &self,
+        wait: Option<&UpstreamWait>,
+    ) -> Result<http1::SendRequest<ClientBody>, UpstreamError> {
         let host = self.direct.as_deref().unwrap_or_default();
         let connect = async {
             let stream = TcpStream::connect(host).await?;
@@ -310,11 +328,14 @@ impl Upstream {
                 log_failure(UpstreamError::Connect, &error);
                 UpstreamError::Connect
             })?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = conn.await {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
+        if let Some(wait) = wait {
+            wait.opened(task.abort_handle());
+        }
         Ok(sender)
     }
 

@@ -167,54 +167,89 @@ pub fn spoofable(name: &str) -> bool {
 
 /// Removes hop-by-hop headers, every header the `Connection` header names (never
 /// `Host`: the upstream must get one), and with `own` every [`spoofable`] one (only
-/// the gateway may set those). One pass over the names
-/// finds out whether there is anything to remove at all; for most requests there is
-/// not, and hashing each candidate name for a `remove` cost more than the check.
-/// Most answers do carry one (`Connection: keep-alive` from nginx and others): the
-/// `Connection` lines are taken out whole and the names they list removed by their
-/// text, so that common case allocates nothing (no list of names, no new
-/// `HeaderName` for each listed one).
+/// the gateway may set those). One pass over the names finds out what there is to
+/// remove; for most requests there is nothing, and hashing each candidate name for a
+/// `remove` cost more than the check. Most answers carry only `Connection:
+/// keep-alive` (nginx and others): its lines are taken out whole, and a name they
+/// list is looked for among the names present before anything is parsed or hashed,
+/// so that common case allocates nothing and removes nothing else.
 pub fn strip_headers(headers: &mut HeaderMap, own: bool) {
-    // Hop-by-hop headers: RFC 9110 section 7.6.1, plus the common non-standard ones.
-    // A match on the text compiles to a length switch and one compare; comparing
-    // `HeaderName`s against a list cost several times more for every header.
-    let doomed = |name: &HeaderName| {
-        let name = name.as_str();
-        matches!(
-            name,
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "upgrade"
-        ) || (own && spoofable(name))
-    };
-    if !headers.keys().any(doomed) {
-        return;
+    let mut connection = false;
+    let mut others = false;
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if hop_by_hop(name.as_str()) || (own && spoofable(name.as_str())) {
+            others = true;
+        }
     }
-    if let Entry::Occupied(lines) = headers.entry(header::CONNECTION) {
-        let mut lines = lines.remove_entry_mult().1;
-        // Usually one line; a second and later ones are rare enough to be collected.
-        let first = lines.next();
-        let rest: Vec<HeaderValue> = lines.collect();
-        for line in first.iter().chain(&rest) {
-            for token in line.to_str().unwrap_or_default().split(',') {
-                let token = token.trim();
-                // `Connection: host` must not leave the upstream without a Host.
-                if token.eq_ignore_ascii_case("host") {
-                    continue;
+    if connection {
+        if let Entry::Occupied(lines) = headers.entry(header::CONNECTION) {
+            let mut lines = lines.remove_entry_mult().1;
+            // Usually one line; a second and later ones are rare enough to be collected.
+            let first = lines.next();
+            let rest: Vec<HeaderValue> = lines.collect();
+            for line in first.iter().chain(&rest) {
+                for token in line.to_str().unwrap_or_default().split(',') {
+                    let token = token.trim();
+                    // `Connection: host` must not leave the upstream without a Host. A
+                    // hop-by-hop name goes below anyway (`keep-alive`, most often).
+                    if token.eq_ignore_ascii_case("host") || hop_by_hop_token(token) {
+                        continue;
+                    }
+                    // `close`, most often: a name no header has.
+                    if headers
+                        .keys()
+                        .any(|n| n.as_str().eq_ignore_ascii_case(token))
+                    {
+                        headers.remove(token);
+                    }
                 }
-                // A token that is no valid header name names nothing here.
-                headers.remove(token);
             }
         }
     }
+    if !others {
+        return;
+    }
+    let doomed = |name: &HeaderName| {
+        let name = name.as_str();
+        hop_by_hop(name) || (own && spoofable(name))
+    };
     while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
         headers.remove(&name);
     }
+}
+
+/// Hop-by-hop headers other than `Connection`: RFC 9110 section 7.6.1, plus the
+/// common non-standard ones. A match on the text compiles to a length switch and one
+/// compare; comparing `HeaderName`s against a list cost several times more.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// [`hop_by_hop`] for a token of `Connection`, in any case.
+fn hop_by_hop_token(token: &str) -> bool {
+    [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "connection",
+    ]
+    .iter()
+    .any(|name| token.eq_ignore_ascii_case(name))
 }
 
 /// An address as a header value. `String` becomes the value's buffer without a copy.

@@ -134,6 +134,7 @@ impl Front {
             front: self,
             conn,
             started,
+            upstream_started: None,
             method: req.method().clone(),
             uri: req.uri().clone(),
             request_id,
@@ -224,7 +225,11 @@ impl Front {
                 resp.status(),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
             );
-            if refused && live.refusals.over_limit(client_ip.unwrap_or(conn.peer)) {
+            if refused
+                && live
+                    .refusals
+                    .over_limit(client_ip.unwrap_or(conn.peer), line.started)
+            {
                 self.metrics.refusals_limited.inc();
                 line.done = true;
                 live.refusals.hold().await;
@@ -243,7 +248,11 @@ impl Front {
                 line.credential_id = known.map(|i| i.credential_id);
                 // 503s are the gateway's own state, not the client's doing.
                 let peer = conn.peer;
-                if reason.status() != 503 && live.refusals.over_limit(client_ip.unwrap_or(peer)) {
+                if reason.status() != 503
+                    && live
+                        .refusals
+                        .over_limit(client_ip.unwrap_or(peer), line.started)
+                {
                     self.metrics.refusals_limited.inc();
                     // Counted, not logged line by line: a flood must not become a log
                     // flood. Held first (a tarpit), so it cannot come back at once.
@@ -292,16 +301,22 @@ impl Front {
         let forwarded = if tunnel::wanted(&req) {
             // Boxed: a tunnel's set-up is rare and must not grow every request's future.
             let forwarded = Box::pin(self.upgrade(req, how, live, conn, line)).await;
+            self.metrics
+                .upstream_duration
+                .observe(upstream_started.elapsed().as_secs_f64());
             // A tunnel writes its own line when it ends.
             line.done =
                 matches!(&forwarded, Ok(r) if r.status() == StatusCode::SWITCHING_PROTOCOLS);
             forwarded
         } else {
-            live.upstream.forward(req, how, Some(conn)).await
+            let forwarded = live
+                .upstream
+                .forward(req, how, Some(conn), line.started)
+                .await;
+            // Observed when the line is written, from the same clock read.
+            line.upstream_started = Some(upstream_started);
+            forwarded
         };
-        self.metrics
-            .upstream_duration
-            .observe(upstream_started.elapsed().as_secs_f64());
         match forwarded {
             Ok(resp) => resp.map(Either::Left),
             Err(ForwardError::Upstream(kind)) => {
@@ -352,6 +367,8 @@ struct Line<'f> {
     /// Says why, when the listener cut the connection under this request.
     conn: &'f ClientConn,
     started: Instant,
+    /// When the request was sent upstream, once the upstream answered (or failed).
+    upstream_started: Option<Instant>,
     method: Method,
     uri: Uri,
     request_id: HeaderValue,
@@ -382,11 +399,14 @@ impl Line<'_> {
             return;
         }
         self.done = true;
-        let elapsed = self.started.elapsed();
-        self.front
-            .metrics
-            .request_duration
-            .observe(elapsed.as_secs_f64());
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        let metrics = &self.front.metrics;
+        metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream_started) = self.upstream_started {
+            let upstream = now.saturating_duration_since(upstream_started);
+            metrics.upstream_duration.observe(upstream.as_secs_f64());
+        }
         // The declared length is what arrived only for a body read to its end: one cut
         // off, broken or refused as too large says nothing of what was read.
         let whole_body =

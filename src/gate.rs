@@ -21,13 +21,13 @@ const TOO_LONG: KeyHash = KeyHash([0; 32]);
 
 /// The key from the configured header. Several copies, an unreadable value or an empty
 /// one count as no key: ambiguity is refused, not resolved.
-pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h str> {
+pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h [u8]> {
     let mut values = headers.get_all(&auth.header).iter();
     let value = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    key_of(value, auth)
+    key_of(value.as_bytes(), auth)
 }
 
 /// Whether the request carries the credential header more than once (refused as
@@ -36,14 +36,21 @@ fn many_keys(headers: &HeaderMap, auth: &AuthConfig) -> bool {
     headers.get_all(&auth.header).iter().nth(1).is_some()
 }
 
-fn key_of<'h>(value: &'h http::HeaderValue, auth: &AuthConfig) -> Option<&'h str> {
-    let text = value.to_str().ok()?.trim();
+/// On bytes: a header value holds no control byte but tab, so it is readable text
+/// (what `to_str` checks byte by byte) exactly when it is ASCII, which `is_ascii`
+/// checks a word at a time; and the only white space it can hold is ASCII's.
+fn key_of<'h>(value: &'h [u8], auth: &AuthConfig) -> Option<&'h [u8]> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let text = value.trim_ascii();
     let key = if auth.bearer {
-        let (scheme, rest) = text.split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
+        let space = text.iter().position(|&b| b == b' ')?;
+        let (scheme, rest) = (&text[..space], &text[space + 1..]);
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
             return None;
         }
-        rest.trim()
+        rest.trim_ascii()
     } else {
         text
     };
@@ -65,7 +72,7 @@ impl Gatekeeper {
             if k.len() > MAX_KEY_BYTES {
                 TOO_LONG
             } else {
-                KeyHash::of(k.as_bytes())
+                KeyHash::of(k)
             }
         });
         let snapshot = self.cell.load();
@@ -115,7 +122,7 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(credential_key(&h, &a), None);
         h.insert("x-bunq-client-authentication", " ipg_abc ".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
         h.append("x-bunq-client-authentication", "ipg_other".parse().unwrap());
         assert_eq!(credential_key(&h, &a), None, "two keys are no key");
         h.insert("x-bunq-client-authentication", "".parse().unwrap());
@@ -127,9 +134,9 @@ mod tests {
         let a = auth("authorization");
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
         h.insert("authorization", "bearer  ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some("ipg_abc"));
+        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
         h.insert("authorization", "Basic dXNlcg==".parse().unwrap());
         assert_eq!(credential_key(&h, &a), None);
         h.insert("authorization", "ipg_abc".parse().unwrap());

@@ -207,12 +207,14 @@ impl Upstream {
     /// lane: its requests come one at a time, so one upstream connection serves them
     /// all without a pool (no lock, no checkout race, no task per request), and its
     /// watchdog times the upstream's answer ([`UpstreamWait`]). HTTP/2 downstream
-    /// streams and https upstreams use the shared pool and a timer each.
+    /// streams and https upstreams use the shared pool and a timer each. On a lane the
+    /// upstream has `upstream.timeout` from the request's arrival (`arrived`).
     pub async fn forward(
         &self,
         req: Request<super::RequestBody>,
         how: Forwarding<'_>,
         conn: Option<&ClientConn>,
+        arrived: std::time::Instant,
     ) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req.map(ClientBody);
         let lane = conn.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
@@ -225,7 +227,7 @@ impl Upstream {
                 ..
             }) => {
                 let wait = &seat.upstream;
-                wait.begin(std::time::Instant::now() + self.timeout);
+                wait.begin(arrived + self.timeout);
                 let sent = self.send_on(lane, Some(wait), req).await;
                 (!wait.end()).then_some(sent)
             }

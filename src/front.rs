@@ -14,6 +14,7 @@ use crate::bunq;
 use crate::config::{ClientIpConfig, Config, LimitsConfig};
 use crate::console::Console;
 use crate::gate::Gatekeeper;
+use crate::head::{self, Sent};
 use crate::metrics::{ClientError, Metrics, UpstreamError};
 use crate::proxy::{
     client_ip, oversized_head, target, tunnel, Body, ClientConn, Door, ForwardError, Forwarding,
@@ -129,7 +130,8 @@ impl Front {
         let live = self.live.load();
         let trusted = conn.peer_trusted(live.generation, &live.client_ip.trusted_proxies);
         let client_ip = client_ip::resolve(conn.peer, trusted, req.headers(), &live.client_ip);
-        let request_id = self.ids.of(req.headers());
+        let (key, request_id) = head::two(req.headers(), &live.gate.auth.header, &X_REQUEST_ID);
+        let request_id = self.ids.of_sent(request_id);
         let mut line = Line {
             front: self,
             conn,
@@ -148,7 +150,7 @@ impl Front {
             credential_id: None,
             done: false,
         };
-        let mut resp = self.route(req, conn, &live, trusted, &mut line).await;
+        let mut resp = self.route(req, key, conn, &live, trusted, &mut line).await;
         line.answered(&resp);
         // The line is written: the id moves into the answer instead of being copied.
         let id = std::mem::replace(&mut line.request_id, HeaderValue::from_static(""));
@@ -156,9 +158,11 @@ impl Front {
         resp
     }
 
+    /// `key`: the credential header's lines, found with the request id's.
     async fn route(
         &self,
         req: Request<RequestBody>,
+        key: Sent,
         conn: &ClientConn,
         live: &Live,
         trusted: bool,
@@ -239,7 +243,7 @@ impl Front {
         }
 
         line.route = "proxy";
-        let decision = live.gate.check(req.headers(), client_ip);
+        let decision = live.gate.check_sent(&key, client_ip);
         self.api.recorder.note(decision, client_ip);
         let (identity, shadow) = match decision {
             Decision::Deny(reason, known) => {

@@ -7,6 +7,7 @@
 
 use crate::acl::{decide, Decision, KeyHash, Reason, SnapshotCell};
 use crate::config::AuthConfig;
+use crate::head::Sent;
 use http::header::HeaderMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,23 +20,9 @@ const MAX_KEY_BYTES: usize = 256;
 /// Stands for every over-long key: no key hashes to all zeros, so it is never found.
 const TOO_LONG: KeyHash = KeyHash([0; 32]);
 
-/// The key from the configured header. Several copies, an unreadable value or an empty
-/// one count as no key: ambiguity is refused, not resolved.
-pub fn credential_key<'h>(headers: &'h HeaderMap, auth: &AuthConfig) -> Option<&'h [u8]> {
-    let mut values = headers.get_all(&auth.header).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    key_of(value.as_bytes(), auth)
-}
-
-/// Whether the request carries the credential header more than once (refused as
-/// [`Reason::ManyKeys`] rather than as a missing key, so the client is told why).
-fn many_keys(headers: &HeaderMap, auth: &AuthConfig) -> bool {
-    headers.get_all(&auth.header).iter().nth(1).is_some()
-}
-
+/// The key in the credential header's value; an unreadable or empty one is no key
+/// (and several lines of it are none either: [`Gatekeeper::check_sent`]).
+///
 /// On bytes: a header value holds no control byte but tab, so it is readable text
 /// (what `to_str` checks byte by byte) exactly when it is ASCII, which `is_ascii`
 /// checks a word at a time; and the only white space it can hold is ASCII's.
@@ -68,13 +55,21 @@ impl Gatekeeper {
     /// One snapshot load, one SHA-256, one lookup. The snapshot is released before
     /// returning, so no request holds it across an await.
     pub fn check(&self, headers: &HeaderMap, client_ip: Option<IpAddr>) -> Decision {
-        let key = credential_key(headers, &self.auth).map(|k| {
-            if k.len() > MAX_KEY_BYTES {
-                TOO_LONG
-            } else {
-                KeyHash::of(k)
-            }
-        });
+        self.check_sent(&Sent::of(headers, &self.auth.header), client_ip)
+    }
+
+    /// [`Gatekeeper::check`] with the credential header's lines already found.
+    pub fn check_sent(&self, sent: &Sent, client_ip: Option<IpAddr>) -> Decision {
+        let key = sent
+            .once()
+            .and_then(|v| key_of(v.as_bytes(), &self.auth))
+            .map(|k| {
+                if k.len() > MAX_KEY_BYTES {
+                    TOO_LONG
+                } else {
+                    KeyHash::of(k)
+                }
+            });
         let snapshot = self.cell.load();
         let decision = decide(
             snapshot.as_deref(),
@@ -84,7 +79,7 @@ impl Gatekeeper {
             unix_now,
         );
         match decision {
-            Decision::Deny(Reason::MissingKey, None) if many_keys(headers, &self.auth) => {
+            Decision::Deny(Reason::MissingKey, None) if *sent == Sent::Repeated => {
                 Decision::Deny(Reason::ManyKeys, None)
             }
             decision => decision,
@@ -116,13 +111,21 @@ mod tests {
         }
     }
 
+    /// The key `check` would hash.
+    fn credential_key(h: &HeaderMap, a: &AuthConfig) -> Option<Vec<u8>> {
+        let sent = Sent::of(h, &a.header);
+        sent.once()
+            .and_then(|v| key_of(v.as_bytes(), a))
+            .map(<[u8]>::to_vec)
+    }
+
     #[test]
     fn key_extraction() {
         let a = auth("x-bunq-client-authentication");
         let mut h = HeaderMap::new();
         assert_eq!(credential_key(&h, &a), None);
         h.insert("x-bunq-client-authentication", " ipg_abc ".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
+        assert_eq!(credential_key(&h, &a), Some(b"ipg_abc".to_vec()));
         h.append("x-bunq-client-authentication", "ipg_other".parse().unwrap());
         assert_eq!(credential_key(&h, &a), None, "two keys are no key");
         h.insert("x-bunq-client-authentication", "".parse().unwrap());
@@ -134,9 +137,9 @@ mod tests {
         let a = auth("authorization");
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
+        assert_eq!(credential_key(&h, &a), Some(b"ipg_abc".to_vec()));
         h.insert("authorization", "bearer  ipg_abc".parse().unwrap());
-        assert_eq!(credential_key(&h, &a), Some(&b"ipg_abc"[..]));
+        assert_eq!(credential_key(&h, &a), Some(b"ipg_abc".to_vec()));
         h.insert("authorization", "Basic dXNlcg==".parse().unwrap());
         assert_eq!(credential_key(&h, &a), None);
         h.insert("authorization", "ipg_abc".parse().unwrap());

@@ -6,7 +6,8 @@
 //! the pure core, never on each other):
 //!
 //! - [`acl`]: the pure core: snapshot, decision, the cell it is published in.
-//! - [`gate`]: the credential check both doors use (key header -> decision).
+//! - [`gate`]: the credential check both doors use (key header -> decision); [`head`]:
+//!   the few lines of a request head read by name, in one pass.
 //! - [`front`]: the one front door: routes each request to the API or the forwarder
 //!   and writes its access line; holds what a SIGHUP may change.
 //! - [`proxy`]: hot-path plumbing: listener, TLS, PROXY protocol, client address,
@@ -31,6 +32,7 @@ pub mod console;
 pub mod front;
 pub mod gate;
 pub mod grpc;
+pub mod head;
 pub mod insight;
 pub mod logging;
 pub mod metrics;

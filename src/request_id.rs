@@ -7,6 +7,7 @@
 //! header line of at most [`MAX_LEN`] characters from a set that needs no escaping in
 //! any log format. Anything else is replaced, never repaired.
 
+use crate::head::Sent;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +46,15 @@ impl RequestIds {
 
     /// The client's id if it is a sane one, else a new one.
     pub fn of(&self, headers: &HeaderMap) -> HeaderValue {
-        sane_one(headers, &X_REQUEST_ID).unwrap_or_else(|| self.make())
+        self.of_sent(Sent::of(headers, &X_REQUEST_ID))
+    }
+
+    /// [`RequestIds::of`] with the `X-Request-Id` lines already found.
+    pub fn of_sent(&self, sent: Sent) -> HeaderValue {
+        match sent {
+            Sent::Once(id) if is_sane(id.as_bytes()) => id,
+            _ => self.make(),
+        }
     }
 
     /// A new id. SplitMix64's finaliser is a bijection, so distinct counts give

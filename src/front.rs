@@ -287,7 +287,7 @@ impl Front {
         line.allowed = true;
         line.credential_id = Some(identity.credential_id);
         let how = Forwarding {
-            identity,
+            identity: conn.identity.values(identity),
             // Only a known address is ever allowed or shadowed.
             client_ip: client_ip.unwrap_or(conn.peer),
             // Resolving succeeded, so reading the same chain again does too.

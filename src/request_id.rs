@@ -10,6 +10,7 @@
 use crate::head::Sent;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -59,24 +60,68 @@ impl RequestIds {
 
     /// A new id. SplitMix64's finaliser is a bijection, so distinct counts give
     /// distinct ids; the seed makes them differ between processes.
+    ///
+    /// Made [`BATCH`] at a time into one buffer that each id is a slice of: an id then
+    /// costs a reference count, not an allocation and a free of its own (ids go
+    /// upstream and back to the client, so they must be shareable anyway).
     pub fn make(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut z = self
-            .seed
-            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 16];
-        for (i, digit) in text.iter_mut().enumerate() {
-            *digit = HEX[((z >> (60 - 4 * i)) & 0xF) as usize];
-        }
-        // Owned by a `Bytes` whose clones share it: the id goes upstream and back to the
-        // client, and a plain copy's first clone would allocate again.
-        HeaderValue::from_maybe_shared(Bytes::from_owner(text))
-            .expect("hex digits are a valid header value")
+        let text = BATCHES.with(|cell| {
+            let mut batch = cell.borrow_mut();
+            if batch.seed != self.seed || batch.used == BATCH {
+                *batch = self.batch();
+            }
+            let at = batch.used * ID_LEN;
+            batch.used += 1;
+            batch.text.slice(at..at + ID_LEN)
+        });
+        HeaderValue::from_maybe_shared(text).expect("hex digits are a valid header value")
     }
+
+    /// The next [`BATCH`] ids, written out.
+    fn batch(&self) -> Batch {
+        let first = self.next.fetch_add(BATCH as u64, Ordering::Relaxed);
+        let mut text = Vec::with_capacity(BATCH * ID_LEN);
+        for n in first..first + BATCH as u64 {
+            let mut z = self
+                .seed
+                .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            text.extend((0..ID_LEN).map(|i| HEX[((z >> (60 - 4 * i)) & 0xF) as usize]));
+        }
+        Batch {
+            seed: self.seed,
+            text: Bytes::from(text),
+            used: 0,
+        }
+    }
+}
+
+/// Ids made at once.
+const BATCH: usize = 64;
+
+/// Hex digits in an id.
+const ID_LEN: usize = 16;
+
+/// Ids made and not yet handed out, per thread (no lock): the ones of the
+/// [`RequestIds`] with `seed` (one per process, but for tests that run several
+/// gateways in one).
+struct Batch {
+    seed: u64,
+    text: Bytes,
+    used: usize,
+}
+
+thread_local! {
+    static BATCHES: RefCell<Batch> = const {
+        RefCell::new(Batch {
+            seed: 0,
+            text: Bytes::new(),
+            used: BATCH,
+        })
+    };
 }
 
 /// The one value of header `name` if it is a sane id; `None` when it is missing, sent

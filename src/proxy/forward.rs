@@ -218,7 +218,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req.map(ClientBody);
         let lane = conn.filter(|_| self.direct.is_some() && req.version() != Version::HTTP_2);
-        self.rewrite(&mut req, &how, lane.is_none())?;
+        self.rewrite(&mut req, how, lane.is_none())?;
         // `None`: no answer in time.
         let answer = match lane {
             Some(ClientConn {
@@ -346,7 +346,7 @@ impl Upstream {
     fn rewrite(
         &self,
         req: &mut Request<ClientBody>,
-        how: &Forwarding<'_>,
+        how: Forwarding<'_>,
         absolute: bool,
     ) -> Result<(), UpstreamError> {
         // One Host upstream (`target::check` has vetted the client's): the pinned one,
@@ -414,7 +414,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, ForwardError> {
         let mut req = req.map(ClientBody);
         let wanted = req.headers().get(header::UPGRADE).cloned();
-        self.rewrite(&mut req, &how, true)?;
+        self.rewrite(&mut req, how, true)?;
         *req.version_mut() = Version::HTTP_11;
         if let Some(wanted) = wanted {
             super::tunnel::mark_upgrade(req.headers_mut(), wanted);

@@ -17,6 +17,7 @@ use crate::metrics::UpstreamError;
 use crate::request_id::X_REQUEST_ID;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 pub const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-ipgate-credential-id");
 pub const USER_ID: HeaderName = HeaderName::from_static("x-ipgate-user-id");
@@ -29,7 +30,8 @@ const OWN_PREFIX: &[u8] = b"x-ipgate-";
 
 /// What the forwarder needs to know about the request beyond the request itself.
 pub struct Forwarding<'a> {
-    pub identity: Identity,
+    /// Who it was allowed as, as the values of the identity headers.
+    pub identity: IdentityValues,
     pub client_ip: IpAddr,
     /// When the peer is a trusted proxy: what its forwarding header says that the
     /// gateway verified, the client first (`client_ip::verified_chain`). `None`: the
@@ -47,10 +49,42 @@ pub struct Forwarding<'a> {
     pub shadow: bool,
 }
 
+/// The identity headers' values for one credential.
+#[derive(Clone, Debug)]
+pub struct IdentityValues {
+    who: Identity,
+    pub credential_id: HeaderValue,
+    pub user_id: HeaderValue,
+}
+
+/// The identity headers' values of the last credential forwarded on a connection: a
+/// connection nearly always carries one key, so they are formatted (and allocated)
+/// once per connection, and each request takes a shared copy.
+#[derive(Default)]
+pub struct IdentityCache(Mutex<Option<IdentityValues>>);
+
+impl IdentityCache {
+    pub fn values(&self, who: Identity) -> IdentityValues {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*last {
+            Some(values) if values.who == who => values.clone(),
+            _ => {
+                let values = IdentityValues {
+                    who,
+                    credential_id: HeaderValue::from(who.credential_id),
+                    user_id: HeaderValue::from(who.user_id),
+                };
+                *last = Some(values.clone());
+                values
+            }
+        }
+    }
+}
+
 /// Rewrites the headers of a request on its way up.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
-    how: &Forwarding<'_>,
+    how: Forwarding<'_>,
     policy: &UpstreamConfig,
 ) -> Result<(), UpstreamError> {
     // A trusted proxy's scheme is kept when it is one; anything else is the gateway's.
@@ -70,8 +104,8 @@ pub fn set_forwarding(
     };
     headers.insert(X_FORWARDED_FOR, chain);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(CREDENTIAL_ID, HeaderValue::from(how.identity.credential_id));
-    headers.insert(USER_ID, HeaderValue::from(how.identity.user_id));
+    headers.insert(CREDENTIAL_ID, how.identity.credential_id);
+    headers.insert(USER_ID, how.identity.user_id);
     // The resolved client address: set by us, never taken from the client.
     let client_ip = if how.verified.is_some() {
         ip_value(how.client_ip)
@@ -357,6 +391,24 @@ mod tests {
         // An answer keeps them: they are the upstream's business.
         strip_headers(&mut answer, false);
         assert_eq!(answer.len(), 13);
+    }
+
+    #[test]
+    fn a_connection_that_changes_keys_gets_each_keys_identity() {
+        let cache = IdentityCache::default();
+        let a = Identity {
+            credential_id: 7,
+            user_id: 1,
+        };
+        let b = Identity {
+            credential_id: 8,
+            user_id: 1,
+        };
+        for who in [a, a, b, a] {
+            let values = cache.values(who);
+            assert_eq!(values.credential_id, who.credential_id.to_string().as_str());
+            assert_eq!(values.user_id, who.user_id.to_string().as_str());
+        }
     }
 
     #[test]

@@ -84,6 +84,8 @@ pub struct ClientConn {
     pub peer_value: http::HeaderValue,
     /// The upstream connection this client connection owns (HTTP/1 only).
     pub lane: Lane,
+    /// The identity headers of the last credential forwarded on it.
+    pub identity: headers::IdentityCache,
     /// The tunnel an upgrade answered 101 leaves for the listener to run.
     pub tunnel: tunnel::TunnelSlot,
     /// Whether `peer` is a trusted proxy, as of which configuration: `generation + 1`
@@ -124,6 +126,7 @@ impl ClientConn {
             origin,
             peer_value: headers::ip_value(peer),
             lane: Lane::default(),
+            identity: headers::IdentityCache::default(),
             tunnel: tunnel::TunnelSlot::default(),
             trusted: AtomicU64::new(0),
             seat: None,

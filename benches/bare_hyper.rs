@@ -46,6 +46,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,7 +62,6 @@ type Keys = HashMap<[u8; 32], HashSet<IpAddr>>;
 type Lanes = Mutex<Vec<SendRequest<Incoming>>>;
 
 /// What the listener speaks.
-#[derive(Clone)]
 enum Mode {
     Http1,
     H2c,
@@ -181,42 +181,64 @@ async fn forward(upstream: &str, lanes: &Lanes, mut req: Request<Incoming>) -> R
     }
 }
 
+/// The check, and the forwarding of what passes it, for one client connection.
+///
+/// `MODE` only makes each mode's service a type of its own: served by three kinds of
+/// connection, one `call` was no longer inlined into the HTTP/1 dispatcher, which cost
+/// that row ~300 instructions a request more than the floor without modes.
+fn service<const MODE: u8>(
+    peer: IpAddr,
+    upstream: Arc<str>,
+    keys: Arc<Keys>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> {
+    let lanes = Arc::new(Lanes::default());
+    service_fn(move |req: Request<Incoming>| {
+        let (upstream, lanes) = (Arc::clone(&upstream), Arc::clone(&lanes));
+        let allow = allowed(&keys, &req, peer);
+        async move {
+            Ok::<_, Infallible>(if allow {
+                forward(&upstream, &lanes, req).await
+            } else {
+                answer(StatusCode::FORBIDDEN, FORBIDDEN)
+            })
+        }
+    })
+}
+
 async fn serve(listener: TcpListener, mode: Mode, upstream: Arc<str>, keys: Arc<Keys>) {
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let peer = peer.ip();
-        let (mode, upstream, keys) = (mode.clone(), Arc::clone(&upstream), Arc::clone(&keys));
-        tokio::spawn(async move {
-            let lanes = Arc::new(Lanes::default());
-            let service = service_fn(|req: Request<Incoming>| {
-                let (upstream, keys, lanes) = (&upstream, &keys, Arc::clone(&lanes));
-                let allow = allowed(keys, &req, peer);
-                let upstream = Arc::clone(upstream);
-                async move {
-                    Ok::<_, Infallible>(if allow {
-                        forward(&upstream, &lanes, req).await
-                    } else {
-                        answer(StatusCode::FORBIDDEN, FORBIDDEN)
-                    })
-                }
-            });
-            let http1 = hyper::server::conn::http1::Builder::new();
-            let _ = match mode {
-                Mode::Http1 => http1.serve_connection(TokioIo::new(stream), service).await,
-                Mode::H2c => {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-                Mode::Tls(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => http1.serve_connection(TokioIo::new(stream), service).await,
-                    Err(_) => return,
-                },
-            };
-        });
+        let (peer, upstream, keys) = (peer.ip(), Arc::clone(&upstream), Arc::clone(&keys));
+        let http1 = hyper::server::conn::http1::Builder::new();
+        match &mode {
+            Mode::Http1 => tokio::spawn(async move {
+                let service = service::<0>(peer, upstream, keys);
+                let _ = http1.serve_connection(TokioIo::new(stream), service).await;
+            }),
+            Mode::H2c => tokio::spawn(async move {
+                let service = service::<1>(peer, upstream, keys);
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }),
+            Mode::Tls(acceptor) => {
+                let accept = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    let service = service::<2>(peer, upstream, keys);
+                    if let Ok(stream) = accept.await {
+                        let _ = http1.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                })
+            }
+        };
     }
 }
 

@@ -162,6 +162,10 @@ start_upstream() {
 			events { worker_connections 1024; }
 			http {
 			    access_log off;
+			    # Never a "Connection: close" during a run: nginx ends a connection after
+			    # 1000 requests, and the floor hands that header on, so its client had to
+			    # reconnect (over TLS, a full handshake) twice a run.
+			    keepalive_requests 1000000;
 			    client_body_temp_path $WORK/upstream/tmp;
 			    proxy_temp_path $WORK/upstream/tmp;
 			    fastcgi_temp_path $WORK/upstream/tmp;

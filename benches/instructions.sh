@@ -42,7 +42,7 @@
 #   tls            HTTP/1.1 over TLS 1.3 (ALPN http/1.1), one kept-alive connection
 #   tls-handshake  the same, a new connection and a full TLS 1.3 handshake (no session
 #                  resumption) per request; HANDSHAKE_N=200 and HANDSHAKE_W=20 requests
-#                  instead of N and W (a handshake costs ~ten requests' worth)
+#                  instead of N and W (a handshake costs ~30 forwarded requests)
 # The certificate is a throwaway P-256 one made with openssl, as in the README's TLS
 # section; ipgate gets it as `[server] tls`. A row other than http1 is labelled with
 # its name in the table's path column.

@@ -9,8 +9,8 @@
 //! knowledge (`--h2c`, `http2::Builder`) or HTTP/1.1 over TLS 1.3 (`--tls`, tokio-rustls,
 //! ALPN `http/1.1`, rustls' default session tickets as ipgate has them). Per request: a
 //! SHA-256 of the key header, a map lookup, and the peer address checked against that
-//! key's address set; a fixed 403 on refusal. Nothing else: no header rewriting, no
-//! timeouts, no metrics, no access log.
+//! key's address set; a fixed 403 on refusal. Nothing else: no header rewriting (but an
+//! HTTP/2 request's `Host`, below), no timeouts, no metrics, no access log.
 //!
 //! The upstream is HTTP/1. Each client connection keeps its own idle upstream
 //! connections (no shared pool), each opened at a first allowed request that finds none

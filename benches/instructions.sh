@@ -5,6 +5,7 @@
 #
 #   benches/instructions.sh                      # N=2000 W=200, both targets
 #   TARGETS=ipgate N=500 benches/instructions.sh
+#   ROWS="http1 h2c tls tls-handshake" benches/instructions.sh    # every row
 #
 # Instruction counts repeat on the same binary (to a few instructions per request),
 # so a change of 1% can be judged on this noisy shared machine, where wall-clock
@@ -32,13 +33,28 @@
 # targets hash once per request; the "sha2" column is that part (self cost of sha2::
 # functions per request), and "w/o sha2" the rest, the figure to compare.
 #
+# Rows (ROWS, "http1" unless told): each a kind of client, against the floor of the
+# same kind (bare_hyper --h2c, --tls), the counting by difference the same:
+#   http1          as above
+#   h2c            HTTP/2 with prior knowledge: h2load -c1 -m$STREAMS, one connection per
+#                  path (W requests each, in the order above), the measured path's
+#                  connection carrying N more; STREAMS=16 requests in flight on it
+#   tls            HTTP/1.1 over TLS 1.3 (ALPN http/1.1), one kept-alive connection
+#   tls-handshake  the same, a new connection and a full TLS 1.3 handshake (no session
+#                  resumption) per request; HANDSHAKE_N=200 and HANDSHAKE_W=20 requests
+#                  instead of N and W (a handshake costs ~30 forwarded requests)
+# The certificate is a throwaway P-256 one made with openssl, as in the README's TLS
+# section; ipgate gets it as `[server] tls`. A row other than http1 is labelled with
+# its name in the table's path column.
+#
 # Knobs: N=2000, W=200, TARGETS="ipgate bare-hyper", IPGATE_RECORD_USAGE=true (false:
 # ipgate without usage counting, to measure what it costs), IPGATE_WORKERS=1 (2: the
 # multi-threaded runtime, to see that the counts hold per request), IPGATE_LOG_LEVEL=warn
 # (info: the shipped level, an access line per request), KEEP=0 (1 keeps the work folder
 # with callgrind.out files for callgrind_annotate), IPGATE_BIN (target/release/ipgate,
 # built if missing), BARE_BIN (built with `cargo bench --bench bare_hyper --no-run`).
-# Needs valgrind, python3, curl, and nginx (the upstream; else a python3 server).
+# Needs valgrind, python3, curl, and nginx (the upstream; else a python3 server); h2load
+# (nghttp2-client) for h2c, openssl for the TLS rows.
 # ipgate runs as load.sh runs it: workers = 1, log level warn, the refusal limiter on
 # with a limit no client here reaches, refresh.interval 1h (no poll during the runs).
 
@@ -47,6 +63,10 @@ set -euo pipefail
 N=${N:-2000}
 W=${W:-200}
 TARGETS=${TARGETS:-"ipgate bare-hyper"}
+ROWS=${ROWS:-http1}
+STREAMS=${STREAMS:-16}
+HANDSHAKE_N=${HANDSHAKE_N:-200}
+HANDSHAKE_W=${HANDSHAKE_W:-20}
 KEEP=${KEEP:-0}
 IPGATE_RECORD_USAGE=${IPGATE_RECORD_USAGE:-true}
 IPGATE_WORKERS=${IPGATE_WORKERS:-1}
@@ -114,6 +134,18 @@ wait_status() { # URL STATUS [curl args]: bounded (valgrind starts slowly)
 	die "$url answered $got, expected $want"
 }
 
+# Waits for the floor's "listening" line: no request, no handshake, so that no run
+# counts a second one when a first attempt times out (a TLS handshake under callgrind,
+# cold, can take longer than curl waits: ~1.3M instructions in one run and not the other).
+wait_listening() { # LOG
+	local i
+	for i in $(seq 600); do
+		grep -q '^bare_hyper: listening' "$1" 2>/dev/null && return 0
+		sleep 0.2
+	done
+	die "the floor did not start (see $1)"
+}
+
 new_key() { echo "ipg_$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 43)"; }
 
 start_upstream() {
@@ -130,6 +162,10 @@ start_upstream() {
 			events { worker_connections 1024; }
 			http {
 			    access_log off;
+			    # Never a "Connection: close" during a run: nginx ends a connection after
+			    # 1000 requests, and the floor hands that header on, so its client had to
+			    # reconnect (over TLS, a full handshake) twice a run.
+			    keepalive_requests 1000000;
 			    client_body_temp_path $WORK/upstream/tmp;
 			    proxy_temp_path $WORK/upstream/tmp;
 			    fastcgi_temp_path $WORK/upstream/tmp;
@@ -150,12 +186,12 @@ start_upstream() {
 # with `ipgate admin` and bound by device registration (one to 127.0.0.1, one to an
 # address elsewhere), so every run starts from a copy of the same file.
 prepare_ipgate() {
-	local dir=$WORK/ipgate port admin user
+	local dir=$WORK/ipgate admin user
 	mkdir -p "$dir"
-	read -r port admin <<<"$(free_ports 2)"
+	read -r IPGATE_PORT admin <<<"$(free_ports 2)"
 	cat >"$dir/config.toml" <<-EOF
 		[server]
-		listen = "127.0.0.1:$port"
+		listen = "127.0.0.1:$IPGATE_PORT"
 		admin_listen = "127.0.0.1:$admin"
 		workers = $IPGATE_WORKERS
 		[upstream]
@@ -171,7 +207,10 @@ prepare_ipgate() {
 		[log]
 		level = "$IPGATE_LOG_LEVEL"
 	EOF
-	IPGATE_URL="http://127.0.0.1:$port/"
+	# The same, and TLS on the listener (the TLS rows): the one place they differ.
+	sed "/^workers = /a tls = { cert = \"$WORK/cert.pem\", key = \"$WORK/key.pem\" }" \
+		"$dir/config.toml" >"$dir/config-tls.toml"
+	IPGATE_URL="http://127.0.0.1:$IPGATE_PORT/"
 	IPGATE_READY="http://127.0.0.1:$admin/readyz"
 	# Only serve and `admin init` create a store; the users and keys come before serve.
 	env -u RUST_LOG "$IPGATE_BIN" admin --config "$dir/config.toml" init >/dev/null 2>&1
@@ -195,6 +234,14 @@ prepare_ipgate() {
 	cp "$dir/ipgate.db" "$dir/ipgate.db.clean"
 }
 
+# A throwaway certificate for 127.0.0.1 (the TLS rows), as the README's TLS section
+# makes one.
+make_cert() {
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+		-subj "/CN=localhost" -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+		-keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null || die "openssl failed"
+}
+
 prepare_bare() {
 	if [[ -z ${BARE_BIN:-} ]]; then
 		note "building the floor (cargo bench --bench bare_hyper --no-run)"
@@ -207,27 +254,45 @@ for line in sys.stdin:
 	fi
 	[[ -x $BARE_BIN ]] || die "no bare_hyper binary ($BARE_BIN)"
 	BARE_PORT=$(free_ports 1)
-	BARE_URL="http://127.0.0.1:$BARE_PORT/"
 }
 
-# Sends W requests of every path, then N of $1 (none for "base"), one at a time on one
-# kept-alive connection, and checks every status.
-drive() { # URL PATH
-	python3 - "$1" "$2" "$N" "$W" "$KEY_HEADER" "$KEY_OK" "$KEY_NOIP" "$KEY_UNKNOWN" <<'EOF'
-import http.client, sys, urllib.parse
-url, path, n, w, header, ok, noip, unknown = sys.argv[1:]
+# The requests and warm-up requests of a row (tls-handshake has its own).
+counts() { # ROW: prints "N W"
+	if [[ $1 == tls-handshake ]]; then echo "$HANDSHAKE_N $HANDSHAKE_W"; else echo "$N $W"; fi
+}
+
+# Sends W requests of every path, then N of $3 (none for "base"), one at a time on one
+# kept-alive connection (tls-handshake: each on a new one), and checks every status.
+drive() { # URL ROW PATH
+	local n w
+	read -r n w <<<"$(counts "$2")"
+	python3 - "$1" "$2" "$3" "$n" "$w" "$KEY_HEADER" "$KEY_OK" "$KEY_NOIP" "$KEY_UNKNOWN" \
+		"$WORK/cert.pem" <<'EOF'
+import http.client, ssl, sys, urllib.parse
+url, row, path, n, w, header, ok, noip, unknown, cafile = sys.argv[1:]
 n, w = int(n), int(w)
 keys = {"accepted": (ok, 200), "refused_ip": (noip, 403), "unknown_key": (unknown, 403)}
 u = urllib.parse.urlsplit(url)
-conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+if row == "http1":
+    connect = lambda: http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+else:
+    tls = ssl.create_default_context(cafile=cafile)
+    tls.minimum_version = ssl.TLSVersion.TLSv1_3
+    tls.set_alpn_protocols(["http/1.1"])
+    connect = lambda: http.client.HTTPSConnection(u.hostname, u.port, timeout=60, context=tls)
+conn = connect()
 def send(p, count):
+    global conn
     key, want = keys[p]
     for _ in range(count):
         conn.request("GET", "/", headers={header: key})
         r = conn.getresponse()
         r.read()
         if r.status != want:
-            sys.exit(f"{p}: HTTP {r.status}, expected {want}")
+            sys.exit(f"{row} {p}: HTTP {r.status}, expected {want}")
+        if row == "tls-handshake":
+            conn.close()
+            conn = connect()
 for p in keys:
     send(p, w)
 if path != "base":
@@ -236,27 +301,58 @@ conn.close()
 EOF
 }
 
+# h2c: one h2load connection per path, W requests each (the measured path N more), up
+# to STREAMS in flight on it, and checks every status.
+drive_h2c() { # URL PATH
+	local path key want count out
+	for path in accepted refused_ip unknown_key; do
+		count=$W
+		[[ $path == "$2" ]] && count=$((W + N))
+		case $path in
+		accepted) key=$KEY_OK want="$count 2xx" ;;
+		refused_ip) key=$KEY_NOIP want="0 2xx, 0 3xx, $count 4xx" ;;
+		unknown_key) key=$KEY_UNKNOWN want="0 2xx, 0 3xx, $count 4xx" ;;
+		esac
+		out=$(h2load -n "$count" -c 1 -m "$STREAMS" -H "$KEY_HEADER: $key" "$1" 2>&1) ||
+			die "h2load failed: $out"
+		[[ $out == *"status codes: $want"* ]] ||
+			die "h2c $path: $(grep 'status codes' <<<"$out"), expected $want"
+	done
+}
+
 # One server run under callgrind; prints "total_Ir sha2_Ir".
-count_run() { # TARGET PATH
-	local target=$1 path=$2 out=$WORK/callgrind.$1.$2 pid
+count_run() { # TARGET ROW PATH
+	local target=$1 row=$2 path=$3 out=$WORK/callgrind.$1.$2.$3 pid port config
+	local mode=() scheme=http
+	case $row in
+	h2c) mode=(--h2c) ;;
+	tls*) mode=(--tls "$WORK/cert.pem" "$WORK/key.pem") scheme=https ;;
+	esac
 	case $target in
 	ipgate)
+		config=$WORK/ipgate/config.toml
+		[[ $scheme == https ]] && config=$WORK/ipgate/config-tls.toml
 		cp "$WORK/ipgate/ipgate.db.clean" "$WORK/ipgate/ipgate.db"
 		rm -f "$WORK/ipgate/ipgate.db-wal" "$WORK/ipgate/ipgate.db-shm"
 		start "$out.log" env -u RUST_LOG valgrind --tool=callgrind --callgrind-out-file="$out" \
-			"$IPGATE_BIN" serve --config "$WORK/ipgate/config.toml"
+			"$IPGATE_BIN" serve --config "$config"
 		pid=$LAST_PID
+		port=$IPGATE_PORT
 		wait_status "$IPGATE_READY" 200
-		drive "$IPGATE_URL" "$path"
 		;;
 	bare-hyper)
 		start "$out.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
-			"$BARE_BIN" "127.0.0.1:$BARE_PORT" "$UPSTREAM_ADDR" 10 "$KEY_OK" "$KEY_NOIP"
+			"$BARE_BIN" "${mode[@]}" "127.0.0.1:$BARE_PORT" "$UPSTREAM_ADDR" 10 "$KEY_OK" "$KEY_NOIP"
 		pid=$LAST_PID
-		wait_status "$BARE_URL" 403
-		drive "$BARE_URL" "$path"
+		port=$BARE_PORT
+		wait_listening "$out.log"
 		;;
 	esac
+	if [[ $row == h2c ]]; then
+		drive_h2c "http://127.0.0.1:$port/" "$path"
+	else
+		drive "$scheme://127.0.0.1:$port/" "$row" "$path"
+	fi
 	stop_pid "$pid"
 	[[ -s $out ]] || die "callgrind wrote nothing for $target $path (see $out.log)"
 	callgrind_annotate --threshold=100 "$out" 2>/dev/null | python3 -c '
@@ -277,9 +373,21 @@ main() {
 	have valgrind || die "valgrind not found (Debian: apt-get install valgrind)"
 	have python3 || die "python3 not found"
 	have curl || die "curl not found"
+	local row
+	for row in $ROWS; do
+		case $row in
+		http1 | tls | tls-handshake) ;;
+		h2c) have h2load || die "h2load not found (Debian: apt-get install nghttp2-client)" ;;
+		*) die "ROWS: unknown row $row (http1, h2c, tls, tls-handshake)" ;;
+		esac
+	done
 	if [[ ! -x $IPGATE_BIN ]]; then
 		note "building $IPGATE_BIN (cargo build --release)"
 		(cd "$ROOT" && cargo build --release)
+	fi
+	if [[ " $ROWS " == *" tls"* ]]; then
+		have openssl || die "openssl not found"
+		make_cert
 	fi
 	start_upstream
 	note "upstream at $UPSTREAM_ADDR"
@@ -288,37 +396,46 @@ main() {
 	else
 		KEY_OK=$(new_key) KEY_NOIP=$(new_key) KEY_UNKNOWN=$(new_key)
 	fi
-	local target path base total sha results=$WORK/results
+	local target path n total sha results=$WORK/results
 	for target in $TARGETS; do
 		[[ $target == bare-hyper ]] && prepare_bare
-		for path in base accepted refused_ip unknown_key; do
-			note "  $target $path: callgrind run"
-			read -r total sha <<<"$(count_run "$target" "$path")"
-			printf '%s\t%s\t%s\t%s\n' "$target" "$path" "$total" "$sha" >>"$results"
+		for row in $ROWS; do
+			read -r n _ <<<"$(counts "$row")"
+			for path in base accepted refused_ip unknown_key; do
+				note "  $target $row $path: callgrind run"
+				read -r total sha <<<"$(count_run "$target" "$row" "$path")"
+				printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$target" "$row" "$path" "$n" "$total" "$sha" >>"$results"
+			done
 		done
 	done
 	printf '\ninstructions.sh: callgrind, %s requests per path after %s of each path as warm-up, ' "$N" "$W"
-	printf 'one kept-alive connection, one request at a time; commit %s\n\n' \
+	printf 'one kept-alive connection, one request at a time; commit %s\n' \
 		"$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
-	python3 - "$results" "$N" <<'EOF'
+	[[ " $ROWS " == *" h2c "* ]] && printf 'h2c: one connection per path, %s streams in flight\n' "$STREAMS"
+	[[ " $ROWS " == *" tls-handshake "* ]] &&
+		printf 'tls-handshake: %s requests after %s, a new connection each\n' "$HANDSHAKE_N" "$HANDSHAKE_W"
+	echo
+	python3 - "$results" "$ROWS" <<'EOF'
 import sys
-n = int(sys.argv[2])
 runs = {}
 for line in open(sys.argv[1]):
-    target, path, total, sha = line.split()
-    runs[(target, path)] = (int(total), int(sha))
+    target, row, path, n, total, sha = line.split()
+    runs[(target, row, path)] = (int(n), int(total), int(sha))
+order = sys.argv[2].split()
 head = ("target", "path", "instr/req", "sha2", "w/o sha2", "vs bare-hyper (w/o sha2)")
 rows = [head]
 per = {}
-for (target, path), (total, sha) in runs.items():
+for (target, row, path), (n, total, sha) in runs.items():
     if path == "base":
         continue
-    bt, bs = runs[(target, "base")]
-    per[(target, path)] = ((total - bt) / n, (sha - bs) / n)
-for (target, path), (ir, sha) in per.items():
-    floor = per.get(("bare-hyper", path))
+    _, bt, bs = runs[(target, row, "base")]
+    per[(target, row, path)] = ((total - bt) / n, (sha - bs) / n)
+# Row by row, each target's paths beside the floor's of the same kind.
+for (target, row, path), (ir, sha) in sorted(per.items(), key=lambda kv: order.index(kv[0][1])):
+    floor = per.get(("bare-hyper", row, path))
     ratio = f"{(ir - sha) / (floor[0] - floor[1]):.2f}" if floor else "-"
-    rows.append((target, path, f"{ir:,.0f}", f"{sha:,.0f}", f"{ir - sha:,.0f}", ratio))
+    label = path if row == "http1" else f"{row} {path}"
+    rows.append((target, label, f"{ir:,.0f}", f"{sha:,.0f}", f"{ir - sha:,.0f}", ratio))
 widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
 for k, r in enumerate(rows):
     print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")

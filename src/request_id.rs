@@ -51,11 +51,18 @@ impl RequestIds {
     }
 
     /// [`RequestIds::of`] with the `X-Request-Id` lines already found.
+    ///
+    /// Marked sensitive: HTTP/2's HPACK then sends it as a literal it never indexes. An
+    /// id differs in every message, so indexing it only filled each connection's table
+    /// with ids no later message repeats, and every answer's id was compared with them
+    /// all (some 5,400 instructions an HTTP/2 answer, BENCHMARKS.md).
     pub fn of_sent(&self, sent: Sent) -> HeaderValue {
-        match sent {
+        let mut id = match sent {
             Sent::Once(id) if is_sane(id.as_bytes()) => id,
             _ => self.make(),
-        }
+        };
+        id.set_sensitive(true);
+        id
     }
 
     /// A new id. SplitMix64's finaliser is a bijection, so distinct counts give

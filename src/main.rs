@@ -303,8 +303,6 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
     if config.server.workers > 1 {
         runtime.worker_threads(config.server.workers);
     }
-    // A worker going idle hands its usage counts over, so none wait on a quiet thread.
-    runtime.on_thread_park(ipgate::insight::hand_over);
     let runtime = match runtime.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -678,3 +678,47 @@ async fn an_entry_is_never_last_seen_before_it_was_created() {
         assert!(seen >= created, "last seen {seen}, created {created}");
     }
 }
+
+/// Every request reaches the store at the next flushes, the last ones before a quiet
+/// spell included, whatever the number of workers (one: the flusher shares the serving
+/// thread; `0`: one per core, the default; four). Nothing is sent after a burst until
+/// its counts are in, so counts a worker kept until its next request, or until the
+/// flusher happened to run on its thread, would be late.
+#[tokio::test]
+async fn every_request_reaches_the_store_at_the_next_flush_with_any_workers() {
+    let upstream = Upstream::start().await;
+    for workers in ["1", "0", "4"] {
+        let gw = Gateway::start(&settings(&upstream).set("server.workers", workers));
+        gw.wait_ready().await;
+        let (_, cred, key) = gw.registered_key(&["127.0.0.2"]).await;
+        let cred = cred.to_string();
+        // The registration's probe was one allowed request from .2.
+        let mut sent = 1;
+        for burst in [3, 1, 4, 1, 5, 2, 6, 1, 2, 3] {
+            get_n(&gw, "127.0.0.2", &key, burst, StatusCode::OK).await;
+            sent += burst as u64;
+            // Flushes every 200 ms: five of them.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let list = gw.admin(&["ip", "list", &cred]);
+                if requests(&list, "127.0.0.2") == sent {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "workers = {workers}: {sent} sent, {list:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        get_n(&gw, "127.0.0.7", &key, 1, StatusCode::FORBIDDEN).await;
+        let refused = admin_until(&gw, &["report", "refused", "--credential", &cred], |r| {
+            r["addresses"][0]["requests"] == 1
+        });
+        assert_eq!(refused["addresses"][0]["ip"], "127.0.0.7");
+        // And not one more: nothing was counted twice.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let list = gw.admin(&["ip", "list", &cred]);
+        assert_eq!(requests(&list, "127.0.0.2"), sent, "workers = {workers}");
+    }
+}

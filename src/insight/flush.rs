@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long a flush gives the workers to hand their counts over.
-const HAND_OVER_WAIT: Duration = Duration::from_millis(50);
-
 /// Sightings kept for a store that is down, at most.
 const MAX_PENDING: usize = 200_000;
 
@@ -79,11 +76,8 @@ pub async fn flush(
     pending: &mut UsageBatch,
     then: Then,
 ) {
-    recorder.ask();
-    // Busy workers hand over with their next request, idle ones did when they parked.
-    tokio::time::sleep(HAND_OVER_WAIT).await;
-    let dropped = recorder.take_dropped();
     let batch = combine(std::mem::take(pending), recorder.drain());
+    let dropped = recorder.take_dropped();
     if batch.is_empty() {
         metrics.usage_dropped.inc_by(dropped);
         return;

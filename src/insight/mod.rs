@@ -1,16 +1,18 @@
 //! What each credential is used from, counted off the hot path's back.
 //!
-//! The hot path calls [`Recorder::note`] with its decision: a thread-local lookup and
-//! a map update, with no lock, nothing shared written and nothing allocated once an
-//! address has been seen. Workers hand their counts over when a flush asks (with their
-//! next request) and whenever they go idle, moving the whole tally (never entry by
-//! entry under the shared lock); [`flush`] merges them and writes them to the store in
-//! batches, and the store adds up every gateway's.
+//! The hot path calls [`Recorder::note`] with its decision: a thread-local lookup, a
+//! lock only this thread takes between two flushes, and a map update, with nothing
+//! another worker writes and nothing allocated once an address has been seen. Each
+//! worker's tally is registered with the recorder when the thread first counts; the
+//! flusher ([`flush`]) takes every tally itself, swapping an emptied one in under that
+//! worker's lock (the worker's only contention: once per flush), so a worker, busy or
+//! idle, never has to hand anything over. It merges them and writes them to the store
+//! in batches, and the store adds up every gateway's.
 //!
 //! Memory is bounded: each worker keeps at most [`MAX_PER_WORKER`] addresses between
-//! hand-overs and the flusher's outbox at most [`MAX_WAITING`] (an attacker rotating
-//! addresses with a stolen key fills them, then further sightings are counted as
-//! dropped), and the store keeps the 256 most recent refused addresses per credential.
+//! flushes and a flush merges at most [`MAX_WAITING`] (an attacker rotating addresses
+//! with a stolen key fills them, then further sightings are counted as dropped), and
+//! the store keeps the 256 most recent refused addresses per credential.
 
 pub mod flush;
 
@@ -20,12 +22,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Addresses (allowed and refused together) a worker holds between two hand-overs.
+/// Addresses (allowed and refused together) a worker holds between two flushes.
 pub const MAX_PER_WORKER: usize = 100_000;
 
-/// Addresses handed over and not yet flushed, at most.
+/// Addresses one flush takes from the workers, at most.
 pub const MAX_WAITING: usize = 200_000;
 
 /// One credential and one address, the address as one integer: IPv6, with IPv4 in its
@@ -74,7 +76,7 @@ impl Seen {
     }
 }
 
-/// Counts since the last hand-over.
+/// Counts since the last flush.
 #[derive(Default)]
 struct Tally {
     allowed: Map,
@@ -92,8 +94,8 @@ impl Tally {
     }
 
     /// Adds `from` into this one, up to `max` addresses (returns how many sightings
-    /// did not fit), and empties it, keeping its capacity: a worker's tally does not
-    /// allocate again for the addresses it sees every minute.
+    /// did not fit), and empties it, keeping its capacity: a tally given back to a
+    /// worker does not allocate again for the addresses it sees every minute.
     fn absorb(&mut self, from: &mut Tally, max: usize) -> u64 {
         let mut room = max.saturating_sub(self.len());
         let mut lost = 0;
@@ -113,117 +115,61 @@ impl Tally {
     }
 }
 
-/// What the workers share with the flusher; no worker touches it per request.
+/// One worker's tally: written by that worker per request, taken by the flusher once
+/// per flush. The lock is the worker's own: no other worker ever takes it.
+type Slot = Arc<Mutex<Tally>>;
+
+fn lock(slot: &Mutex<Tally>) -> MutexGuard<'_, Tally> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the workers share with the flusher; no worker writes it per request.
 struct Shared {
-    /// Advanced by the flusher to ask every worker for its counts.
-    epoch: AtomicU64,
-    /// Counts handed over by the workers, waiting for the flusher.
-    outbox: Mutex<Outbox>,
+    /// Every thread's tally, registered on its first count; a thread that ends leaves
+    /// its tally here for the next flush to take.
+    workers: Mutex<Vec<Slot>>,
+    /// Emptied tallies, swapped in for the full ones at the next flush (their capacity
+    /// kept).
+    spares: Mutex<Vec<Tally>>,
     /// Unix microseconds, refreshed every second by the flusher: the hot path reads an
     /// atomic instead of the clock.
     now: AtomicI64,
     dropped: AtomicU64,
 }
 
-/// Tallies handed over whole, and emptied ones to hand back. A hand-over runs on a
-/// serving thread and holds the lock every worker shares: it only moves a tally in and
-/// a spare out, whatever their size; the merging is the flusher's, off the lock.
-#[derive(Default)]
-struct Outbox {
-    pending: Vec<Tally>,
-    /// Addresses in `pending`, counted per tally (so the same address from two workers
-    /// counts twice: the bound errs on the side of less memory).
-    waiting: usize,
-    /// Emptied tallies with their capacity, for workers to count into again.
-    spares: Vec<Tally>,
-}
-
-/// Spare tallies kept for reuse; more workers than this allocate afresh.
-const MAX_SPARES: usize = 64;
-
-/// A tally this small is added into the outbox entry by entry; a larger one is moved
-/// whole. Either way the lock is held for at most this many map updates.
-const ABSORB_BELOW: usize = 1024;
-
 impl Shared {
-    fn receive(&self, tally: &mut Tally) {
-        let n = tally.len();
-        if n == 0 {
-            return;
-        }
-        let refused = {
-            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            if n <= ABSORB_BELOW {
-                // The usual hand-over (a worker parks after a few requests): a few map
-                // updates cost less than moving maps around, and the worker keeps its
-                // own map's capacity. The lock is held for a bounded number of them.
-                if outbox.pending.is_empty() {
-                    let spare = outbox.spares.pop().unwrap_or_default();
-                    outbox.pending.push(spare);
-                }
-                let others = outbox.waiting - outbox.pending.last().map_or(0, Tally::len);
-                let last = outbox.pending.last_mut().expect("one was just made");
-                let lost = last.absorb(tally, MAX_WAITING.saturating_sub(others));
-                outbox.waiting = others + outbox.pending.last().map_or(0, Tally::len);
-                drop(outbox);
-                self.dropped.fetch_add(lost, Ordering::Relaxed);
-                return;
-            }
-            if outbox.waiting + n <= MAX_WAITING {
-                let spare = outbox.spares.pop().unwrap_or_default();
-                outbox.pending.push(std::mem::replace(tally, spare));
-                outbox.waiting += n;
-                None
-            } else {
-                Some(std::mem::take(tally))
-            }
-        };
-        // The outbox is full: what did not fit is counted as dropped, off the lock.
-        if let Some(mut lost) = refused {
-            let mut requests = 0;
-            for map in lost.maps() {
-                requests += map.values().map(|s| s.requests).sum::<u64>();
-                map.clear();
-            }
-            self.dropped.fetch_add(requests, Ordering::Relaxed);
-            *tally = lost;
-        }
-    }
-
-    /// Everything handed over so far, merged, with the emptied tallies given back.
+    /// Every worker's counts, merged (at most [`MAX_WAITING`] addresses; the rest
+    /// counted as dropped), each worker left counting into an emptied tally. A worker
+    /// waits on its lock only for the swap, however many addresses it holds.
     fn take(&self) -> Tally {
-        let pending = {
-            let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-            outbox.waiting = 0;
-            std::mem::take(&mut outbox.pending)
+        let workers: Vec<Slot> = {
+            let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+            // Taken below for the last time: only this list holds a thread that ended.
+            let all = workers.clone();
+            workers.retain(|w| Arc::strong_count(w) > 2);
+            all
         };
+        let mut spares =
+            std::mem::take(&mut *self.spares.lock().unwrap_or_else(|p| p.into_inner()));
         let mut merged = Tally::default();
-        let mut emptied = Vec::with_capacity(pending.len());
-        for mut tally in pending {
-            // Cannot lose anything: the bound was kept when they were handed over.
-            merged.absorb(&mut tally, usize::MAX);
-            emptied.push(tally);
+        let mut lost = 0;
+        for worker in &workers {
+            let spare = spares.pop().unwrap_or_default();
+            let mut taken = std::mem::replace(&mut *lock(worker), spare);
+            lost += merged.absorb(&mut taken, MAX_WAITING);
+            spares.push(taken);
         }
-        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let room = MAX_SPARES.saturating_sub(outbox.spares.len());
-        outbox.spares.extend(emptied.into_iter().take(room));
+        spares.truncate(workers.len());
+        *self.spares.lock().unwrap_or_else(|p| p.into_inner()) = spares;
+        self.dropped.fetch_add(lost, Ordering::Relaxed);
         merged
     }
 }
 
-/// One thread's counts for one recorder.
+/// One thread's tally for one recorder.
 struct Local {
     shared: Arc<Shared>,
-    /// The last epoch this thread handed over for.
-    epoch: u64,
-    tally: Tally,
-}
-
-impl Drop for Local {
-    /// A thread that ends hands over what it counted.
-    fn drop(&mut self) {
-        self.shared.receive(&mut self.tally);
-    }
+    tally: Slot,
 }
 
 thread_local! {
@@ -232,25 +178,11 @@ thread_local! {
     static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hands this thread's counts over to the flusher. The runtime calls it whenever a
-/// worker goes idle (`on_thread_park`), so the counts of a quiet worker are never
-/// stuck on it; a busy worker hands over at its next request after a flush asked.
-pub fn hand_over() {
-    let _ = LOCALS.try_with(|cell| {
-        if let Ok(mut locals) = cell.try_borrow_mut() {
-            for local in locals.iter_mut() {
-                local.shared.receive(&mut local.tally);
-            }
-        }
-    });
-}
-
 /// Counts requests per credential and address on the threads that serve them.
 ///
-/// Per request: a thread-local lookup and a map update, nothing shared written, no
-/// lock, no allocation once an address has been seen. The flusher asks for the counts
-/// (an epoch); each worker hands its tally over with its next request, or when it goes
-/// idle, under a lock taken once per worker per flush.
+/// Per request: a thread-local lookup, this worker's own lock and a map update,
+/// nothing another worker writes, no allocation once an address has been seen. The
+/// flusher takes every worker's tally in [`Recorder::drain`].
 pub struct Recorder {
     enabled: bool,
     shared: Arc<Shared>,
@@ -263,8 +195,8 @@ impl Recorder {
         Self {
             enabled,
             shared: Arc::new(Shared {
-                epoch: AtomicU64::new(0),
-                outbox: Mutex::new(Outbox::default()),
+                workers: Mutex::new(Vec::new()),
+                spares: Mutex::new(Vec::new()),
                 now: AtomicI64::new(Timestamp::now().0),
                 dropped: AtomicU64::new(0),
             }),
@@ -306,16 +238,12 @@ impl Recorder {
                 Some(i) => &mut locals[i],
                 None => self.first_on_this_thread(&mut locals),
             };
-            let epoch = self.shared.epoch.load(Ordering::Relaxed);
-            if epoch != local.epoch {
-                local.epoch = epoch;
-                local.shared.receive(&mut local.tally);
-            }
-            let full = local.tally.len() >= MAX_PER_WORKER;
+            let mut tally = lock(&local.tally);
+            let full = tally.len() >= MAX_PER_WORKER;
             let map = match kind {
-                Kind::Allowed => &mut local.tally.allowed,
-                Kind::Shadow => &mut local.tally.shadow,
-                Kind::Refused => &mut local.tally.refused,
+                Kind::Allowed => &mut tally.allowed,
+                Kind::Shadow => &mut tally.shadow,
+                Kind::Refused => &mut tally.refused,
             };
             if let Some(seen) = map.get_mut(&key) {
                 seen.requests += 1;
@@ -329,16 +257,22 @@ impl Recorder {
         });
     }
 
-    /// This thread's tally for this recorder, made on its first count here.
+    /// This thread's tally for this recorder, made and registered on its first count
+    /// here.
     #[cold]
     fn first_on_this_thread<'l>(&self, locals: &'l mut Vec<Local>) -> &'l mut Local {
         // Tallies of recorders that are gone (only the thread holds them still) are
-        // handed over to no one: let them go.
+        // taken by no one: let them go.
         locals.retain(|l| Arc::strong_count(&l.shared) > 1);
+        let tally = Slot::default();
+        self.shared
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&tally));
         locals.push(Local {
             shared: Arc::clone(&self.shared),
-            epoch: self.shared.epoch.load(Ordering::Acquire),
-            tally: Tally::default(),
+            tally,
         });
         locals.last_mut().expect("just pushed")
     }
@@ -348,21 +282,13 @@ impl Recorder {
         self.shared.now.store(Timestamp::now().0, Ordering::Relaxed);
     }
 
-    /// Asks every worker for its counts: each hands them over with its next request,
-    /// or at once if idle (it did when it parked). This thread hands over now.
-    pub fn ask(&self) {
-        self.shared.epoch.fetch_add(1, Ordering::Release);
-        hand_over();
-    }
-
-    /// Sightings not kept because a worker's tally was full, since the last call.
+    /// Sightings not kept because a tally was full, since the last call.
     pub fn take_dropped(&self) -> u64 {
         self.shared.dropped.swap(0, Ordering::Relaxed)
     }
 
-    /// Takes the counts handed over so far (and this thread's), leaving them empty.
+    /// Takes every worker's counts, leaving them empty.
     pub fn drain(&self) -> UsageBatch {
-        hand_over();
         let taken = self.shared.take();
         UsageBatch {
             allowed: sightings(taken.allowed),
@@ -372,12 +298,12 @@ impl Recorder {
     }
 }
 
-/// An address not seen since the last hand-over: out of line, the hot path is a hit.
+/// An address not seen since the last flush: out of line, the hot path is a hit.
 ///
 /// Stamped with the exact time, not the clock the flusher moves once a second: a
 /// request right after a device registration would otherwise be stamped before the
 /// entry the registration created, and `ip list` would show an entry used before it
-/// existed. Once per address per hand-over, so the hot path keeps its cheap clock.
+/// existed. Once per address per flush, so the hot path keeps its cheap clock.
 #[cold]
 fn first_sighting(map: &mut Map, key: Key) {
     let now = Timestamp::now().0;
@@ -471,7 +397,7 @@ mod tests {
     }
 
     #[test]
-    fn workers_hand_over_when_asked_when_idle_and_when_they_end() {
+    fn a_flush_takes_every_workers_counts_busy_idle_or_ended() {
         let r = Arc::new(Recorder::new(true));
         let (go, wait) = mpsc::channel::<&str>();
         let (done, finished) = mpsc::channel();
@@ -481,7 +407,6 @@ mod tests {
                 for step in wait {
                     match step {
                         "count" => allow(&r, 1, ip()),
-                        "park" => hand_over(),
                         _ => return,
                     }
                     done.send(()).unwrap();
@@ -493,112 +418,63 @@ mod tests {
             finished.recv().unwrap();
         };
         step("count");
-        assert_eq!(allowed(&r), 0, "a busy worker keeps its counts until asked");
-        r.ask();
         step("count");
         assert_eq!(
             allowed(&r),
-            1,
-            "handed over with the next request after the ask"
+            2,
+            "taken from a worker that does nothing to help"
         );
-        step("park");
-        assert_eq!(allowed(&r), 1, "an idle worker hands over");
+        assert_eq!(allowed(&r), 0, "and taken once");
         step("count");
         go.send("end").unwrap();
         worker.join().unwrap();
-        assert_eq!(allowed(&r), 1, "a thread that ends hands over");
+        assert_eq!(allowed(&r), 1, "a thread that ended leaves its counts");
+        assert_eq!(r.shared.workers.lock().unwrap().len(), 0, "and then goes");
     }
 
-    #[test]
-    fn the_outbox_is_bounded() {
-        let r = Recorder::new(true);
-        let mut big = Tally::default();
-        for i in 0..(MAX_WAITING as u64 + 10) {
-            big.refused.insert(
+    fn fill(t: &mut Tally, from: u64, n: usize, requests: u64) {
+        for i in from..from + n as u64 {
+            t.refused.insert(
                 key(i, ip()),
                 Seen {
-                    requests: 2,
+                    requests,
                     first: 0,
                     last: 0,
                 },
             );
         }
-        r.shared.receive(&mut big);
-        assert_eq!(
-            r.take_dropped(),
-            2 * (MAX_WAITING as u64 + 10),
-            "too big: all dropped"
-        );
-        assert_eq!(big.len(), 0);
-        let half = |from: u64| {
-            let mut t = Tally::default();
-            for i in from..from + MAX_WAITING as u64 / 2 {
-                t.refused.insert(
-                    key(i, ip()),
-                    Seen {
-                        requests: 1,
-                        first: 0,
-                        last: 0,
-                    },
-                );
-            }
-            r.shared.receive(&mut t);
-        };
-        half(0);
-        half(1_000_000);
-        half(2_000_000);
+    }
+
+    #[test]
+    fn a_flush_takes_a_bounded_number_of_addresses() {
+        let r = Recorder::new(true);
+        for from in [0, 1_000_000, 2_000_000] {
+            let slot = Slot::default();
+            fill(&mut lock(&slot), from, MAX_WAITING / 2, 1);
+            r.shared.workers.lock().unwrap().push(slot);
+        }
+        assert_eq!(r.drain().refused.len(), MAX_WAITING);
         assert_eq!(
             r.take_dropped(),
             MAX_WAITING as u64 / 2,
             "the third did not fit"
         );
-        assert_eq!(r.drain().refused.len(), MAX_WAITING);
     }
 
     #[test]
-    fn a_hand_over_moves_a_tally_whole_and_gets_a_spare_back() {
+    fn a_flush_swaps_a_tally_whole_and_gives_an_emptied_one_back() {
         let r = Recorder::new(true);
-        let mut tally = Tally::default();
-        for i in 0..10_000 {
-            tally.allowed.insert(
-                key(i, ip()),
-                Seen {
-                    requests: 1,
-                    first: 0,
-                    last: 0,
-                },
-            );
-        }
-        let capacity = tally.allowed.capacity();
-        r.shared.receive(&mut tally);
-        // Moved, not copied entry by entry under the lock: the outbox holds the very
-        // map (its capacity), and the worker counts on in a fresh one.
-        {
-            let outbox = r.shared.outbox.lock().unwrap();
-            assert_eq!(outbox.pending.len(), 1);
-            assert_eq!(outbox.pending[0].allowed.capacity(), capacity);
-        }
-        assert_eq!(tally.allowed.capacity(), 0);
-        assert_eq!(r.drain().allowed.len(), 10_000);
-        // A small hand-over is added entry by entry (the worker keeps its own map), into
-        // the emptied map that came back as a spare, capacity kept.
-        let mut next = Tally::default();
-        next.allowed.insert(
-            key(1, ip()),
-            Seen {
-                requests: 1,
-                first: 0,
-                last: 0,
-            },
-        );
-        r.shared.receive(&mut next);
-        assert_eq!(next.len(), 0);
-        assert!(next.allowed.capacity() > 0, "the worker keeps its map");
-        {
-            let outbox = r.shared.outbox.lock().unwrap();
-            assert_eq!(outbox.pending.len(), 1);
-            assert!(outbox.pending[0].allowed.capacity() >= 10_000);
-        }
-        assert_eq!(r.drain().allowed.len(), 1);
+        let slot = Slot::default();
+        r.shared.workers.lock().unwrap().push(Arc::clone(&slot));
+        // The worker's own handle besides the list's: it is alive.
+        let _worker = Arc::clone(&slot);
+        fill(&mut lock(&slot), 0, 10_000, 1);
+        assert_eq!(r.drain().refused.len(), 10_000);
+        assert_eq!(lock(&slot).refused.capacity(), 0, "a fresh one swapped in");
+        fill(&mut lock(&slot), 0, 1, 1);
+        assert_eq!(r.drain().refused.len(), 1);
+        // The emptied tally of the first flush, its capacity kept.
+        assert!(lock(&slot).refused.capacity() >= 10_000);
+        assert_eq!(lock(&slot).len(), 0);
     }
 }

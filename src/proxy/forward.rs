@@ -228,13 +228,11 @@ impl Upstream {
             }) => {
                 let wait = &seat.upstream;
                 wait.begin(arrived + self.timeout);
-                let sent = self.send_on(lane, Some(wait), req).await;
+                let sent = self.send_on(lane, wait, req).await;
                 (!wait.end()).then_some(sent)
             }
-            Some(conn) => tokio::time::timeout(self.timeout, self.send_on(&conn.lane, None, req))
-                .await
-                .ok(),
-            None => tokio::time::timeout(self.timeout, async {
+            // A connection outside the listener's table has no watchdog: the pool.
+            _ => tokio::time::timeout(self.timeout, async {
                 self.client.request(req).await.map_err(|error| {
                     let kind = if error.is_connect() {
                         UpstreamError::Connect
@@ -268,27 +266,36 @@ impl Upstream {
 
     /// Sends on the lane's connection, opening one first when it has none or the
     /// upstream closed it; a connection opened is handed to `wait` to close at its
-    /// deadline.
+    /// deadline. Opening and retrying are boxed: both are rare, and every request's
+    /// future (copied whole as it is made and moved) would otherwise hold theirs.
     async fn send_on(
         &self,
         lane: &Lane,
-        wait: Option<&UpstreamWait>,
+        wait: &UpstreamWait,
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         let (mut sender, reused) = match lane.take(self.id) {
             Some(sender) => (sender, true),
-            None => (self.open_lane(wait).await?, false),
+            None => (Box::pin(self.open_lane(wait)).await?, false),
         };
-        let failure = match sender.try_send_request(req).await {
+        match sender.try_send_request(req).await {
             Ok(resp) => {
                 lane.put(self.id, sender);
-                return Ok(resp);
+                Ok(resp)
             }
-            Err(failure) => failure,
-        };
-        // A kept-alive connection the upstream closed just as the request left: if none
-        // of it was sent, it is safe to send once more on a fresh connection.
-        let mut failure = failure;
+            Err(failure) => Box::pin(self.resend(lane, wait, failure, reused)).await,
+        }
+    }
+
+    /// After a failed send: a kept-alive connection the upstream closed just as the
+    /// request left is retried once on a fresh connection if none of it was sent.
+    async fn resend(
+        &self,
+        lane: &Lane,
+        wait: &UpstreamWait,
+        mut failure: hyper::client::conn::TrySendError<Request<ClientBody>>,
+        reused: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
         if let (true, Some(req)) = (reused, failure.take_message()) {
             tracing::debug!(error = %failure.error(), "upstream closed a kept-alive connection; retrying");
             let mut sender = self.open_lane(wait).await?;
@@ -305,7 +312,7 @@ impl Upstream {
 
     async fn open_lane(
         &self,
-        wait: Option<&UpstreamWait>,
+        wait: &UpstreamWait,
     ) -> Result<http1::SendRequest<ClientBody>, UpstreamError> {
         let host = self.direct.as_deref().unwrap_or_default();
         let connect = async {
@@ -335,9 +342,7 @@ impl Upstream {
                 tracing::debug!(%error, "upstream connection ended with an error");
             }
         });
-        if let Some(wait) = wait {
-            wait.opened(task.abort_handle());
-        }
+        wait.opened(task.abort_handle());
         Ok(sender)
     }
 

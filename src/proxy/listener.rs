@@ -358,20 +358,32 @@ impl<D: Door> Client<D> {
         };
         match &self.tls {
             None => self.serve_http(stream, peer_ip, origin, seat).await,
+            // Boxed: a TLS connection's future is more than twice a plain one's (8 KiB),
+            // and every connection's task would be its size, copied whole when spawned.
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
-                match handshake {
-                    Ok(Ok(stream)) => self.serve_http(stream, peer_ip, origin, seat).await,
-                    Ok(Err(error)) => {
-                        self.metrics.tls_handshake_failures.inc();
-                        tracing::debug!(%error, "TLS handshake failed");
-                    }
-                    Err(_) => {
-                        self.metrics.tls_handshake_failures.inc();
-                        tracing::debug!("TLS handshake timed out");
-                    }
-                }
+                Box::pin(self.serve_tls(acceptor, stream, peer_ip, origin, seat)).await
+            }
+        }
+    }
+
+    async fn serve_tls(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        peer_ip: IpAddr,
+        origin: Origin,
+        seat: &Arc<Seat>,
+    ) {
+        let handshake = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await;
+        match handshake {
+            Ok(Ok(stream)) => self.serve_http(stream, peer_ip, origin, seat).await,
+            Ok(Err(error)) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!(%error, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.metrics.tls_handshake_failures.inc();
+                tracing::debug!("TLS handshake timed out");
             }
         }
     }

@@ -562,8 +562,9 @@ fn instruction_loop(spec: &str) {
 /// instructions and cache misses under cachegrind (`benches/lookup_cache.sh` runs it
 /// and takes differences). VARIANT is `decide`, `sharded_get` (the snapshot's map as
 /// `decide` uses it), `flat_get` (the same entries in one flat map: the layout before
-/// sharding) or `probe` (only reading the next probe: what the others pay beside the
-/// lookup). KEYS is `spread`, every credential once per SIZE lookups in a shuffled
+/// sharding), `unknown_key` (`decide` for a key no credential has: the refusal that
+/// reads no entry) or `probe` (only reading the next probe: what the others pay beside
+/// the lookup). KEYS is `spread`, every credential once per SIZE lookups in a shuffled
 /// order, as a large fleet hits the table; `hot`, one key every time; or a count K,
 /// K credentials taken in turn (4096: what the criterion benches above rotate through).
 ///
@@ -608,6 +609,12 @@ fn lookup_loop(spec: &str) {
             }
         }
     }
+    if variant == "unknown_key" {
+        // Another place in the same shard, and a key no credential has.
+        for (key, _) in &mut probes {
+            key.0[0] ^= 0x5a;
+        }
+    }
     let now = unix_now();
     match variant {
         "probe" => run(&probes, step, n, |key, ip| {
@@ -619,6 +626,12 @@ fn lookup_loop(spec: &str) {
                 Decision::Allow(_)
             )
         }),
+        "unknown_key" => run(&probes, step, n, |key, ip| {
+            matches!(
+                decide(Some(&snapshot), false, Some(key), Some(ip), || now),
+                Decision::Deny(Reason::UnknownKey, None)
+            )
+        }),
         "sharded_get" => run(&probes, step, n, |key, ip| admits(snapshot.get(key), &ip)),
         "flat_get" => {
             let mut flat = FlatMap::with_capacity_and_hasher(size as usize, Default::default());
@@ -626,7 +639,9 @@ fn lookup_loop(spec: &str) {
             drop(snapshot);
             run(&probes, step, n, |key, ip| admits(flat.get(key), &ip))
         }
-        other => panic!("VARIANT: decide, sharded_get, flat_get or probe, not {other}"),
+        other => {
+            panic!("VARIANT: decide, unknown_key, sharded_get, flat_get or probe, not {other}")
+        }
     }
 }
 

@@ -26,6 +26,8 @@
 #   flat_get      the same entries in one flat map with the same hasher: the layout
 #                 before sharding
 #   decide        `acl::decide`: the lookup, state, expiry and the address check
+#   unknown_key   `acl::decide` for a key no credential has (the same shard, another
+#                 place in it): the refusal of an unknown key, which reads no entry
 #
 # The "lookup alone" columns are a row minus the probe row of the same size and keys.
 # The simulated caches are this machine's, given explicitly (cachegrind's guess from
@@ -34,8 +36,9 @@
 # misses are the DRAM reads a lookup waits for.
 #
 # Knobs: M=1000000, SIZES="10 1000000", KEYS="spread hot",
-# VARIANTS="probe sharded_get flat_get decide", CACHES (the --I1/--D1/--LL options),
-# DECISION_BIN (built with `cargo bench --bench decision --no-run` when unset).
+# VARIANTS="probe sharded_get flat_get decide unknown_key", CACHES (the --I1, --D1
+# and --LL options), DECISION_BIN (built with `cargo bench --bench decision --no-run`
+# when unset).
 # Needs valgrind and python3.
 
 set -euo pipefail
@@ -44,7 +47,7 @@ M=${M:-1000000}
 M2=$((2 * M))
 SIZES=${SIZES:-"10 1000000"}
 KEYS=${KEYS:-"spread hot"}
-VARIANTS=${VARIANTS:-"probe sharded_get flat_get decide"}
+VARIANTS=${VARIANTS:-"probe sharded_get flat_get decide unknown_key"}
 CACHES=${CACHES:-"--I1=32768,8,64 --D1=32768,8,64 --LL=33554432,16,64"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ipgate-lookup.XXXXXX")

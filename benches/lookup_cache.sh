@@ -103,7 +103,8 @@ print()
 print("| credentials | keys | variant | Ir | Dr | D1 misses | LL misses | lookup alone: Ir | Dr | D1 | LL |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 for (size, keys, variant), r in rows.items():
-    show = lambda xs: [f"{xs[0]:,.1f}", f"{xs[1]:,.1f}", f"{xs[2]:,.2f}", f"{xs[3]:,.2f}"]
+    # round() + 0.0: a difference of -0.000001 is shown as 0.00, not -0.00.
+    show = lambda xs: [f"{round(x, 2) + 0.0:,.{p}f}" for x, p in zip(xs, (1, 1, 2, 2))]
     cells = [f"{int(size):,}", keys, variant] + show(r)
     probe = rows.get((size, keys, "probe"))
     if probe and variant != "probe":

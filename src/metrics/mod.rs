@@ -7,9 +7,9 @@
 //!
 //! This file ties the registry together (the struct, its construction, the scrape);
 //! each family's name, help text and labels live in the file named for what it
-//! measures: [`requests`], [`connections`], [`upstream`], [`store`] (the snapshot and
-//! its refresh), [`api`] (the management API and the console), [`usage`] and
-//! [`reload`]. The process's own families (`ipgate_build_info`, `ipgate_process_*`)
+//! measures: `requests.rs`, `connections.rs`, `upstream.rs`, `store.rs` (the snapshot
+//! and its refresh), `api.rs` (the management API and the console), `usage.rs` and
+//! `reload.rs`. The process's own families (`ipgate_build_info`, `ipgate_process_*`)
 //! are here.
 
 mod api;

@@ -17,8 +17,9 @@
 //!
 //! Each beside naive baselines (see `Baselines`). Requests take 4,096 probe keys spread
 //! over the whole set in turn, so at 1M credentials a lookup is not always served by
-//! the same few cache lines; real traffic (a few busy clients) sits between this and
-//! one hot key.
+//! the same few cache lines; but those 4,096 entries (about 1 MB) stay in the L3, so no
+//! row here waits on DRAM as a lookup in a large fleet does. `IPGATE_BENCH_LOOKUP`
+//! (below, run by `benches/lookup_cache.sh`) counts that case under cachegrind.
 //!
 //! Building 1M credentials takes seconds, so every world is built once per size, outside
 //! the timed loops. `IPGATE_BENCH_SIZES=10,10000` limits the sizes built (criterion's
@@ -556,9 +557,101 @@ fn instruction_loop(spec: &str) {
     }
 }
 
+/// `IPGATE_BENCH_LOOKUP=VARIANT:KEYS:SIZE:N`: N lookups in a snapshot of SIZE
+/// credentials with one address each (allowed requests), then exit, for counting
+/// instructions and cache misses under cachegrind (`benches/lookup_cache.sh` runs it
+/// and takes differences). VARIANT is `decide`, `sharded_get` (the snapshot's map as
+/// `decide` uses it), `flat_get` (the same entries in one flat map: the layout before
+/// sharding), `unknown_key` (`decide` for a key no credential has: the refusal that
+/// reads no entry) or `probe` (only reading the next probe: what the others pay beside
+/// the lookup). KEYS is `spread`, every credential once per SIZE lookups in a shuffled
+/// order, as a large fleet hits the table; `hot`, one key every time; or a count K,
+/// K credentials taken in turn (4096: what the criterion benches above rotate through).
+///
+/// Digests are stand-ins (`fixture::rows_unhashed`): a million SHA-256 in software
+/// would make most of the run. Set-up is the same whatever N, so it cancels in the
+/// difference of two runs.
+fn lookup_loop(spec: &str) {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let [variant, keys, size, n] = parts[..] else {
+        panic!("IPGATE_BENCH_LOOKUP=VARIANT:KEYS:SIZE:N");
+    };
+    let size: u64 = size.parse().expect("SIZE: a count");
+    let n: u64 = n.parse().expect("N: a count");
+    let (step, take) = match keys {
+        "spread" => (1, size),
+        "hot" => (0, 1),
+        k => (1, k.parse().expect("KEYS: spread, hot or a count")),
+    };
+    let rows = fixture::rows_unhashed(size, 1);
+    let snapshot = fixture::build(&rows, 1);
+    let mut probes: Vec<(KeyHash, IpAddr)> = rows.iter().map(|r| (r.key, r.ips[0])).collect();
+    drop(rows);
+    // Fisher-Yates with the fixture's mixer: the same order in every run.
+    for i in (1..probes.len()).rev() {
+        probes.swap(i, (fixture::mix(i as u64) % (i as u64 + 1)) as usize);
+    }
+    probes.truncate(take as usize);
+    fn run(
+        probes: &[(KeyHash, IpAddr)],
+        step: usize,
+        n: u64,
+        lookup: impl Fn(&KeyHash, IpAddr) -> bool,
+    ) {
+        assert!(probes.iter().take(64).all(|(k, ip)| lookup(k, *ip)));
+        let mut next = 0;
+        for _ in 0..n {
+            let (key, ip) = &probes[next];
+            black_box(lookup(black_box(key), black_box(*ip)));
+            next += step;
+            if next == probes.len() {
+                next = 0;
+            }
+        }
+    }
+    if variant == "unknown_key" {
+        // Another place in the same shard, and a key no credential has.
+        for (key, _) in &mut probes {
+            key.0[0] ^= 0x5a;
+        }
+    }
+    let now = unix_now();
+    match variant {
+        "probe" => run(&probes, step, n, |key, ip| {
+            black_box(*key) != KeyHash([0; 32]) && !ip.is_unspecified()
+        }),
+        "decide" => run(&probes, step, n, |key, ip| {
+            matches!(
+                decide(Some(&snapshot), false, Some(key), Some(ip), || now),
+                Decision::Allow(_)
+            )
+        }),
+        "unknown_key" => run(&probes, step, n, |key, ip| {
+            matches!(
+                decide(Some(&snapshot), false, Some(key), Some(ip), || now),
+                Decision::Deny(Reason::UnknownKey, None)
+            )
+        }),
+        "sharded_get" => run(&probes, step, n, |key, ip| admits(snapshot.get(key), &ip)),
+        "flat_get" => {
+            let mut flat = FlatMap::with_capacity_and_hasher(size as usize, Default::default());
+            flat.extend(snapshot.iter().map(|(k, c)| (*k, c.clone())));
+            drop(snapshot);
+            run(&probes, step, n, |key, ip| admits(flat.get(key), &ip))
+        }
+        other => {
+            panic!("VARIANT: decide, unknown_key, sharded_get, flat_get or probe, not {other}")
+        }
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("IPGATE_BENCH_LOOP") {
         instruction_loop(&spec);
+        return;
+    }
+    if let Ok(spec) = std::env::var("IPGATE_BENCH_LOOKUP") {
+        lookup_loop(&spec);
         return;
     }
     decision();

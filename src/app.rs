@@ -60,11 +60,14 @@ pub struct Logs {
 
 /// Runs the gateway until `stop` fires (the binary ties it to SIGTERM/SIGINT).
 /// `config` was read from `path`, which SIGHUP reads again.
+/// The control plane's tasks (poller, flusher, SIGHUP, admin listener, watchdogs) are
+/// spawned on `control`, the serving ones on the current runtime.
 pub async fn serve(
     config: Config,
     path: PathBuf,
     logs: Logs,
     stop: CancellationToken,
+    control: tokio::runtime::Handle,
 ) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     let cell = Arc::new(SnapshotCell::new());
@@ -115,16 +118,20 @@ pub async fn serve(
     });
 
     let background = CancellationToken::new();
-    let hints = store.change_hints(config.refresh.notify, background.child_token());
+    // The store's listener task (NOTIFY) is spawned where this runs: the control plane.
+    let hints = {
+        let _control = control.enter();
+        store.change_hints(config.refresh.notify, background.child_token())
+    };
     let pace = Pace {
         interval: config.refresh.interval,
         hint_spacing: config.refresh.hint_spacing,
     };
-    let poller = tokio::spawn(Arc::clone(&refresher).run(pace, hints, background.child_token()));
+    let poller = control.spawn(Arc::clone(&refresher).run(pace, hints, background.child_token()));
     // Its own token: cancelled only once the last request is answered, so the final
     // flush has every count.
     let flushing = CancellationToken::new();
-    let flusher = tokio::spawn(insight::flush::run(
+    let flusher = control.spawn(insight::flush::run(
         recorder,
         Arc::clone(&store),
         Arc::clone(&admin_state.metrics),
@@ -140,8 +147,8 @@ pub async fn serve(
         log_level: logs.level,
         metrics: Arc::clone(&admin_state.metrics),
     };
-    tokio::spawn(reloader.run(background.child_token()));
-    let admin_task = tokio::spawn(admin_listener::serve(
+    control.spawn(reloader.run(background.child_token()));
+    let admin_task = control.spawn(admin_listener::serve(
         admin,
         Arc::clone(&admin_state),
         background.child_token(),
@@ -173,6 +180,7 @@ pub async fn serve(
             response_timeout: config.server.response_timeout,
             response_min_rate: config.server.response_min_rate,
         },
+        watchdogs: control.clone(),
     };
     proxy::serve(
         public,

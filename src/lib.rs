@@ -19,7 +19,7 @@
 //!   snapshots.
 //! - [`config`] (and [`reload`]: SIGHUP), [`metrics`], [`logging`] and [`access_log`],
 //!   [`admin_listener`], [`operator`] (the `ipgate admin` commands) and [`app`] (the
-//!   wiring).
+//!   wiring; [`control`]: the control plane's own runtime and thread).
 
 pub mod access_log;
 pub mod acl;
@@ -29,6 +29,7 @@ pub mod app;
 pub mod bunq;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod front;
 pub mod gate;
 pub mod grpc;

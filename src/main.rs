@@ -310,14 +310,22 @@ fn serve(config: Config, path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let control = match ipgate::control::ControlPlane::start() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ipgate: cannot start the control plane's runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async {
         let stop = ipgate::app::stop_on_signals();
         let logs = ipgate::app::Logs { access, level };
-        ipgate::app::serve(config, path, logs, stop).await
+        ipgate::app::serve(config, path, logs, stop, control.handle().clone()).await
     });
     // A store call still running on the blocking pool (a poll, a freed snapshot) must
     // not hold the exit past the drain: give it a moment, then go.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    drop(control);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

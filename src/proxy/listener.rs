@@ -82,6 +82,9 @@ pub struct ListenerOptions {
     pub client_share_percent: u64,
     /// How long a body or an answer may wait on the client.
     pub deadlines: Deadlines,
+    /// Where the connections' watchdogs run: off the serving runtime, whose timer
+    /// wheel then holds nothing between requests.
+    pub watchdogs: tokio::runtime::Handle,
 }
 
 /// The warning about refused connections, at most once per `REFUSED_WARNING_EVERY`,
@@ -245,7 +248,7 @@ pub async fn serve<D: Door>(
             shutdown: shutdown.clone(),
             cut: cut.clone(),
         };
-        tokio::spawn(watchdog(watched, end));
+        options.watchdogs.spawn(watchdog(watched, end));
     }
 
     drop(listener);

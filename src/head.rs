@@ -6,9 +6,8 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// How often a header was sent, and its value when it was sent once.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sent {
-    #[default]
     Never,
     Once(HeaderValue),
     /// More than once: never resolved, always refused or replaced.

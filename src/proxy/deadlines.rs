@@ -20,7 +20,7 @@ use super::connections::{ClientWait, Seat};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -129,32 +129,44 @@ impl Drop for RequestBody {
 #[derive(Default)]
 pub struct UpstreamWait {
     /// When the upstream must have answered, as [`since_start`] of that instant; 0
-    /// while no exchange is in flight.
+    /// while no exchange is in flight, [`OVERDUE`] once the watchdog cut it. One word,
+    /// so that an exchange that ends just as the watchdog looks is either answered or
+    /// cut, never both (an answer whose body the cut would then break).
     deadline: AtomicU64,
-    /// Set by the watchdog when it closed the upstream connection for the deadline.
-    overdue: AtomicBool,
     /// Closes the lane's upstream connection (the task driving it); set when it opens.
     close: Mutex<Option<AbortHandle>>,
 }
 
+/// [`UpstreamWait::deadline`] of an exchange the watchdog cut.
+const OVERDUE: u64 = u64::MAX;
+
 impl UpstreamWait {
-    /// The lane opened a new upstream connection, driven by `task`.
+    /// The lane opened a new upstream connection, driven by `task`; one opened after
+    /// the exchange was cut (its deadline passed while connecting) is closed at once.
     pub fn opened(&self, task: AbortHandle) {
-        *self.close.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
+        if self.overdue() {
+            task.abort();
+        } else {
+            *close = Some(task);
+        }
     }
 
     /// An exchange starts: the upstream has until `deadline` to answer.
     pub fn begin(&self, deadline: std::time::Instant) {
-        self.overdue.store(false, Ordering::Relaxed);
-        // Never 0, which means no exchange.
-        self.deadline
-            .store(since_start(deadline).max(1), Ordering::Release);
+        // Neither 0 (no exchange) nor OVERDUE.
+        let at = since_start(deadline).clamp(1, OVERDUE - 1);
+        self.deadline.store(at, Ordering::Release);
+    }
+
+    /// True once the watchdog cut the exchange in flight.
+    pub fn overdue(&self) -> bool {
+        self.deadline.load(Ordering::Acquire) == OVERDUE
     }
 
     /// The exchange ended; true when the watchdog cut it for its deadline.
     pub fn end(&self) -> bool {
-        self.deadline.store(0, Ordering::Release);
-        self.overdue.load(Ordering::Acquire)
+        self.deadline.swap(0, Ordering::AcqRel) == OVERDUE
     }
 
     /// At a look: cuts the exchange in flight if it is past its deadline.
@@ -163,7 +175,13 @@ impl UpstreamWait {
         if deadline == 0 || since_start(now) < deadline {
             return;
         }
-        self.overdue.store(true, Ordering::Release);
+        // Lost to `end` (answered just now) or already cut: nothing to do.
+        let cut =
+            self.deadline
+                .compare_exchange(deadline, OVERDUE, Ordering::AcqRel, Ordering::Acquire);
+        if cut.is_err() {
+            return;
+        }
         if let Some(task) = self.close.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
@@ -258,6 +276,38 @@ pub async fn watch(seat: &Seat, deadlines: &Deadlines, head_timeout: Duration) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_exchange_is_either_answered_or_cut_never_both() {
+        let now = std::time::Instant::now();
+        let later = now + Duration::from_secs(1);
+        let parked = || tokio::spawn(std::future::pending::<()>());
+
+        // Answered in time: a look after the end cuts nothing.
+        let wait = UpstreamWait::default();
+        let task = parked();
+        wait.opened(task.abort_handle());
+        wait.begin(now);
+        assert!(!wait.end());
+        wait.look(later);
+        assert!(!wait.overdue());
+        assert!(!task.is_finished());
+
+        // Past its deadline: cut (the connection's task aborted), and the end says so.
+        wait.begin(now);
+        wait.look(later);
+        assert!(wait.overdue());
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(wait.end());
+
+        // A connection opened after the cut is closed at once.
+        wait.begin(now);
+        wait.look(later);
+        let late = parked();
+        wait.opened(late.abort_handle());
+        assert!(late.await.unwrap_err().is_cancelled());
+        assert!(wait.end());
+    }
 
     #[test]
     fn bytes_that_move_earn_time_at_the_minimum_rate() {

@@ -231,7 +231,8 @@ impl Upstream {
                 let sent = self.send_on(lane, wait, req).await;
                 (!wait.end()).then_some(sent)
             }
-            // A connection outside the listener's table has no watchdog: the pool.
+            // HTTP/2 streams, https upstreams, and a connection outside the listener's
+            // table (no watchdog): the pool, with a timer.
             _ => tokio::time::timeout(self.timeout, async {
                 self.client.request(req).await.map_err(|error| {
                     let kind = if error.is_connect() {
@@ -296,7 +297,9 @@ impl Upstream {
         mut failure: hyper::client::conn::TrySendError<Request<ClientBody>>,
         reused: bool,
     ) -> Result<Response<Incoming>, ForwardError> {
-        if let (true, Some(req)) = (reused, failure.take_message()) {
+        // Never after the deadline: the watchdog cut this exchange, and a new connection
+        // would only outlive it.
+        if let (true, false, Some(req)) = (reused, wait.overdue(), failure.take_message()) {
             tracing::debug!(error = %failure.error(), "upstream closed a kept-alive connection; retrying");
             let mut sender = self.open_lane(wait).await?;
             return match sender.send_request(req).await {
